@@ -1,0 +1,135 @@
+//! Atomic output files: write to a temp file beside the destination, fsync, rename.
+//!
+//! Until [`AtomicFile::commit`] succeeds the destination is untouched (absent, or the old file).
+//! Dropping an uncommitted `AtomicFile` removes the temp file. A process killed with SIGKILL can
+//! leave a `.<name>.quantkit-tmp-*` file behind, never a partial destination.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// A file being written that appears at its destination only when complete.
+#[derive(Debug)]
+pub struct AtomicFile {
+    dest: PathBuf,
+    tmp: PathBuf,
+    writer: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    /// Start writing `dest`. Its directory must exist.
+    pub fn create(dest: impl AsRef<Path>) -> Result<Self> {
+        let dest = dest.as_ref().to_path_buf();
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            return Err(Error::Invalid(format!(
+                "output directory {} does not exist (writing {})",
+                dir.display(),
+                dest.display()
+            )));
+        }
+        let file_name = dest
+            .file_name()
+            .ok_or_else(|| Error::Invalid(format!("output path {} has no file name", dest.display())))?
+            .to_string_lossy()
+            .into_owned();
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let tmp = dir.join(format!(".{file_name}.quantkit-tmp-{}-{nonce:08x}", std::process::id()));
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(Self { dest, tmp, writer: Some(BufWriter::with_capacity(1 << 20, file)) })
+    }
+
+    /// The final path.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Write all of `buf`, naming the destination on failure.
+    pub fn write_all(&mut self, buf: &[u8]) -> Result<()> {
+        let w = self.writer.as_mut().ok_or_else(|| Error::Invalid("write after commit".into()))?;
+        w.write_all(buf).map_err(|e| Error::io(&self.dest, e))
+    }
+
+    /// Flush, fsync, and rename into place (then fsync the directory).
+    pub fn commit(mut self) -> Result<()> {
+        let w = self.writer.take().ok_or_else(|| Error::Invalid("double commit".into()))?;
+        let file = w.into_inner().map_err(|e| Error::io(&self.dest, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        if let Some(dir) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Best effort: make the rename itself durable.
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.writer.as_mut() {
+            Some(w) => w.write(buf),
+            None => Err(std::io::Error::other("write after commit")),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.writer.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncommitted_file_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("out.gguf");
+        {
+            let mut f = AtomicFile::create(&dest).expect("create");
+            f.write_all(b"partial").expect("write");
+        }
+        assert!(!dest.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).expect("read_dir").count(), 0, "temp file removed");
+    }
+
+    #[test]
+    fn commit_replaces_old_file_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("out.bin");
+        std::fs::write(&dest, b"old").expect("seed");
+        let mut f = AtomicFile::create(&dest).expect("create");
+        f.write_all(b"new contents").expect("write");
+        assert_eq!(std::fs::read(&dest).expect("read"), b"old", "old file intact until commit");
+        f.commit().expect("commit");
+        assert_eq!(std::fs::read(&dest).expect("read"), b"new contents");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("read_dir").count(), 1);
+    }
+
+    #[test]
+    fn missing_directory_is_a_clear_error() {
+        let err = AtomicFile::create("/nonexistent-dir-quantkit/x.gguf").expect_err("must fail");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,43 @@
+//! ggml's block formats. Layouts: ggml/src/ggml-common.h; reference quantizers:
+//! ggml/src/ggml-quants.c (`quantize_row_*_ref`), mirrored by gguf-py's `gguf/quants.py`.
+
+pub mod q4_0;
+pub mod q4_1;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q8_0;
+
+/// Index and value of the element with the largest magnitude (first one on ties), as ggml's
+/// `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` loop picks it.
+#[inline]
+pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+/// Minimum and maximum as ggml's `q4_1`/`q5_1` reference computes them (starting from ±FLT_MAX).
+#[inline]
+pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+/// `1.0f/d`, or 0 when `d == 0` (an all-zero block).
+#[inline]
+pub(crate) fn inv(d: f32) -> f32 {
+    if d != 0.0 { 1.0 / d } else { 0.0 }
+}

@@ -1,0 +1,32 @@
+//! quantkit-io: reading and writing model files.
+//!
+//! * [`gguf`] — GGUF v3 reader (hostile-input hardened) and streaming writer.
+//! * [`safetensors`] — memory-mapped safetensors reader and streaming writer.
+//! * [`hf`] — Hugging Face checkpoint folders (sharded or not), [`config`] — the model description,
+//!   [`names`] — HF ⇄ GGUF tensor names and the q/k permutation, [`vocab`] — tokenizer metadata.
+//! * [`source`] — one view of a model (HF or GGUF) in GGUF naming, which the converter consumes.
+//! * [`export`] — GGUF → HF folder.
+
+pub mod config;
+pub mod export;
+pub mod gguf;
+pub mod hf;
+pub mod names;
+pub mod safetensors;
+pub mod source;
+pub mod vocab;
+
+/// Advise the kernel that a mapped byte range is no longer needed by this process, so streaming
+/// through a file larger than RAM keeps resident memory bounded. Page cache is unaffected.
+pub(crate) fn release_range(map: &memmap2::Mmap, start: usize, len: usize) {
+    let page = 4096;
+    let begin = start.div_ceil(page) * page;
+    let end = (start + len) / page * page;
+    if end > begin {
+        // SAFETY: DontNeed on a read-only, file-backed shared mapping only drops our page-table
+        // entries; later reads fault the data back in from the file. The range lies inside `map`.
+        unsafe {
+            let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, begin, end - begin);
+        }
+    }
+}

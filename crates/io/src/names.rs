@@ -1,0 +1,132 @@
+//! HF ⇄ GGUF tensor names for the Llama family, and llama.cpp's q/k row permutation.
+
+/// (HF suffix inside `model.layers.{i}.`, GGUF suffix inside `blk.{i}.`)
+const LAYER_MAP: &[(&str, &str)] = &[
+    ("input_layernorm", "attn_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+const GLOBAL_MAP: &[(&str, &str)] =
+    &[("model.embed_tokens", "token_embd"), ("model.norm", "output_norm"), ("lm_head", "output")];
+
+/// HF tensor names the converter drops.
+pub fn hf_is_ignored(name: &str) -> bool {
+    name.ends_with(".rotary_emb.inv_freq") || name.ends_with(".attention.masked_bias")
+}
+
+fn split_suffix(name: &str) -> Option<(&str, &str)> {
+    name.rsplit_once('.').filter(|(_, s)| *s == "weight" || *s == "bias")
+}
+
+/// HF name → GGUF name (`None` if the name is not part of a Llama-family model).
+pub fn hf_to_gguf(name: &str) -> Option<String> {
+    let (stem, suffix) = split_suffix(name)?;
+    if let Some((_, g)) = GLOBAL_MAP.iter().find(|(h, _)| *h == stem) {
+        return Some(format!("{g}.{suffix}"));
+    }
+    let rest = stem.strip_prefix("model.layers.")?;
+    let (idx, part) = rest.split_once('.')?;
+    let layer: u64 = idx.parse().ok()?;
+    let (_, g) = LAYER_MAP.iter().find(|(h, _)| *h == part)?;
+    Some(format!("blk.{layer}.{g}.{suffix}"))
+}
+
+/// GGUF name → HF name.
+pub fn gguf_to_hf(name: &str) -> Option<String> {
+    let (stem, suffix) = split_suffix(name)?;
+    if let Some((h, _)) = GLOBAL_MAP.iter().find(|(_, g)| *g == stem) {
+        return Some(format!("{h}.{suffix}"));
+    }
+    let rest = stem.strip_prefix("blk.")?;
+    let (idx, part) = rest.split_once('.')?;
+    let layer: u64 = idx.parse().ok()?;
+    let (h, _) = LAYER_MAP.iter().find(|(_, g)| *g == part)?;
+    Some(format!("model.layers.{layer}.{h}.{suffix}"))
+}
+
+/// Layer index of a GGUF name (`blk.N.…`).
+pub fn layer_of(gguf_name: &str) -> Option<u64> {
+    gguf_name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
+/// Which q/k permutation a GGUF tensor needs, as the number of heads to permute with.
+pub fn qk_heads(gguf_name: &str, n_heads: u64, n_kv_heads: u64) -> Option<u64> {
+    let part = gguf_name.strip_prefix("blk.")?.split('.').nth(1)?;
+    match part {
+        "attn_q" => Some(n_heads),
+        "attn_k" => Some(n_kv_heads),
+        _ => None,
+    }
+}
+
+/// llama.cpp's `permute`: within each head, rows `[first half | second half]` (HF rotate-half
+/// order) become interleaved pairs. `data` is row-major with `rows` rows.
+pub fn permute_qk(data: &[f32], rows: usize, n_head: usize) -> Vec<f32> {
+    reorder_rows(data, rows, n_head, false)
+}
+
+/// Inverse of [`permute_qk`].
+pub fn unpermute_qk(data: &[f32], rows: usize, n_head: usize) -> Vec<f32> {
+    reorder_rows(data, rows, n_head, true)
+}
+
+fn reorder_rows(data: &[f32], rows: usize, n_head: usize, inverse: bool) -> Vec<f32> {
+    let cols = data.len() / rows;
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_head {
+        for i in 0..2 {
+            for j in 0..half {
+                let hf_row = h * hd + i * half + j; // HF layout
+                let gg_row = h * hd + j * 2 + i; // llama.cpp layout
+                let (src, dst) = if inverse { (gg_row, hf_row) } else { (hf_row, gg_row) };
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_roundtrip() {
+        for hf in [
+            "model.embed_tokens.weight",
+            "model.norm.weight",
+            "lm_head.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.17.self_attn.k_proj.bias",
+            "model.layers.3.mlp.down_proj.weight",
+            "model.layers.4.post_attention_layernorm.weight",
+        ] {
+            let g = hf_to_gguf(hf).expect("maps");
+            assert_eq!(gguf_to_hf(&g).as_deref(), Some(hf));
+        }
+        assert_eq!(hf_to_gguf("model.layers.2.self_attn.o_proj.weight").as_deref(), Some("blk.2.attn_output.weight"));
+        assert_eq!(hf_to_gguf("model.layers.x.mlp.up_proj.weight"), None);
+        assert_eq!(hf_to_gguf("vision_tower.weight"), None);
+    }
+
+    #[test]
+    fn permutation_matches_llama_cpp_and_inverts() {
+        // 2 heads of dim 4, 1 column: HF rows [h0: a0 a1 b0 b1 | h1: c0 c1 d0 d1]
+        // → llama.cpp interleaves the halves: [a0 b0 a1 b1 | c0 d0 c1 d1].
+        let hf: Vec<f32> = (0..8).map(|x| x as f32).collect();
+        let p = permute_qk(&hf, 8, 2);
+        assert_eq!(p, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
+        assert_eq!(unpermute_qk(&p, 8, 2), hf);
+        let wide: Vec<f32> = (0..8 * 3).map(|x| x as f32 * 0.5).collect();
+        assert_eq!(unpermute_qk(&permute_qk(&wide, 8, 2), 8, 2), wide);
+    }
+}

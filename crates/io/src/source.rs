@@ -1,0 +1,284 @@
+//! One view of a model whatever it was stored as: tensors in GGUF naming and layout (q/k rows
+//! permuted for llama.cpp's RoPE), read as f32. The converter only ever talks to this.
+
+use std::path::{Path, PathBuf};
+
+use quantkit_core::{Error, GgmlType, Result};
+
+use crate::config::ModelConfig;
+use crate::gguf::{GgufFile, Value};
+use crate::hf::HfCheckpoint;
+use crate::names;
+
+/// Where a tensor's values come from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// An HF tensor, permuted with this many heads if `Some`.
+    Hf { name: String, permute_heads: Option<u64>, dtype: String },
+    /// A GGUF tensor of this type.
+    Gguf { ty: GgmlType },
+    /// llama3 RoPE frequency factors computed from the config.
+    RopeFreqs,
+}
+
+/// A tensor as the converter sees it.
+#[derive(Debug, Clone)]
+pub struct SourceTensor {
+    /// GGUF name.
+    pub name: String,
+    /// ggml order (`dims[0]` = row length).
+    pub dims: Vec<u64>,
+    pub origin: Origin,
+}
+
+impl SourceTensor {
+    pub fn numel(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// A model opened for conversion.
+#[derive(Debug)]
+pub enum ModelSource {
+    Hf(HfCheckpoint),
+    Gguf { file: GgufFile, config: ModelConfig },
+}
+
+impl ModelSource {
+    /// Open an HF folder or a `.gguf` file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            return Ok(ModelSource::Hf(HfCheckpoint::open(path)?));
+        }
+        if !path.exists() {
+            return Err(Error::Invalid(format!("{}: no such file or directory", path.display())));
+        }
+        let file = GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf(&file)?;
+        Ok(ModelSource::Gguf { file, config })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            ModelSource::Hf(h) => &h.config,
+            ModelSource::Gguf { config, .. } => config,
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        match self {
+            ModelSource::Hf(h) => h.dir.clone(),
+            ModelSource::Gguf { file, .. } => file.path().to_path_buf(),
+        }
+    }
+
+    /// Bytes of tensor data in the input.
+    pub fn input_bytes(&self) -> u64 {
+        match self {
+            ModelSource::Hf(h) => h.data_bytes(),
+            ModelSource::Gguf { file, .. } => file.tensors.iter().map(|t| t.size).sum(),
+        }
+    }
+
+    /// All tensors, in the order llama.cpp's converter writes them, checked against the config.
+    pub fn tensors(&self) -> Result<Vec<SourceTensor>> {
+        match self {
+            ModelSource::Gguf { file, .. } => Ok(file
+                .tensors
+                .iter()
+                .map(|t| SourceTensor { name: t.name.clone(), dims: t.dims.clone(), origin: Origin::Gguf { ty: t.ty } })
+                .collect()),
+            ModelSource::Hf(h) => hf_tensors(h),
+        }
+    }
+
+    /// A tensor's values as f32, in GGUF layout. NaN or Inf is an error naming the element.
+    pub fn read(&self, t: &SourceTensor) -> Result<Vec<f32>> {
+        let data = match (&t.origin, self) {
+            (Origin::Hf { name, permute_heads, .. }, ModelSource::Hf(h)) => {
+                let data = h.read_f32(name)?;
+                match permute_heads {
+                    Some(n) => names::permute_qk(&data, t.dims.get(1).copied().unwrap_or(1) as usize, *n as usize),
+                    None => data,
+                }
+            }
+            (Origin::Gguf { .. }, ModelSource::Gguf { file, .. }) => {
+                let info = file.tensor(&t.name).ok_or_else(|| Error::MissingTensor {
+                    path: file.path().to_path_buf(),
+                    tensor: t.name.clone(),
+                    hint: String::new(),
+                })?;
+                file.read_f32(info)?
+            }
+            (Origin::RopeFreqs, _) => self.config().llama3_rope_factors().unwrap_or_default(),
+            _ => return Err(Error::Invalid(format!("tensor '{}' does not belong to this source", t.name))),
+        };
+        check_finite(t, &data)?;
+        Ok(data)
+    }
+
+    /// Drop a tensor's mapped input pages (bounded RSS while streaming).
+    pub fn release(&self, t: &SourceTensor) {
+        match (&t.origin, self) {
+            (Origin::Hf { name, .. }, ModelSource::Hf(h)) => h.release(name),
+            (Origin::Gguf { .. }, ModelSource::Gguf { file, .. }) => {
+                if let Some(info) = file.tensor(&t.name) {
+                    file.release(info);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `general.*`, hyperparameter and tokenizer metadata for the output GGUF (everything except
+    /// `general.file_type` and `general.quantization_version`, which depend on the output).
+    pub fn metadata(&self, tokenizer_pre: Option<&str>) -> Result<Vec<(String, Value)>> {
+        match self {
+            ModelSource::Gguf { file, .. } => Ok(file
+                .metadata
+                .iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "general.file_type" | "general.quantization_version" | "general.alignment")
+                })
+                .cloned()
+                .collect()),
+            ModelSource::Hf(h) => {
+                let c = &h.config;
+                let name = h
+                    .dir
+                    .canonicalize()
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "model".into());
+                let mut kv = vec![
+                    ("general.architecture".to_string(), Value::String(c.arch.gguf_arch().into())),
+                    ("general.type".to_string(), Value::String("model".into())),
+                    ("general.name".to_string(), Value::String(name)),
+                ];
+                kv.extend(c.gguf_metadata());
+                kv.extend(crate::vocab::hf_to_gguf(
+                    &h.dir,
+                    &h.raw_config,
+                    c.vocab_size,
+                    c.arch.permutes_qk(),
+                    tokenizer_pre,
+                )?);
+                Ok(kv)
+            }
+        }
+    }
+}
+
+fn check_finite(t: &SourceTensor, data: &[f32]) -> Result<()> {
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        let row_len = t.dims.first().copied().unwrap_or(1).max(1) as usize;
+        return Err(Error::bad_tensor(
+            &t.name,
+            format!(
+                "{} at element {i} (row {}, column {}): refusing to quantize non-finite weights",
+                data[i],
+                i / row_len,
+                i % row_len
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The expected row-major shape of each HF tensor.
+fn expected_shape(c: &ModelConfig, gguf_name: &str) -> Option<Vec<u64>> {
+    let part = gguf_name.strip_prefix("blk.").and_then(|r| r.split_once('.')).map(|(_, p)| p).unwrap_or(gguf_name);
+    let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+    let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+    Some(match part {
+        "token_embd.weight" | "output.weight" => vec![v, h],
+        "output_norm.weight" | "attn_norm.weight" | "ffn_norm.weight" => vec![h],
+        "attn_q.weight" => vec![q, h],
+        "attn_k.weight" | "attn_v.weight" => vec![kv, h],
+        "attn_q.bias" => vec![q],
+        "attn_k.bias" | "attn_v.bias" => vec![kv],
+        "attn_output.weight" => vec![h, q],
+        "ffn_gate.weight" | "ffn_up.weight" => vec![f, h],
+        "ffn_down.weight" => vec![h, f],
+        _ => return None,
+    })
+}
+
+fn hf_tensors(h: &HfCheckpoint) -> Result<Vec<SourceTensor>> {
+    let c = &h.config;
+    let mut out = Vec::new();
+    if let Some(f) = c.llama3_rope_factors() {
+        out.push(SourceTensor { name: "rope_freqs.weight".into(), dims: vec![f.len() as u64], origin: Origin::RopeFreqs });
+    }
+    let mut seen = std::collections::HashSet::new();
+    for hf_name in h.names() {
+        if names::hf_is_ignored(hf_name) || (c.tie_word_embeddings && hf_name == "lm_head.weight") {
+            continue;
+        }
+        let gguf_name = names::hf_to_gguf(hf_name).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "tensor '{hf_name}' in {} has no place in a {} model",
+                h.dir.display(),
+                c.arch.hf_class()
+            ))
+        })?;
+        if let Some(layer) = names::layer_of(&gguf_name) {
+            if layer >= c.num_layers {
+                return Err(Error::bad_tensor(
+                    hf_name,
+                    format!("layer {layer} but config.json says num_hidden_layers = {}", c.num_layers),
+                ));
+            }
+        }
+        let (shape, dtype) = h.shape(hf_name)?;
+        let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        if let Some(want) = expected_shape(c, &gguf_name) {
+            if shape != want {
+                return Err(Error::bad_tensor(
+                    hf_name,
+                    format!("shape {shape:?} does not match config.json (expected {want:?})"),
+                ));
+            }
+        }
+        if !matches!(dtype.as_str(), "F32" | "F16" | "BF16") {
+            return Err(Error::Unsupported(format!(
+                "tensor '{hf_name}' has dtype {dtype} (quantkit converts F32, F16 and BF16 checkpoints)"
+            )));
+        }
+        let permute_heads =
+            if c.arch.permutes_qk() { names::qk_heads(&gguf_name, c.n_heads, c.n_kv_heads) } else { None };
+        seen.insert(gguf_name.clone());
+        out.push(SourceTensor {
+            name: gguf_name,
+            dims: shape.iter().rev().copied().collect(),
+            origin: Origin::Hf { name: hf_name.to_string(), permute_heads, dtype },
+        });
+    }
+    // Every tensor the architecture needs must be present.
+    let mut required: Vec<String> = vec!["token_embd.weight".into(), "output_norm.weight".into()];
+    if !c.tie_word_embeddings {
+        required.push("output.weight".into());
+    }
+    for i in 0..c.num_layers {
+        for p in ["attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"] {
+            required.push(format!("blk.{i}.{p}.weight"));
+        }
+        if c.arch == crate::config::Arch::Qwen2 {
+            for p in ["attn_q", "attn_k", "attn_v"] {
+                required.push(format!("blk.{i}.{p}.bias"));
+            }
+        }
+    }
+    for r in required {
+        if !seen.contains(&r) {
+            let hf = names::gguf_to_hf(&r).unwrap_or_else(|| r.clone());
+            return Err(Error::MissingTensor {
+                path: h.dir.clone(),
+                tensor: hf,
+                hint: format!(" (a {} with {} layers needs it)", c.arch.hf_class(), c.num_layers),
+            });
+        }
+    }
+    Ok(out)
+}

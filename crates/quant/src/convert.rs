@@ -1,0 +1,133 @@
+//! The conversion pipeline: any [`ModelSource`] → GGUF, streamed one tensor at a time.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use quantkit_core::{AtomicFile, Error, GgmlType, LlamaFileType, Result};
+use quantkit_io::gguf::{GgufBuilder, TensorSpec, Value};
+use quantkit_io::source::ModelSource;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::recipe::{Recipe, TensorPlan};
+
+/// Options for [`convert`].
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub recipe: Recipe,
+    /// Override BPE pre-tokenizer detection (`tokenizer.ggml.pre`).
+    pub tokenizer_pre: Option<String>,
+}
+
+/// What a conversion did.
+#[derive(Debug, Serialize)]
+pub struct ConvertReport {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub recipe: Recipe,
+    pub tensors: Vec<TensorPlan>,
+    pub input_bytes: u64,
+    pub output_bytes: u64,
+    pub params: u64,
+    /// Bits per weight over all tensors (data bytes × 8 / elements).
+    pub bits_per_weight: f64,
+    pub seconds: f64,
+}
+
+/// Rows per parallel work item: big enough to amortise scheduling, small enough to balance.
+const ROWS_PER_TASK: usize = 64;
+
+/// Quantize a row-major tensor with rows of `row_len` values, in parallel. The result does not
+/// depend on the number of threads: every row is quantized independently and concatenated in order.
+pub fn quantize_parallel(ty: GgmlType, data: &[f32], row_len: usize) -> Result<Vec<u8>> {
+    let codec = quantkit_formats::codec(ty)?;
+    let row_bytes = quantkit_formats::row_bytes(ty, row_len)?;
+    if row_len == 0 || data.len() % row_len != 0 {
+        return Err(Error::Invalid(format!("{} values are not whole rows of {row_len}", data.len())));
+    }
+    let mut out = vec![0u8; data.len() / row_len * row_bytes];
+    out.par_chunks_mut(row_bytes * ROWS_PER_TASK)
+        .zip(data.par_chunks(row_len * ROWS_PER_TASK))
+        .for_each(|(o, x)| {
+            for (orow, xrow) in o.chunks_exact_mut(row_bytes).zip(x.chunks_exact(row_len)) {
+                (codec.quantize_row)(xrow, orow);
+            }
+        });
+    Ok(out)
+}
+
+/// Convert `src` to a GGUF file at `dest` (written atomically). `progress(done, total)` is
+/// called with element counts as tensors finish.
+pub fn convert(
+    src: &ModelSource,
+    dest: &Path,
+    opts: &ConvertOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<ConvertReport> {
+    let start = Instant::now();
+    let tensors = src.tensors()?;
+    let tied = !tensors.iter().any(|t| t.name == "output.weight");
+    let plans: Vec<TensorPlan> = tensors.iter().map(|t| opts.recipe.plan(t, tied)).collect();
+
+    let mut b = GgufBuilder::new();
+    let meta = src.metadata(opts.tokenizer_pre.as_deref())?;
+    let ftype = LlamaFileType::for_type(opts.recipe.base).map(|f| f as u32).unwrap_or(0);
+    let mut inserted_ftype = false;
+    for (k, v) in meta {
+        if k.starts_with("quantkit.") {
+            continue;
+        }
+        if !inserted_ftype && k.starts_with("tokenizer.") {
+            b.set("general.file_type", Value::U32(ftype));
+            inserted_ftype = true;
+        }
+        b.set(k, v);
+    }
+    if !inserted_ftype {
+        b.set("general.file_type", Value::U32(ftype));
+    }
+    b.set("general.quantization_version", Value::U32(2));
+    let notes: Vec<String> =
+        plans.iter().filter_map(|p| p.note.as_ref().map(|n| format!("{}: {n}", p.name))).collect();
+    if !notes.is_empty() {
+        b.set("quantkit.fallbacks", Value::strings(notes));
+    }
+    for p in &plans {
+        b.add_tensor(TensorSpec { name: p.name.clone(), dims: p.dims.clone(), ty: p.ty });
+    }
+    // Fail on impossible shapes before creating any file.
+    b.header()?;
+
+    let total: u64 = tensors.iter().map(|t| t.numel()).sum();
+    let mut done = 0u64;
+    let mut out = AtomicFile::create(dest)?;
+    let output_bytes = b.write(
+        &mut out,
+        |i| {
+            let t = &tensors[i];
+            let data = src.read(t)?;
+            src.release(t);
+            let row_len = t.dims.first().copied().unwrap_or(1) as usize;
+            let bytes = quantize_parallel(plans[i].ty, &data, row_len)
+                .map_err(|e| Error::bad_tensor(&t.name, e.to_string()))?;
+            done += t.numel();
+            progress(done, total);
+            Ok(bytes)
+        },
+        |e| Error::io(dest, e),
+    )?;
+    out.commit()?;
+
+    let data_bytes: u64 = b.tensors.iter().map(|t| t.size().unwrap_or(0)).sum();
+    Ok(ConvertReport {
+        input: src.path(),
+        output: dest.to_path_buf(),
+        recipe: opts.recipe.clone(),
+        tensors: plans,
+        input_bytes: src.input_bytes(),
+        output_bytes,
+        params: total,
+        bits_per_weight: if total > 0 { data_bytes as f64 * 8.0 / total as f64 } else { 0.0 },
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

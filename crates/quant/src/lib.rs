@@ -1,0 +1,12 @@
+//! quantkit-quant: deciding what each tensor becomes, and doing it.
+//!
+//! * [`recipe`] — a [`Recipe`] is plain data (serializable, printable, diffable) that maps every
+//!   tensor to a storage type, with the reason for any deviation from the requested type.
+//! * [`convert`] — the streaming pipeline: source tensors → f32 → quantize (rows in parallel,
+//!   output independent of the thread count) → GGUF written atomically.
+
+pub mod convert;
+pub mod recipe;
+
+pub use convert::{convert, ConvertOptions, ConvertReport};
+pub use recipe::{Recipe, TensorPlan};
