@@ -349,8 +349,14 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.u64(what)?;
-        if len > MAX_STRING || len > self.remaining() {
-            return Err(self.err(what, format!("string length {len} is too large (limit {MAX_STRING}, {} bytes left)", self.remaining())));
+        if len > MAX_STRING {
+            return Err(self.err(what, format!("string length {len} is too large (limit {MAX_STRING})")));
+        }
+        if len > self.remaining() {
+            return Err(self.err(
+                what,
+                format!("string of {len} bytes runs past the end of the file ({} bytes left): truncated", self.remaining()),
+            ));
         }
         let bytes = self.take(len as usize, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|e| self.err(what, format!("string is not UTF-8: {e}")))

@@ -1,0 +1,73 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn shared() -> PathBuf {
+    std::env::var_os("QUANTKIT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("shared"))
+}
+
+pub fn stories() -> PathBuf {
+    shared().join("models/stories260K")
+}
+
+pub fn smol_gguf() -> PathBuf {
+    shared().join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Skip (return true) when the ../shared fixtures are absent.
+pub fn no_fixtures() -> bool {
+    if stories().join("model.safetensors").exists() {
+        return false;
+    }
+    eprintln!("skipping: {} not present", stories().display());
+    true
+}
+
+pub fn quantkit(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_quantkit"));
+    for a in args {
+        c.arg(a);
+    }
+    c.output().expect("run quantkit")
+}
+
+/// Run and require success.
+pub fn ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let o = quantkit(args);
+    assert!(o.status.success(), "quantkit failed: {}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+/// Run, require a clean failure: exit code 1, message on stderr containing every `needles`, no panic.
+pub fn fails_with(args: &[&dyn AsRef<std::ffi::OsStr>], needles: &[&str]) -> String {
+    let o = quantkit(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "expected exit 1, got {:?}; stderr: {err}", o.status);
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for n in needles {
+        assert!(err.contains(n), "expected {n:?} in error message: {err}");
+    }
+    err
+}
+
+/// Copy the stories260K folder into `dir` (so tests can damage their copy).
+pub fn copy_stories(dir: &Path) -> PathBuf {
+    let d = dir.join("stories");
+    std::fs::create_dir_all(&d).expect("mkdir");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(stories().join(f), d.join(f)).expect("copy fixture");
+    }
+    d
+}
+
+/// Nothing but `allowed` names in `dir` (no output, no leftover temp files).
+pub fn only_files(dir: &Path, allowed: &[&str]) {
+    for e in std::fs::read_dir(dir).expect("read_dir") {
+        let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+        assert!(allowed.contains(&name.as_str()), "unexpected file left behind: {name}");
+    }
+}

@@ -1,0 +1,109 @@
+//! End-to-end tests of the `quantkit` binary on the real fixtures in ../shared.
+
+mod common;
+
+use common::*;
+use quantkit_io::gguf::GgufFile;
+use quantkit_io::safetensors::SafetensorsFile;
+
+#[test]
+fn convert_is_deterministic_across_runs_and_thread_counts() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    for ty in ["q4_0", "q5_1", "bf16"] {
+        let a = t.path().join(format!("a-{ty}.gguf"));
+        let b = t.path().join(format!("b-{ty}.gguf"));
+        let c = t.path().join(format!("c-{ty}.gguf"));
+        ok(&[&"convert", &stories(), &"--type", &ty, &"-o", &a, &"--threads", &"1"]);
+        ok(&[&"convert", &stories(), &"--type", &ty, &"-o", &b, &"--threads", &"2"]);
+        ok(&[&"convert", &stories(), &"--type", &ty, &"-o", &c]);
+        let (a, b, c) = (std::fs::read(a).expect("a"), std::fs::read(b).expect("b"), std::fs::read(c).expect("c"));
+        assert_eq!(a, b, "{ty}: 1 vs 2 threads");
+        assert_eq!(a, c, "{ty}: second run");
+    }
+}
+
+#[test]
+fn hf_to_gguf_to_hf_roundtrip_is_exact_and_sharding_does_not_change_output() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let g = t.path().join("s.gguf");
+    ok(&[&"convert", &stories(), &"--type", &"f32", &"-o", &g]);
+    // Export in several shards (the model is ~1 MB; 0 MB → one tensor per shard).
+    let hf = t.path().join("hf");
+    ok(&[&"export-hf", &g, &"-o", &hf, &"--max-shard-mb", &"0"]);
+    assert!(hf.join("model.safetensors.index.json").exists());
+    let orig = SafetensorsFile::open(stories().join("model.safetensors")).expect("orig");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(hf.join("model.safetensors.index.json")).expect("index")).expect("json");
+    let map = index["weight_map"].as_object().expect("weight_map");
+    assert_eq!(map.len(), orig.names().len());
+    for name in orig.names() {
+        let shard = SafetensorsFile::open(hf.join(map[&name].as_str().expect("file"))).expect("shard");
+        assert_eq!(shard.read_f32(&name).expect("ours"), orig.read_f32(&name).expect("orig"), "{name}");
+        assert_eq!(shard.info(&name).expect("info").shape, orig.info(&name).expect("info").shape);
+    }
+    // The sharded folder converts to the very same bytes as the original folder.
+    let g2 = t.path().join("s2.gguf");
+    ok(&[&"convert", &hf, &"--type", &"f32", &"-o", &g2]);
+    let (a, b) = (GgufFile::open(&g).expect("g"), GgufFile::open(&g2).expect("g2"));
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for ta in &a.tensors {
+        let tb = b.tensor(&ta.name).expect("same tensors");
+        assert_eq!((&ta.dims, ta.ty), (&tb.dims, tb.ty));
+        assert_eq!(a.tensor_data(ta), b.tensor_data(tb), "{}", ta.name);
+    }
+    for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "llama.rope.dimension_count"] {
+        assert_eq!(a.get(key), b.get(key), "{key}");
+    }
+}
+
+#[test]
+fn gguf_requantization_and_fallbacks_are_reported() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let f16 = t.path().join("f16.gguf");
+    ok(&[&"convert", &stories(), &"--type", &"f16", &"-o", &f16]);
+    let q = t.path().join("q4_0.gguf");
+    let out = ok(&[&"convert", &f16, &"--type", &"q4_0", &"-o", &q]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fallback blk.0.ffn_down.weight"), "{text}");
+    let g = GgufFile::open(&q).expect("open");
+    assert_eq!(g.tensor("blk.0.ffn_down.weight").expect("t").ty.name(), "f16");
+    assert_eq!(g.tensor("blk.0.ffn_up.weight").expect("t").ty.name(), "q4_0");
+    assert_eq!(g.tensor("token_embd.weight").expect("t").ty.name(), "q8_0", "tied output embedding");
+    assert_eq!(g.get("general.file_type").and_then(|v| v.as_u64()), Some(2));
+    let insp = ok(&[&"inspect", &q, &"--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&insp.stdout).expect("json");
+    assert_eq!(j["fallbacks"].as_array().expect("array").len(), 5);
+    assert_eq!(j["tensors"].as_array().expect("array").len(), 47);
+    assert!(j["bits_per_weight"].as_f64().expect("bpw") > 4.5);
+    // inspect also reads safetensors files and HF folders
+    let insp = ok(&[&"inspect", &stories().join("model.safetensors"), &"--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&insp.stdout).expect("json");
+    assert_eq!(j["params"].as_u64(), Some(260_032));
+    let insp = ok(&[&"inspect", &stories(), &"--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&insp.stdout).expect("json");
+    assert_eq!(j["config"]["num_layers"].as_u64(), Some(5));
+}
+
+#[test]
+fn smollm2_export_convert_roundtrip_threads_agree() {
+    if no_fixtures() || !smol_gguf().exists() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let hf = t.path().join("smol");
+    ok(&[&"export-hf", &smol_gguf(), &"-o", &hf, &"--dtype", &"bf16"]);
+    let a = t.path().join("a.gguf");
+    let b = t.path().join("b.gguf");
+    ok(&[&"convert", &hf, &"--type", &"q8_0", &"-o", &a, &"--threads", &"1"]);
+    ok(&[&"convert", &hf, &"--type", &"q8_0", &"-o", &b, &"--threads", &"2"]);
+    assert_eq!(std::fs::read(&a).expect("a"), std::fs::read(&b).expect("b"));
+}
