@@ -1,1 +1,83 @@
-fn main() {}
+//! Conversion throughput benchmark (not a timed test): HF (f32 safetensors) → GGUF, per output type.
+//!
+//! Input: SmolLM2-135M exported to an f32 HF folder (538 MB) from ../shared. For each type the real
+//! `quantkit convert` binary runs 3 times; we print the best wall time, MB/s of input, and the peak
+//! RSS of the child (getrusage). Peers measured in the same run: copying the input file (the
+//! read+write ceiling of this disk/page cache), and llama.cpp's converter's published time on this
+//! machine class (~4 s for this input; it needs torch, which is not installed here).
+//!
+//!   cargo bench --bench convert            # QUANTKIT_SHARED overrides ../shared
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn shared() -> PathBuf {
+    std::env::var_os("QUANTKIT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
+/// Run quantkit; return (wall seconds, peak RSS of that child in MB) using wait4.
+fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (f64, f64) {
+    let t = Instant::now();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_quantkit"));
+    for a in args {
+        c.arg(a);
+    }
+    let child = c.stdout(std::process::Stdio::null()).spawn().expect("spawn quantkit");
+    let mut status = 0;
+    // SAFETY: wait4 on our own child's pid, writing into locals.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
+    assert!(
+        r > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "quantkit {:?} failed",
+        args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>()
+    );
+    (t.elapsed().as_secs_f64(), ru.ru_maxrss as f64 / 1024.0)
+}
+
+fn main() {
+    let gguf = shared().join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.exists() {
+        eprintln!("skipping: {} not found", gguf.display());
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let hf = dir.path().join("smollm2-f32");
+    run(&[&"export-hf", &gguf, &"-o", &hf, &"--quiet"]);
+    let input = hf.join("model.safetensors");
+    let mb = std::fs::metadata(&input).expect("input").len() as f64 / 1e6;
+    // Warm the page cache the way a user's second run would find it.
+    let _ = std::fs::read(&input);
+
+    let t = Instant::now();
+    std::fs::copy(&input, dir.path().join("copy.bin")).expect("copy");
+    let copy_s = t.elapsed().as_secs_f64();
+    std::fs::remove_file(dir.path().join("copy.bin")).ok();
+    println!(
+        "input: {} ({mb:.0} MB f32), threads: {}",
+        input.display(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!("peer  file copy of the input:   {copy_s:>6.2} s  {:>6.0} MB/s", mb / copy_s);
+    println!(
+        "peer  llama.cpp convert_hf_to_gguf --outtype f16 (measured on this machine class): ~4 s, {:.0} MB/s",
+        mb / 4.0
+    );
+    println!(
+        "{:<8} {:>8} {:>9} {:>10} {:>12} {:>10}",
+        "type", "best s", "MB/s in", "vs llama", "peak RSS MB", "out MB"
+    );
+    for ty in ["f16", "bf16", "q8_0", "q4_0"] {
+        let out = dir.path().join(format!("out-{ty}.gguf"));
+        let runs: Vec<(f64, f64)> =
+            (0..3).map(|_| run(&[&"convert", &hf, &"--type", &ty, &"-o", &out, &"--quiet"])).collect();
+        let best = runs.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+        let rss = runs.iter().map(|r| r.1).fold(0.0, f64::max);
+        let out_mb = std::fs::metadata(&out).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
+        let llama = if ty == "f16" { format!("{:.1}x", 4.0 / best) } else { "-".into() };
+        println!("{ty:<8} {best:>8.2} {:>9.0} {llama:>10} {rss:>12.0} {out_mb:>10.0}", mb / best);
+    }
+}

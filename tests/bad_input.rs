@@ -37,7 +37,8 @@ fn edit_config(dir: &Path, edit: impl Fn(&mut serde_json::Value)) {
     std::fs::write(&p, serde_json::to_vec_pretty(&v).expect("ser")).expect("write");
 }
 
-const FIXTURE_FILES: &[&str] = &["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"];
+const FIXTURE_FILES: &[&str] =
+    &["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"];
 
 #[test]
 fn hf_folder_problems() {
@@ -53,10 +54,12 @@ fn hf_folder_problems() {
         ),
         (
             "heads do not divide width",
-            Box::new(|d| edit_config(d, |c| {
-                c["num_attention_heads"] = serde_json::json!(7);
-                c.as_object_mut().expect("obj").remove("head_dim");
-            })),
+            Box::new(|d| {
+                edit_config(d, |c| {
+                    c["num_attention_heads"] = serde_json::json!(7);
+                    c.as_object_mut().expect("obj").remove("head_dim");
+                })
+            }),
             vec!["config.json", "7 heads do not divide hidden_size 64"],
         ),
         (
@@ -76,31 +79,47 @@ fn hf_folder_problems() {
         ),
         (
             "NaN weight",
-            Box::new(|d| rewrite_weights(d, |t| t.get_mut("model.layers.2.mlp.up_proj.weight").expect("t").1[130] = f32::NAN)),
+            Box::new(|d| {
+                rewrite_weights(d, |t| {
+                    t.get_mut("model.layers.2.mlp.up_proj.weight").expect("t").1[130] = f32::NAN
+                })
+            }),
             vec!["blk.2.ffn_up.weight", "NaN at element 130", "row 2, column 2"],
         ),
         (
             "Inf weight",
-            Box::new(|d| rewrite_weights(d, |t| t.get_mut("model.norm.weight").expect("t").1[3] = f32::NEG_INFINITY)),
+            Box::new(|d| {
+                rewrite_weights(d, |t| t.get_mut("model.norm.weight").expect("t").1[3] = f32::NEG_INFINITY)
+            }),
             vec!["output_norm.weight", "-inf at element 3"],
         ),
         (
             "missing tensor",
-            Box::new(|d| rewrite_weights(d, |t| { t.remove("model.layers.3.self_attn.v_proj.weight"); })),
+            Box::new(|d| {
+                rewrite_weights(d, |t| {
+                    t.remove("model.layers.3.self_attn.v_proj.weight");
+                })
+            }),
             vec!["model.layers.3.self_attn.v_proj.weight", "is missing"],
         ),
         (
             "wrong shape",
-            Box::new(|d| rewrite_weights(d, |t| {
-                let (s, v) = t.get_mut("model.layers.1.self_attn.o_proj.weight").expect("t");
-                *s = vec![32, 128];
-                let _ = v;
-            })),
+            Box::new(|d| {
+                rewrite_weights(d, |t| {
+                    let (s, v) = t.get_mut("model.layers.1.self_attn.o_proj.weight").expect("t");
+                    *s = vec![32, 128];
+                    let _ = v;
+                })
+            }),
             vec!["model.layers.1.self_attn.o_proj.weight", "shape [32, 128]", "expected [64, 64]"],
         ),
         (
             "unknown tensor",
-            Box::new(|d| rewrite_weights(d, |t| { t.insert("vision_tower.proj.weight".into(), (vec![2], vec![0.0, 1.0])); })),
+            Box::new(|d| {
+                rewrite_weights(d, |t| {
+                    t.insert("vision_tower.proj.weight".into(), (vec![2], vec![0.0, 1.0]));
+                })
+            }),
             vec!["vision_tower.proj.weight", "no place"],
         ),
         (
@@ -162,7 +181,8 @@ fn sharded_index_problems() {
     let hf = t.path().join("hf");
     ok(&[&"export-hf", &g, &"-o", &hf, &"--max-shard-mb", &"0"]);
     let index_path = hf.join("model.safetensors.index.json");
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).expect("r")).expect("json");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).expect("r")).expect("json");
 
     // The index names a tensor that is not in the shard it points to.
     let mut bad = index.clone();
@@ -170,7 +190,10 @@ fn sharded_index_problems() {
     bad["weight_map"]["model.layers.0.mlp.up_proj.weight"] = other;
     std::fs::write(&index_path, serde_json::to_vec(&bad).expect("ser")).expect("w");
     let out = t.path().join("out.gguf");
-    fails_with(&[&"convert", &hf, &"-o", &out], &["model.layers.0.mlp.up_proj.weight", "is missing", "index.json says"]);
+    fails_with(
+        &[&"convert", &hf, &"-o", &out],
+        &["model.layers.0.mlp.up_proj.weight", "is missing", "index.json says"],
+    );
 
     // The index points outside the model folder.
     let mut bad = index.clone();
@@ -182,7 +205,10 @@ fn sharded_index_problems() {
     std::fs::write(&index_path, serde_json::to_vec(&index).expect("ser")).expect("w");
     let shard = hf.join(index["weight_map"]["model.norm.weight"].as_str().expect("s"));
     std::fs::remove_file(&shard).expect("rm");
-    fails_with(&[&"convert", &hf, &"-o", &out], &[shard.file_name().expect("n").to_str().expect("utf8"), "No such file"]);
+    fails_with(
+        &[&"convert", &hf, &"-o", &out],
+        &[shard.file_name().expect("n").to_str().expect("utf8"), "No such file"],
+    );
     assert!(!out.exists());
 }
 
@@ -204,17 +230,68 @@ fn gguf_problems_at_every_section() {
         std::fs::write(&p, &good[..cut]).expect("w");
         let out = t.path().join("out.gguf");
         let err = fails_with(&[&"convert", &p, &"-o", &out], &["cut.gguf", "malformed GGUF"]);
-        assert!(err.contains("truncated") || err.contains("not a GGUF") || err.contains("cannot fit"), "cut {cut}: {err}");
+        assert!(
+            err.contains("truncated") || err.contains("not a GGUF") || err.contains("cannot fit"),
+            "cut {cut}: {err}"
+        );
         assert!(!out.exists());
         fails_with(&[&"inspect", &p], &["cut.gguf"]);
     }
     let variants: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("bad magic", { let mut b = good.clone(); b[0] = b'X'; b }, "not a GGUF file"),
-        ("v1", { let mut b = good.clone(); b[4] = 1; b }, "GGUF v1 is not supported"),
-        ("big-endian", { let mut b = good.clone(); b[4..8].copy_from_slice(&3u32.to_be_bytes()); b }, "big-endian"),
-        ("huge tensor count", { let mut b = good.clone(); b[8..16].copy_from_slice(&u64::MAX.to_le_bytes()); b }, "cannot fit"),
-        ("huge metadata count", { let mut b = good.clone(); b[16..24].copy_from_slice(&(1u64 << 50).to_le_bytes()); b }, "cannot fit"),
-        ("huge key length", { let mut b = good.clone(); b[24..32].copy_from_slice(&(1u64 << 60).to_le_bytes()); b }, "too large"),
+        (
+            "bad magic",
+            {
+                let mut b = good.clone();
+                b[0] = b'X';
+                b
+            },
+            "not a GGUF file",
+        ),
+        (
+            "v1",
+            {
+                let mut b = good.clone();
+                b[4] = 1;
+                b
+            },
+            "GGUF v1 is not supported",
+        ),
+        (
+            "big-endian",
+            {
+                let mut b = good.clone();
+                b[4..8].copy_from_slice(&3u32.to_be_bytes());
+                b
+            },
+            "big-endian",
+        ),
+        (
+            "huge tensor count",
+            {
+                let mut b = good.clone();
+                b[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+                b
+            },
+            "cannot fit",
+        ),
+        (
+            "huge metadata count",
+            {
+                let mut b = good.clone();
+                b[16..24].copy_from_slice(&(1u64 << 50).to_le_bytes());
+                b
+            },
+            "cannot fit",
+        ),
+        (
+            "huge key length",
+            {
+                let mut b = good.clone();
+                b[24..32].copy_from_slice(&(1u64 << 60).to_le_bytes());
+                b
+            },
+            "too large",
+        ),
     ];
     for (what, bytes, needle) in variants {
         let p = t.path().join("bad.gguf");

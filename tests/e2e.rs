@@ -19,7 +19,8 @@ fn convert_is_deterministic_across_runs_and_thread_counts() {
         ok(&[&"convert", &stories(), &"--type", &ty, &"-o", &a, &"--threads", &"1"]);
         ok(&[&"convert", &stories(), &"--type", &ty, &"-o", &b, &"--threads", &"2"]);
         ok(&[&"convert", &stories(), &"--type", &ty, &"-o", &c]);
-        let (a, b, c) = (std::fs::read(a).expect("a"), std::fs::read(b).expect("b"), std::fs::read(c).expect("c"));
+        let (a, b, c) =
+            (std::fs::read(a).expect("a"), std::fs::read(b).expect("b"), std::fs::read(c).expect("c"));
         assert_eq!(a, b, "{ty}: 1 vs 2 threads");
         assert_eq!(a, c, "{ty}: second run");
     }
@@ -39,7 +40,8 @@ fn hf_to_gguf_to_hf_roundtrip_is_exact_and_sharding_does_not_change_output() {
     assert!(hf.join("model.safetensors.index.json").exists());
     let orig = SafetensorsFile::open(stories().join("model.safetensors")).expect("orig");
     let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(hf.join("model.safetensors.index.json")).expect("index")).expect("json");
+        serde_json::from_slice(&std::fs::read(hf.join("model.safetensors.index.json")).expect("index"))
+            .expect("json");
     let map = index["weight_map"].as_object().expect("weight_map");
     assert_eq!(map.len(), orig.names().len());
     for name in orig.names() {
@@ -57,7 +59,12 @@ fn hf_to_gguf_to_hf_roundtrip_is_exact_and_sharding_does_not_change_output() {
         assert_eq!((&ta.dims, ta.ty), (&tb.dims, tb.ty));
         assert_eq!(a.tensor_data(ta), b.tensor_data(tb), "{}", ta.name);
     }
-    for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "llama.rope.dimension_count"] {
+    for key in [
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.scores",
+        "tokenizer.ggml.token_type",
+        "llama.rope.dimension_count",
+    ] {
         assert_eq!(a.get(key), b.get(key), "{key}");
     }
 }

@@ -155,7 +155,14 @@ fn inspect_gguf(ctx: &Ctx, p: &Path, full: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Invalid(e.to_string()))?);
         return Ok(());
     }
-    println!("{}: GGUF v{}, {} tensors, {} metadata keys, alignment {}", p.display(), g.version, g.tensors.len(), g.metadata.len(), g.alignment);
+    println!(
+        "{}: GGUF v{}, {} tensors, {} metadata keys, alignment {}",
+        p.display(),
+        g.version,
+        g.tensors.len(),
+        g.metadata.len(),
+        g.alignment
+    );
     println!("\nmetadata:");
     for (k, v) in &g.metadata {
         println!("  {k:<44} {}", v.summary(5));
@@ -175,7 +182,11 @@ fn inspect_gguf(ctx: &Ctx, p: &Path, full: bool) -> Result<()> {
             println!("  {f}");
         }
     }
-    println!("\ntotal: {params} weights, {} of tensor data ({} file), {bpw:.3} bits per weight", human(data), human(file_size));
+    println!(
+        "\ntotal: {params} weights, {} of tensor data ({} file), {bpw:.3} bits per weight",
+        human(data),
+        human(file_size)
+    );
     Ok(())
 }
 
@@ -195,7 +206,13 @@ fn tensor_rows_json(names: Vec<(String, Vec<usize>, String, usize)>) -> (Vec<ser
 fn print_tensor_rows(rows: &[serde_json::Value]) {
     println!("{:<52} {:>20} {:>6} {:>12}", "tensor", "shape", "dtype", "bytes");
     for r in rows {
-        println!("{:<52} {:>20} {:>6} {:>12}", r["name"].as_str().unwrap_or(""), r["shape"].to_string(), r["dtype"].as_str().unwrap_or(""), r["bytes"]);
+        println!(
+            "{:<52} {:>20} {:>6} {:>12}",
+            r["name"].as_str().unwrap_or(""),
+            r["shape"].to_string(),
+            r["dtype"].as_str().unwrap_or(""),
+            r["bytes"]
+        );
     }
 }
 
@@ -204,7 +221,11 @@ fn inspect_safetensors(ctx: &Ctx, p: &Path) -> Result<()> {
     let rows: Vec<_> = f
         .names()
         .into_iter()
-        .filter_map(|n| f.info(&n).map(|i| (n.clone(), i.shape.clone(), format!("{:?}", i.dtype), i.data_offsets.1 - i.data_offsets.0)))
+        .filter_map(|n| {
+            f.info(&n).map(|i| {
+                (n.clone(), i.shape.clone(), format!("{:?}", i.dtype), i.data_offsets.1 - i.data_offsets.0)
+            })
+        })
         .collect();
     let (rows, params, bytes) = tensor_rows_json(rows);
     if ctx.json {
@@ -219,7 +240,11 @@ fn inspect_safetensors(ctx: &Ctx, p: &Path) -> Result<()> {
         }
     }
     print_tensor_rows(&rows);
-    println!("\ntotal: {params} weights, {}, {:.3} bits per weight", human(bytes), bytes as f64 * 8.0 / params.max(1) as f64);
+    println!(
+        "\ntotal: {params} weights, {}, {:.3} bits per weight",
+        human(bytes),
+        bytes as f64 * 8.0 / params.max(1) as f64
+    );
     Ok(())
 }
 
@@ -227,11 +252,18 @@ fn inspect_hf(ctx: &Ctx, p: &Path) -> Result<()> {
     let h = HfCheckpoint::open(p)?;
     let rows: Vec<_> = h
         .names()
-        .filter_map(|n| h.shape(n).ok().map(|(s, d)| {
-            let elem = match d.as_str() { "F32" | "I32" | "U32" => 4, "F64" | "I64" => 8, "U8" | "I8" | "BOOL" => 1, _ => 2 };
-            let size = s.iter().product::<usize>() * elem;
-            (n.to_string(), s, d, size)
-        }))
+        .filter_map(|n| {
+            h.shape(n).ok().map(|(s, d)| {
+                let elem = match d.as_str() {
+                    "F32" | "I32" | "U32" => 4,
+                    "F64" | "I64" => 8,
+                    "U8" | "I8" | "BOOL" => 1,
+                    _ => 2,
+                };
+                let size = s.iter().product::<usize>() * elem;
+                (n.to_string(), s, d, size)
+            })
+        })
         .collect();
     let (rows, params, bytes) = tensor_rows_json(rows);
     let c: &ModelConfig = &h.config;
@@ -288,7 +320,12 @@ pub fn export_hf(ctx: &Ctx, a: &ExportArgs) -> Result<()> {
     } else {
         println!(
             "wrote {}: {} tensors as {} in {} shard(s), {:.1} MB, {:.2} s",
-            report.dir.display(), report.tensors, report.dtype, report.shards, report.bytes as f64 / 1e6, t0.elapsed().as_secs_f64()
+            report.dir.display(),
+            report.tensors,
+            report.dtype,
+            report.shards,
+            report.bytes as f64 / 1e6,
+            t0.elapsed().as_secs_f64()
         );
     }
     Ok(())

@@ -45,10 +45,15 @@ output and in the file's `quantkit.fallbacks` metadata).\n\n\
 Example:\n  quantkit convert ./SmolLM2-135M-Instruct --type q4_0 -o smollm2-q4_0.gguf")]
     Convert(commands::ConvertArgs),
     /// Show the metadata and tensors of a GGUF file, a safetensors file or an HF folder.
-    #[command(after_help = "Example:\n  quantkit inspect model.gguf --json | jq '.tensors[] | select(.type==\"f16\")'")]
+    #[command(
+        after_help = "Example:\n  quantkit inspect model.gguf --json | jq '.tensors[] | select(.type==\"f16\")'"
+    )]
     Inspect(commands::InspectArgs),
     /// Dequantize a GGUF into a Hugging Face folder (safetensors + config + tokenizer).
-    #[command(name = "export-hf", after_help = "Example:\n  quantkit export-hf SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2-hf")]
+    #[command(
+        name = "export-hf",
+        after_help = "Example:\n  quantkit export-hf SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2-hf"
+    )]
     ExportHf(commands::ExportArgs),
 }
 

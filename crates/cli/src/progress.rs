@@ -14,7 +14,11 @@ pub fn bar(enabled: bool, total: u64, what: &str, bytes: bool) -> ProgressBar {
         "{msg:>10} [{bar:40.cyan/blue}] {percent:>3}% {per_sec} eta {eta}"
     };
     let pb = ProgressBar::new(total);
-    pb.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
     pb.set_message(what.to_string());
     pb
 }

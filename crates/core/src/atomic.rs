@@ -43,7 +43,8 @@ impl AtomicFile {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let tmp = dir.join(format!(".{file_name}.quantkit-tmp-{}-{nonce:08x}", std::process::id()));
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let file =
+            OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok(Self { dest, tmp, writer: Some(BufWriter::with_capacity(1 << 20, file)) })
     }
 

@@ -35,7 +35,8 @@ fn every_registered_format_roundtrips_within_ggml_ceilings() {
         let e = ggml_rmse(&x, &y);
         assert!(e < 0.002, "{}: error {e}", c.ty);
         // A true RMSE bound as well: half a quantization step of the largest block (|x| ≤ 2.1).
-        let true_rmse = (x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / x.len() as f64).sqrt();
+        let true_rmse =
+            (x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / x.len() as f64).sqrt();
         assert!(true_rmse < 2.1 / 8.0 / 2.0, "{}: rmse {true_rmse}", c.ty);
         if c.ty == GgmlType::F32 {
             assert_eq!(x, y);
@@ -56,9 +57,14 @@ fn random_data_error_is_bounded_per_block() {
         let y = dequantize(ty, &quantize(ty, &x, 32 * 64).expect("q"), 32 * 64).expect("dq");
         for (xb, yb) in x.chunks(32).zip(y.chunks(32)) {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let range = xb.iter().cloned().fold(f32::MIN, f32::max) - xb.iter().cloned().fold(f32::MAX, f32::min);
+            let range =
+                xb.iter().cloned().fold(f32::MIN, f32::max) - xb.iter().cloned().fold(f32::MAX, f32::min);
             // Half a quantization step (plus fp16 rounding of the scale) bounds every element.
-            let step = if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) { range / (2.0 * levels) } else { amax / levels };
+            let step = if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+                range / (2.0 * levels)
+            } else {
+                amax / levels
+            };
             for (a, b) in xb.iter().zip(yb) {
                 assert!((a - b).abs() <= step * 1.01 + 1e-3, "{ty}: {a} vs {b} (step {step})");
             }

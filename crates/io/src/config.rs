@@ -57,10 +57,20 @@ impl Arch {
 /// RoPE frequency scaling.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub enum RopeScaling {
-    Linear { factor: f64 },
-    Yarn { factor: f64, original_context: u64 },
+    Linear {
+        factor: f64,
+    },
+    Yarn {
+        factor: f64,
+        original_context: u64,
+    },
     /// Llama 3.1: per-frequency factors, stored by llama.cpp as the `rope_freqs.weight` tensor.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_context: u64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_context: u64,
+    },
 }
 
 /// What the converter and the engine need to know about a model.
@@ -113,7 +123,9 @@ impl ModelConfig {
         let float = |key: &str, default: f64| -> Result<f64> {
             match field(cfg, key) {
                 None => Ok(default),
-                Some(v) => v.as_f64().filter(|f| f.is_finite()).ok_or_else(|| bad(key, format!("not a number: {v}"))),
+                Some(v) => {
+                    v.as_f64().filter(|f| f.is_finite()).ok_or_else(|| bad(key, format!("not a number: {v}")))
+                }
             }
         };
         let hidden_size = uint("hidden_size")?;
@@ -135,7 +147,10 @@ impl ModelConfig {
             }
         };
         if n_heads % n_kv_heads != 0 {
-            return Err(bad("num_key_value_heads", format!("{n_kv_heads} KV heads do not divide {n_heads} heads")));
+            return Err(bad(
+                "num_key_value_heads",
+                format!("{n_kv_heads} KV heads do not divide {n_heads} heads"),
+            ));
         }
         if head_dim % 2 != 0 {
             return Err(bad("head_dim", format!("head dimension {head_dim} is odd; RoPE needs pairs")));
@@ -175,7 +190,8 @@ impl ModelConfig {
 
     fn parse_rope_scaling(rs: &Json) -> std::result::Result<Option<RopeScaling>, String> {
         let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Json::as_str).unwrap_or("default");
-        let num = |k: &str| rs.get(k).and_then(Json::as_f64).ok_or_else(|| format!("{kind} scaling needs \"{k}\""));
+        let num =
+            |k: &str| rs.get(k).and_then(Json::as_f64).ok_or_else(|| format!("{kind} scaling needs \"{k}\""));
         Ok(match kind {
             "default" => None,
             "linear" => Some(RopeScaling::Linear { factor: num("factor")? }),
@@ -270,7 +286,9 @@ impl ModelConfig {
         };
         let vocab_size = match g.get(&k("vocab_size")).and_then(Value::as_u64) {
             Some(v) => v,
-            None => g.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(|t| t.len() as u64).unwrap_or(0),
+            None => {
+                g.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(|t| t.len() as u64).unwrap_or(0)
+            }
         };
         let rope_scaling = match g.get(&k("rope.scaling.type")).and_then(Value::as_str) {
             Some("linear") => Some(RopeScaling::Linear { factor: g.get_f64(&k("rope.scaling.factor"))? }),

@@ -113,7 +113,10 @@ pub fn export_hf(
         return Err(Error::Invalid(format!("output directory {} does not exist", parent.display())));
     }
     if dest.exists() && !opts.force {
-        return Err(Error::Invalid(format!("{} already exists (pass --force to replace it)", dest.display())));
+        return Err(Error::Invalid(format!(
+            "{} already exists (pass --force to replace it)",
+            dest.display()
+        )));
     }
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
     let tmp = parent.join(format!(".{name}.quantkit-tmp-{}", std::process::id()));
@@ -145,7 +148,11 @@ pub fn export_hf(
         };
         let specs: Vec<StTensorSpec> = members
             .iter()
-            .map(|&i| StTensorSpec { name: plan[i].hf.clone(), dtype: st_dtype, shape: plan[i].shape.clone() })
+            .map(|&i| StTensorSpec {
+                name: plan[i].hf.clone(),
+                dtype: st_dtype,
+                shape: plan[i].shape.clone(),
+            })
             .collect();
         for s in &specs {
             weight_map.insert(s.name.clone(), fname.clone());

@@ -48,12 +48,22 @@ impl HfCheckpoint {
         if index_path.is_file() {
             let index = read_json(&index_path, "safetensors index")?;
             let map = index.get("weight_map").and_then(Json::as_object).ok_or_else(|| {
-                Error::malformed(&index_path, "safetensors index", "\"weight_map\"", "missing or not an object")
+                Error::malformed(
+                    &index_path,
+                    "safetensors index",
+                    "\"weight_map\"",
+                    "missing or not an object",
+                )
             })?;
             let mut files: BTreeMap<String, usize> = BTreeMap::new();
             for (tensor, file) in map {
                 let file = file.as_str().ok_or_else(|| {
-                    Error::malformed(&index_path, "safetensors index", format!("\"{tensor}\""), "file name is not a string")
+                    Error::malformed(
+                        &index_path,
+                        "safetensors index",
+                        format!("\"{tensor}\""),
+                        "file name is not a string",
+                    )
                 })?;
                 if file.contains('/') || file.contains('\\') || file == ".." || file.is_empty() {
                     return Err(Error::malformed(

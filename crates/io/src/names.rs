@@ -113,7 +113,10 @@ mod tests {
             let g = hf_to_gguf(hf).expect("maps");
             assert_eq!(gguf_to_hf(&g).as_deref(), Some(hf));
         }
-        assert_eq!(hf_to_gguf("model.layers.2.self_attn.o_proj.weight").as_deref(), Some("blk.2.attn_output.weight"));
+        assert_eq!(
+            hf_to_gguf("model.layers.2.self_attn.o_proj.weight").as_deref(),
+            Some("blk.2.attn_output.weight")
+        );
         assert_eq!(hf_to_gguf("model.layers.x.mlp.up_proj.weight"), None);
         assert_eq!(hf_to_gguf("vision_tower.weight"), None);
     }

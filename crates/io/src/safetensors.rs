@@ -70,7 +70,9 @@ impl SafetensorsFile {
         let dtype = self.info(name).map(|i| i.dtype);
         let bytes = self.data(name)?;
         match dtype {
-            Some(Dtype::F32) => Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+            Some(Dtype::F32) => {
+                Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
             Some(Dtype::F16) => quantkit_formats::dequantize(quantkit_core::GgmlType::F16, bytes, 1),
             Some(Dtype::BF16) => quantkit_formats::dequantize(quantkit_core::GgmlType::BF16, bytes, 1),
             Some(other) => Err(Error::Unsupported(format!(
@@ -135,7 +137,10 @@ pub fn write_safetensors(
 ) -> Result<()> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| Error::Invalid(e.to_string()))?);
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).map_err(|e| Error::Invalid(e.to_string()))?,
+        );
     }
     let mut offset = 0usize;
     for t in tensors {
@@ -159,7 +164,10 @@ pub fn write_safetensors(
     for (i, t) in tensors.iter().enumerate() {
         let bytes = data(i)?;
         if bytes.len() != t.size() {
-            return Err(Error::bad_tensor(&t.name, format!("produced {} bytes, expected {}", bytes.len(), t.size())));
+            return Err(Error::bad_tensor(
+                &t.name,
+                format!("produced {} bytes, expected {}", bytes.len(), t.size()),
+            ));
         }
         out.write_all(&bytes)?;
     }

@@ -87,7 +87,11 @@ impl ModelSource {
             ModelSource::Gguf { file, .. } => Ok(file
                 .tensors
                 .iter()
-                .map(|t| SourceTensor { name: t.name.clone(), dims: t.dims.clone(), origin: Origin::Gguf { ty: t.ty } })
+                .map(|t| SourceTensor {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    origin: Origin::Gguf { ty: t.ty },
+                })
                 .collect()),
             ModelSource::Hf(h) => hf_tensors(h),
         }
@@ -99,7 +103,9 @@ impl ModelSource {
             (Origin::Hf { name, permute_heads, .. }, ModelSource::Hf(h)) => {
                 let data = h.read_f32(name)?;
                 match permute_heads {
-                    Some(n) => names::permute_qk(&data, t.dims.get(1).copied().unwrap_or(1) as usize, *n as usize),
+                    Some(n) => {
+                        names::permute_qk(&data, t.dims.get(1).copied().unwrap_or(1) as usize, *n as usize)
+                    }
                     None => data,
                 }
             }
@@ -139,7 +145,10 @@ impl ModelSource {
                 .metadata
                 .iter()
                 .filter(|(k, _)| {
-                    !matches!(k.as_str(), "general.file_type" | "general.quantization_version" | "general.alignment")
+                    !matches!(
+                        k.as_str(),
+                        "general.file_type" | "general.quantization_version" | "general.alignment"
+                    )
                 })
                 .cloned()
                 .collect()),
@@ -188,7 +197,8 @@ fn check_finite(t: &SourceTensor, data: &[f32]) -> Result<()> {
 
 /// The expected row-major shape of each HF tensor.
 fn expected_shape(c: &ModelConfig, gguf_name: &str) -> Option<Vec<u64>> {
-    let part = gguf_name.strip_prefix("blk.").and_then(|r| r.split_once('.')).map(|(_, p)| p).unwrap_or(gguf_name);
+    let part =
+        gguf_name.strip_prefix("blk.").and_then(|r| r.split_once('.')).map(|(_, p)| p).unwrap_or(gguf_name);
     let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
     Some(match part {
@@ -209,7 +219,11 @@ fn hf_tensors(h: &HfCheckpoint) -> Result<Vec<SourceTensor>> {
     let c = &h.config;
     let mut out = Vec::new();
     if let Some(f) = c.llama3_rope_factors() {
-        out.push(SourceTensor { name: "rope_freqs.weight".into(), dims: vec![f.len() as u64], origin: Origin::RopeFreqs });
+        out.push(SourceTensor {
+            name: "rope_freqs.weight".into(),
+            dims: vec![f.len() as u64],
+            origin: Origin::RopeFreqs,
+        });
     }
     let mut seen = std::collections::HashSet::new();
     for hf_name in h.names() {
@@ -261,7 +275,17 @@ fn hf_tensors(h: &HfCheckpoint) -> Result<Vec<SourceTensor>> {
         required.push("output.weight".into());
     }
     for i in 0..c.num_layers {
-        for p in ["attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"] {
+        for p in [
+            "attn_norm",
+            "ffn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ] {
             required.push(format!("blk.{i}.{p}.weight"));
         }
         if c.arch == crate::config::Arch::Qwen2 {

@@ -126,28 +126,37 @@ pub fn hf_to_gguf(
     }
     let tj = crate::hf::read_json(&path, "tokenizer.json")?;
     let tc_path = dir.join("tokenizer_config.json");
-    let tc = if tc_path.is_file() { Some(crate::hf::read_json(&tc_path, "tokenizer_config.json")?) } else { None };
+    let tc =
+        if tc_path.is_file() { Some(crate::hf::read_json(&tc_path, "tokenizer_config.json")?) } else { None };
     let model = tj.get("model").ok_or_else(|| tok_err(&path, "\"model\"", "missing"))?;
     let mtype = model.get("type").and_then(Json::as_str).unwrap_or("");
     if mtype != "BPE" {
-        return Err(Error::Unsupported(format!("{} tokenizer in {} (only BPE is supported)", mtype, path.display())));
+        return Err(Error::Unsupported(format!(
+            "{} tokenizer in {} (only BPE is supported)",
+            mtype,
+            path.display()
+        )));
     }
     let vocab = model
         .get("vocab")
         .and_then(Json::as_object)
         .ok_or_else(|| tok_err(&path, "model.vocab", "missing or not an object"))?;
-    let added: Vec<&Json> = tj.get("added_tokens").and_then(Json::as_array).map(|a| a.iter().collect()).unwrap_or_default();
+    let added: Vec<&Json> =
+        tj.get("added_tokens").and_then(Json::as_array).map(|a| a.iter().collect()).unwrap_or_default();
 
     // id → token text, base vocabulary and added tokens.
     let mut by_id: BTreeMap<u64, String> = BTreeMap::new();
     for (t, id) in vocab {
-        let id = id.as_u64().ok_or_else(|| tok_err(&path, &format!("model.vocab[{t:?}]"), "id is not an integer"))?;
+        let id = id
+            .as_u64()
+            .ok_or_else(|| tok_err(&path, &format!("model.vocab[{t:?}]"), "id is not an integer"))?;
         by_id.insert(id, t.clone());
     }
     let base_size = by_id.len() as u64;
     let mut added_info: HashMap<u64, (String, bool)> = HashMap::new();
     for a in &added {
-        let (Some(id), Some(content)) = (a.get("id").and_then(Json::as_u64), a.get("content").and_then(Json::as_str))
+        let (Some(id), Some(content)) =
+            (a.get("id").and_then(Json::as_u64), a.get("content").and_then(Json::as_str))
         else {
             return Err(tok_err(&path, "added_tokens", format!("entry without id/content: {a}")));
         };
@@ -165,7 +174,8 @@ pub fn hf_to_gguf(
 
     let byte_fallback = model.get("byte_fallback").and_then(Json::as_bool).unwrap_or(false);
     let ignore_merges = model.get("ignore_merges").and_then(Json::as_bool).unwrap_or(false);
-    let decoder_is_seq = tj.get("decoder").and_then(|d| d.get("type")).and_then(Json::as_str) == Some("Sequence");
+    let decoder_is_seq =
+        tj.get("decoder").and_then(|d| d.get("type")).and_then(Json::as_str) == Some("Sequence");
     let spm_style = llama_family && byte_fallback && decoder_is_seq && !(ignore_merges && !byte_fallback);
     let merges = merges_strings(model, &path)?;
 
@@ -190,7 +200,11 @@ pub fn hf_to_gguf(
                 token_type::NORMAL
             };
             if id != tokens.len() as u64 {
-                return Err(tok_err(&path, "model.vocab", format!("token ids are not contiguous (gap before id {id})")));
+                return Err(tok_err(
+                    &path,
+                    "model.vocab",
+                    format!("token ids are not contiguous (gap before id {id})"),
+                ));
             }
             tokens.push(text.clone());
             scores.push(Value::F32(rank.get(text.as_str()).map(|&r| -(r as f32)).unwrap_or(0.0)));
@@ -278,7 +292,8 @@ fn token_content(v: Option<&Json>) -> Option<String> {
 fn special_vocab(tj: &Json, tc: Option<&Json>, cfg: &Json, added: &[&Json]) -> Vec<(String, Value)> {
     let mut kv = Vec::new();
     let tc_token = |kind: &str| tc.and_then(|c| token_content(c.get(format!("{kind}_token"))));
-    let (bos, eos) = (tc_token("bos").or_else(|| tc_token("cls")), tc_token("eos").or_else(|| tc_token("sep")));
+    let (bos, eos) =
+        (tc_token("bos").or_else(|| tc_token("cls")), tc_token("eos").or_else(|| tc_token("sep")));
     let mut add: BTreeMap<&str, bool> = BTreeMap::new();
     if let Some(pp) = tj.get("post_processor").filter(|p| !p.is_null()) {
         let procs: Vec<&Json> = match pp.get("processors").and_then(Json::as_array) {
@@ -298,7 +313,12 @@ fn special_vocab(tj: &Json, tc: Option<&Json>, cfg: &Json, added: &[&Json]) -> V
                 }
                 Some("TemplateProcessing") => {
                     let single = p.get("single").and_then(Json::as_array).cloned().unwrap_or_default();
-                    let sp = |v: &Json| v.get("SpecialToken").and_then(|s| s.get("id")).and_then(Json::as_str).map(str::to_string);
+                    let sp = |v: &Json| {
+                        v.get("SpecialToken")
+                            .and_then(|s| s.get("id"))
+                            .and_then(Json::as_str)
+                            .map(str::to_string)
+                    };
                     if single.len() > 1 {
                         if let Some(first) = single.first().and_then(sp) {
                             add.insert("bos", Some(&first) == bos.as_ref() || tc.is_none());
@@ -321,7 +341,11 @@ fn special_vocab(tj: &Json, tc: Option<&Json>, cfg: &Json, added: &[&Json]) -> V
     }
     for (kind, key) in SPECIAL_KINDS {
         let from_tc = tc_token(kind).and_then(|content| {
-            added.iter().find(|a| a.get("content").and_then(Json::as_str) == Some(&content)).and_then(|a| a.get("id")).and_then(Json::as_u64)
+            added
+                .iter()
+                .find(|a| a.get("content").and_then(Json::as_str) == Some(&content))
+                .and_then(|a| a.get("id"))
+                .and_then(Json::as_u64)
         });
         let id = from_tc.or_else(|| cfg.get(format!("{kind}_token_id")).and_then(Json::as_u64));
         if let Some(id) = id {
@@ -353,15 +377,24 @@ fn gguf_strings(meta: &dyn Fn(&str) -> Option<Value>, key: &str) -> Option<Vec<S
 /// Rebuild an HF tokenizer from GGUF `tokenizer.*` metadata.
 pub fn gguf_to_hf(meta: &dyn Fn(&str) -> Option<Value>, source: &Path) -> Result<HfTokenizerFiles> {
     let bad = |k: &str, m: &str| Error::malformed(source, "GGUF", format!("metadata '{k}'"), m.to_string());
-    let model = meta("tokenizer.ggml.model").and_then(|v| v.as_str().map(str::to_string)).ok_or_else(|| bad("tokenizer.ggml.model", "missing"))?;
-    let tokens = gguf_strings(meta, "tokenizer.ggml.tokens").ok_or_else(|| bad("tokenizer.ggml.tokens", "missing"))?;
+    let model = meta("tokenizer.ggml.model")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .ok_or_else(|| bad("tokenizer.ggml.model", "missing"))?;
+    let tokens =
+        gguf_strings(meta, "tokenizer.ggml.tokens").ok_or_else(|| bad("tokenizer.ggml.tokens", "missing"))?;
     let types: Vec<i32> = meta("tokenizer.ggml.token_type")
-        .and_then(|v| v.as_array().map(|a| a.iter().map(|x| x.as_u64().map(|u| u as i32).unwrap_or(token_type::NORMAL)).collect()))
+        .and_then(|v| {
+            v.as_array().map(|a| {
+                a.iter().map(|x| x.as_u64().map(|u| u as i32).unwrap_or(token_type::NORMAL)).collect()
+            })
+        })
         .unwrap_or_else(|| vec![token_type::NORMAL; tokens.len()]);
     if types.len() != tokens.len() {
         return Err(bad("tokenizer.ggml.token_type", "length differs from tokenizer.ggml.tokens"));
     }
-    let id_of = |k: &str| meta(&format!("tokenizer.ggml.{k}")).and_then(|v| v.as_u64()).filter(|&i| (i as usize) < tokens.len());
+    let id_of = |k: &str| {
+        meta(&format!("tokenizer.ggml.{k}")).and_then(|v| v.as_u64()).filter(|&i| (i as usize) < tokens.len())
+    };
     let flag = |k: &str| meta(&format!("tokenizer.ggml.{k}")).and_then(|v| v.as_bool());
     let bos = id_of("bos_token_id");
     let eos = id_of("eos_token_id");
@@ -370,22 +403,35 @@ pub fn gguf_to_hf(meta: &dyn Fn(&str) -> Option<Value>, source: &Path) -> Result
 
     let mut added = Vec::new();
     for (i, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
-        if ty == token_type::CONTROL || ty == token_type::USER_DEFINED || Some(i as u64) == unk && model == "llama" {
+        if ty == token_type::CONTROL
+            || ty == token_type::USER_DEFINED
+            || Some(i as u64) == unk && model == "llama"
+        {
             added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
                 "normalized": ty == token_type::USER_DEFINED, "special": ty != token_type::USER_DEFINED}));
         }
     }
-    let vocab: serde_json::Map<String, Json> =
-        tokens.iter().enumerate().filter(|(_, t)| !t.starts_with("[PAD")).map(|(i, t)| (t.clone(), json!(i))).collect();
+    let vocab: serde_json::Map<String, Json> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !t.starts_with("[PAD"))
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
 
     let (add_bos_default, tj) = match model.as_str() {
         "gpt2" => {
-            let pre = meta("tokenizer.ggml.pre").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "default".into());
-            let merges = gguf_strings(meta, "tokenizer.ggml.merges").ok_or_else(|| bad("tokenizer.ggml.merges", "missing for a gpt2 vocabulary"))?;
-            let merges: Vec<Json> = merges.iter().map(|m| {
-                let (a, b) = m.split_once(' ').unwrap_or((m, ""));
-                json!([a, b])
-            }).collect();
+            let pre = meta("tokenizer.ggml.pre")
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "default".into());
+            let merges = gguf_strings(meta, "tokenizer.ggml.merges")
+                .ok_or_else(|| bad("tokenizer.ggml.merges", "missing for a gpt2 vocabulary"))?;
+            let merges: Vec<Json> = merges
+                .iter()
+                .map(|m| {
+                    let (a, b) = m.split_once(' ').unwrap_or((m, ""));
+                    json!([a, b])
+                })
+                .collect();
             let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
             let split = |pattern: &str| json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
             let (pre_tok, ignore_merges) = match pre.as_str() {
@@ -400,19 +446,24 @@ pub fn gguf_to_hf(meta: &dyn Fn(&str) -> Option<Value>, source: &Path) -> Result
                     )))
                 }
             };
-            (false, json!({
-                "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-                "normalizer": null, "pre_tokenizer": pre_tok,
-                "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
-                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-                "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                    "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
-                    "vocab": vocab, "merges": merges}
-            }))
+            (
+                false,
+                json!({
+                    "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+                    "normalizer": null, "pre_tokenizer": pre_tok,
+                    "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+                    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                        "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
+                        "vocab": vocab, "merges": merges}
+                }),
+            )
         }
         "llama" => {
             let scores: Vec<f32> = meta("tokenizer.ggml.scores")
-                .and_then(|v| v.as_array().map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect()))
+                .and_then(|v| {
+                    v.as_array().map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
+                })
                 .unwrap_or_else(|| vec![0.0; tokens.len()]);
             let merges = spm_merges(&tokens, &scores, &types);
             let add_prefix = flag("add_space_prefix").unwrap_or(true);
@@ -429,18 +480,23 @@ pub fn gguf_to_hf(meta: &dyn Fn(&str) -> Option<Value>, source: &Path) -> Result
             if add_prefix {
                 decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
             }
-            (true, json!({
-                "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-                "normalizer": {"type": "Sequence", "normalizers": normalizers},
-                "pre_tokenizer": null,
-                "post_processor": null,
-                "decoder": {"type": "Sequence", "decoders": decoders},
-                "model": {"type": "BPE", "dropout": null, "unk_token": unk.map(|u| tokens[u as usize].clone()),
-                    "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
-                    "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges}
-            }))
+            (
+                true,
+                json!({
+                    "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+                    "normalizer": {"type": "Sequence", "normalizers": normalizers},
+                    "pre_tokenizer": null,
+                    "post_processor": null,
+                    "decoder": {"type": "Sequence", "decoders": decoders},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": unk.map(|u| tokens[u as usize].clone()),
+                        "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+                        "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges}
+                }),
+            )
         }
-        other => return Err(Error::Unsupported(format!("tokenizer model {other:?} in {}", source.display()))),
+        other => {
+            return Err(Error::Unsupported(format!("tokenizer model {other:?} in {}", source.display())))
+        }
     };
     let add_bos = flag("add_bos_token").unwrap_or(add_bos_default);
     let add_eos = flag("add_eos_token").unwrap_or(false);
@@ -463,13 +519,22 @@ pub fn gguf_to_hf(meta: &dyn Fn(&str) -> Option<Value>, source: &Path) -> Result
         if add_eos {
             push(eos, &mut single);
         }
-        let pair: Vec<Json> = single.iter().cloned().chain(single.iter().map(|s| {
-            let mut s = s.clone();
-            if let Some(seq) = s.get_mut("Sequence") { seq["id"] = json!("B"); }
-            for v in s.as_object_mut().into_iter().flat_map(|o| o.values_mut()) { v["type_id"] = json!(1); }
-            s
-        })).collect();
-        let tmpl = json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials});
+        let pair: Vec<Json> = single
+            .iter()
+            .cloned()
+            .chain(single.iter().map(|s| {
+                let mut s = s.clone();
+                if let Some(seq) = s.get_mut("Sequence") {
+                    seq["id"] = json!("B");
+                }
+                for v in s.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+                    v["type_id"] = json!(1);
+                }
+                s
+            }))
+            .collect();
+        let tmpl =
+            json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials});
         tj["post_processor"] = if model == "gpt2" {
             json!({"type": "Sequence", "processors": [tj["post_processor"].clone(), tmpl]})
         } else {

@@ -46,13 +46,13 @@ pub fn quantize_parallel(ty: GgmlType, data: &[f32], row_len: usize) -> Result<V
         return Err(Error::Invalid(format!("{} values are not whole rows of {row_len}", data.len())));
     }
     let mut out = vec![0u8; data.len() / row_len * row_bytes];
-    out.par_chunks_mut(row_bytes * ROWS_PER_TASK)
-        .zip(data.par_chunks(row_len * ROWS_PER_TASK))
-        .for_each(|(o, x)| {
+    out.par_chunks_mut(row_bytes * ROWS_PER_TASK).zip(data.par_chunks(row_len * ROWS_PER_TASK)).for_each(
+        |(o, x)| {
             for (orow, xrow) in o.chunks_exact_mut(row_bytes).zip(x.chunks_exact(row_len)) {
                 (codec.quantize_row)(xrow, orow);
             }
-        });
+        },
+    );
     Ok(out)
 }
 

@@ -39,5 +39,9 @@ pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
 /// `1.0f/d`, or 0 when `d == 0` (an all-zero block).
 #[inline]
 pub(crate) fn inv(d: f32) -> f32 {
-    if d != 0.0 { 1.0 / d } else { 0.0 }
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
 }

@@ -97,12 +97,16 @@ impl GgufFile {
         let mut r = Reader { buf, pos: 0, path, values: 0 };
         let magic = r.take(4, "magic")?;
         if magic != MAGIC {
-            return Err(r.err("magic", format!("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")")));
+            return Err(
+                r.err("magic", format!("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")"))
+            );
         }
         let version = r.u32("version")?;
         match version {
             2 | 3 => {}
-            1 => return Err(r.err("version", "GGUF v1 is not supported (re-save it with a current llama.cpp)")),
+            1 => {
+                return Err(r.err("version", "GGUF v1 is not supported (re-save it with a current llama.cpp)"))
+            }
             v if v.swap_bytes() <= 3 => {
                 return Err(r.err("version", "big-endian GGUF is not supported".to_string()));
             }
@@ -159,7 +163,11 @@ impl GgufFile {
             if dims[0] % ty.block_size() as u64 != 0 {
                 return Err(r.err(
                     &where_,
-                    format!("row length {} is not a multiple of {ty}'s block size {}", dims[0], ty.block_size()),
+                    format!(
+                        "row length {} is not a multiple of {ty}'s block size {}",
+                        dims[0],
+                        ty.block_size()
+                    ),
                 ));
             }
             let size = (numel / ty.block_size() as u64)
@@ -174,8 +182,8 @@ impl GgufFile {
             tensors.push(TensorInfo { name, dims, ty, offset, size });
         }
 
-        let data_offset = align_up(r.pos as u64, alignment)
-            .ok_or_else(|| r.err("data section", "offset overflows"))?;
+        let data_offset =
+            align_up(r.pos as u64, alignment).ok_or_else(|| r.err("data section", "offset overflows"))?;
         let data_len = (buf.len() as u64).saturating_sub(data_offset);
         // Extents: inside the file and not overlapping.
         let mut order: Vec<usize> = (0..tensors.len()).collect();
@@ -341,7 +349,10 @@ impl<'a> Reader<'a> {
         if count > self.remaining() / min_size {
             return Err(self.err(
                 what,
-                format!("{count} entries cannot fit in the {} bytes left: corrupt or hostile header", self.remaining()),
+                format!(
+                    "{count} entries cannot fit in the {} bytes left: corrupt or hostile header",
+                    self.remaining()
+                ),
             ));
         }
         Ok(())
@@ -355,7 +366,10 @@ impl<'a> Reader<'a> {
         if len > self.remaining() {
             return Err(self.err(
                 what,
-                format!("string of {len} bytes runs past the end of the file ({} bytes left): truncated", self.remaining()),
+                format!(
+                    "string of {len} bytes runs past the end of the file ({} bytes left): truncated",
+                    self.remaining()
+                ),
             ));
         }
         let bytes = self.take(len as usize, what)?;

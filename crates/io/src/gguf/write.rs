@@ -25,7 +25,11 @@ impl TensorSpec {
         let row_bytes = self.ty.row_bytes(row).ok_or_else(|| {
             Error::bad_tensor(
                 &self.name,
-                format!("row length {row} is not a multiple of {}'s block size {}", self.ty, self.ty.block_size()),
+                format!(
+                    "row length {row} is not a multiple of {}'s block size {}",
+                    self.ty,
+                    self.ty.block_size()
+                ),
             )
         })?;
         if row == 0 {
