@@ -7,7 +7,7 @@
 #   bash scripts/run.sh convert ./my-hf-model --type q4_0 -o my-model-q4_0.gguf   # any quantkit command
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-(cd "$root" && cargo build --release --locked -q)
+(cd "$root" && cargo build --release -q)
 qk="$root/target/release/quantkit"
 if [[ $# -gt 0 ]]; then
   exec "$qk" "$@"

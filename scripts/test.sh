@@ -10,8 +10,8 @@ cd "$root"
 export QUANTKIT_SHARED=${QUANTKIT_SHARED:-$root/../shared}
 
 echo "== cargo build + tests (release) =="
-cargo build --release --locked 2>&1 | tail -n 3
-cargo test --release --locked --workspace 2>&1 | tee /tmp/quantkit-cargo-test.log | grep -E "^(test |test result|running|error|warning: unused)" || true
+cargo build --release 2>&1 | tail -n 3
+cargo test --release --workspace 2>&1 | tee /tmp/quantkit-cargo-test.log | grep -E "^(test |test result|running|error|warning: unused)" || true
 if grep -qE "^test result: FAILED|^error" /tmp/quantkit-cargo-test.log || ! grep -q "^test result: ok" /tmp/quantkit-cargo-test.log; then
   echo "cargo tests failed" >&2
   tail -n 60 /tmp/quantkit-cargo-test.log >&2

@@ -89,3 +89,52 @@ def shared_ok():
     if not STORIES.exists():
         pytest.skip(f"{SHARED} fixtures not present")
     return SHARED
+
+
+def save_safetensors(path, tensors):
+    """A minimal independent safetensors writer (numpy, f32)."""
+    header, offset, blobs = {}, 0, []
+    for name, a in tensors.items():
+        b = np.ascontiguousarray(a, dtype=np.float32).tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
+        offset += len(b)
+        blobs.append(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir(tmp_path_factory):
+    """A small synthetic Qwen2ForCausalLM checkpoint (random weights, q/k/v biases) with SmolLM2's
+    BPE tokenizer, to exercise the qwen2 path (no q/k permutation, biases, gpt2 vocabulary)."""
+    if not SMOL_DIR.exists():
+        pytest.skip("SmolLM2 tokenizer fixture not present")
+    d = tmp_path_factory.mktemp("qwen2")
+    h, f, layers, heads, kv, vocab = 64, 128, 2, 4, 2, 49152
+    hd = h // heads
+    cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": h,
+           "intermediate_size": f, "num_hidden_layers": layers, "num_attention_heads": heads,
+           "num_key_value_heads": kv, "vocab_size": vocab, "max_position_embeddings": 1024,
+           "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True,
+           "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    for n in ["tokenizer.json", "tokenizer_config.json"]:
+        (d / n).write_bytes((SMOL_DIR / n).read_bytes())
+    rng = np.random.default_rng(7)
+    w = lambda *s: (rng.standard_normal(s) * 0.05).astype(np.float32)
+    t = {"model.embed_tokens.weight": w(vocab, h), "model.norm.weight": 1 + w(h)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t.update({p + "input_layernorm.weight": 1 + w(h), p + "post_attention_layernorm.weight": 1 + w(h),
+                  p + "self_attn.q_proj.weight": w(heads * hd, h), p + "self_attn.q_proj.bias": w(heads * hd),
+                  p + "self_attn.k_proj.weight": w(kv * hd, h), p + "self_attn.k_proj.bias": w(kv * hd),
+                  p + "self_attn.v_proj.weight": w(kv * hd, h), p + "self_attn.v_proj.bias": w(kv * hd),
+                  p + "self_attn.o_proj.weight": w(h, heads * hd), p + "mlp.gate_proj.weight": w(f, h),
+                  p + "mlp.up_proj.weight": w(f, h), p + "mlp.down_proj.weight": w(h, f)})
+    save_safetensors(d / "model.safetensors", t)
+    return d, t

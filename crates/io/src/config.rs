@@ -239,8 +239,11 @@ impl ModelConfig {
             }
             Some(RopeScaling::Llama3 { .. }) | None => {}
         }
-        kv.push((format!("{a}.vocab_size"), u(self.vocab_size)));
-        kv.push((format!("{a}.rope.dimension_count"), u(self.head_dim)));
+        if a == "llama" {
+            // LlamaModel adds these; Qwen2Model (plain TextModel) does not.
+            kv.push((format!("{a}.vocab_size"), u(self.vocab_size)));
+            kv.push((format!("{a}.rope.dimension_count"), u(self.head_dim)));
+        }
         kv
     }
 
