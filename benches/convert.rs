@@ -18,24 +18,19 @@ fn shared() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
 }
 
-/// Run quantkit; return (wall seconds, peak RSS of that child in MB) using wait4.
+/// Run `quantkit … --json`; return (wall seconds, the peak RSS it reports in MB). quantkit reads its
+/// own VmHWM: a parent's `ru_maxrss` would include memory inherited across fork+exec.
 fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (f64, f64) {
     let t = Instant::now();
     let mut c = Command::new(env!("CARGO_BIN_EXE_quantkit"));
     for a in args {
         c.arg(a);
     }
-    let child = c.stdout(std::process::Stdio::null()).spawn().expect("spawn quantkit");
-    let mut status = 0;
-    // SAFETY: wait4 on our own child's pid, writing into locals.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
-    assert!(
-        r > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "quantkit {:?} failed",
-        args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>()
-    );
-    (t.elapsed().as_secs_f64(), ru.ru_maxrss as f64 / 1024.0)
+    let o = c.arg("--json").output().expect("spawn quantkit");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
+    (secs, j["peak_rss_mb"].as_f64().unwrap_or(f64::NAN))
 }
 
 fn main() {

@@ -27,7 +27,7 @@ fn rewrite_weights(dir: &Path, edit: impl Fn(&mut BTreeMap<String, (Vec<usize>, 
         .collect();
     let data: Vec<Vec<u8>> =
         tensors.values().map(|(_, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
-    write_safetensors(&path, &specs, &BTreeMap::new(), |i| Ok(data[i].clone())).expect("write");
+    write_safetensors(&path, &specs, &BTreeMap::new(), |i, sink| sink(&data[i])).expect("write");
 }
 
 fn edit_config(dir: &Path, edit: impl Fn(&mut serde_json::Value)) {

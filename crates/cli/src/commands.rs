@@ -15,6 +15,14 @@ use serde_json::json;
 
 use crate::progress::bar;
 
+/// Peak resident memory of this process in MB (Linux `VmHWM`; reset at exec, unlike `ru_maxrss`).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 pub struct Ctx {
     pub json: bool,
     pub progress: bool,
@@ -52,7 +60,9 @@ pub fn convert(ctx: &Ctx, a: &ConvertArgs) -> Result<()> {
     let report = run_convert(&src, &a.output, &opts, &|done, _| pb.set_position(done))?;
     pb.finish_and_clear();
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?);
+        let mut j = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;
+        j["peak_rss_mb"] = json!(peak_rss_mb());
+        println!("{}", serde_json::to_string_pretty(&j).map_err(|e| Error::Invalid(e.to_string()))?);
         return Ok(());
     }
     let mut counts: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
@@ -62,14 +72,15 @@ pub fn convert(ctx: &Ctx, a: &ConvertArgs) -> Result<()> {
         e.1 += t.dims.iter().product::<u64>();
     }
     println!(
-        "wrote {}: {} tensors, {:.1} MB ({:.3} bits/weight) from {:.1} MB in {:.2} s ({:.0} MB/s of input)",
+        "wrote {}: {} tensors, {:.1} MB ({:.3} bits/weight) from {:.1} MB in {:.2} s ({:.0} MB/s of input, peak RSS {:.0} MB)",
         report.output.display(),
         report.tensors.len(),
         report.output_bytes as f64 / 1e6,
         report.bits_per_weight,
         report.input_bytes as f64 / 1e6,
         report.seconds,
-        report.input_bytes as f64 / 1e6 / report.seconds.max(1e-9)
+        report.input_bytes as f64 / 1e6 / report.seconds.max(1e-9),
+        peak_rss_mb().unwrap_or(0.0)
     );
     for (ty, (n, params)) in counts {
         println!("  {ty:>5}: {n:>4} tensors, {params:>12} weights");
@@ -316,7 +327,9 @@ pub fn export_hf(ctx: &Ctx, a: &ExportArgs) -> Result<()> {
     let report = run_export(&a.input, &a.output, &opts, &|done| pb.set_position(done))?;
     pb.finish_and_clear();
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?);
+        let mut j = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;
+        j["peak_rss_mb"] = json!(peak_rss_mb());
+        println!("{}", serde_json::to_string_pretty(&j).map_err(|e| Error::Invalid(e.to_string()))?);
     } else {
         println!(
             "wrote {}: {} tensors as {} in {} shard(s), {:.1} MB, {:.2} s",

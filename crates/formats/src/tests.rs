@@ -90,7 +90,7 @@ fn q4_0_known_block() {
     x[16] = 3.5;
     let b = <ggml::q4_0::BlockQ4_0 as BlockFormat>::quantize(&x);
     assert_eq!(f16_value(b.d), 0.5);
-    assert_eq!(b.qs[0], 0 | (15 << 4), "x0=-4 → 0; x16=3.5 → 15");
+    assert_eq!(b.qs[0], 15 << 4, "low nibble: x0=-4 → 0; high nibble: x16=3.5 → 15");
     assert_eq!(b.qs[1] & 0x0f, 10);
     assert_eq!(b.qs[2], 8 | (8 << 4));
 }

@@ -42,6 +42,9 @@ pub struct ExportReport {
     pub dtype: String,
 }
 
+/// Values converted per step of a tensor (16 MiB of f32).
+const CHUNK_VALUES: usize = 1 << 22;
+
 struct Planned {
     gguf: String,
     hf: String,
@@ -159,19 +162,27 @@ pub fn export_hf(
             total += s.size() as u64;
         }
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-        write_safetensors(&tmp.join(&fname), &specs, &meta, |k| {
+        write_safetensors(&tmp.join(&fname), &specs, &meta, |k, sink| {
             let p = &plan[members[k]];
             let info = file.tensor(&p.gguf).expect("planned from this file");
-            let mut data = file.read_f32(info)?;
-            file.release(info);
-            if let Some(h) = p.unpermute_heads {
-                data = names::unpermute_qk(&data, p.shape[0], h as usize);
+            let row = info.row_len() as usize;
+            let rows = (info.numel() / info.row_len().max(1)) as usize;
+            // q/k rows move within their head: those (small) tensors are handled whole.
+            let step =
+                if p.unpermute_heads.is_some() { rows.max(1) } else { (CHUNK_VALUES / row.max(1)).max(1) };
+            for r0 in (0..rows).step_by(step) {
+                let r1 = (r0 + step).min(rows);
+                let mut data = file.read_rows(info, r0, r1)?;
+                file.release_rows(info, r0, r1);
+                if let Some(h) = p.unpermute_heads {
+                    data = names::unpermute_qk(&data, rows, h as usize);
+                }
+                let out = quantkit_formats::quantize(opts.dtype, &data, row)?;
+                sink(&out)?;
+                done += out.len() as u64;
+                progress(done);
             }
-            let row = p.shape.last().copied().unwrap_or(1).max(1);
-            let out = quantkit_formats::quantize(opts.dtype, &data, row)?;
-            done += out.len() as u64;
-            progress(done);
-            Ok(out)
+            Ok(())
         })?;
     }
     if n_shards > 1 {

@@ -140,6 +140,16 @@ impl HfCheckpoint {
         self.shard(name)?.read_f32(name)
     }
 
+    pub fn read_f32_range(&self, name: &str, start: usize, end: usize) -> Result<Vec<f32>> {
+        self.shard(name)?.read_f32_range(name, start, end)
+    }
+
+    pub fn release_range(&self, name: &str, start: usize, end: usize) {
+        if let Ok(s) = self.shard(name) {
+            s.release_range(name, start, end);
+        }
+    }
+
     pub fn release(&self, name: &str) {
         if let Ok(s) = self.shard(name) {
             s.release(name);

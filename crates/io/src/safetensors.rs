@@ -67,8 +67,18 @@ impl SafetensorsFile {
 
     /// Read a float tensor as f32, row-major.
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let n = self.info(name).map(|i| i.shape.iter().product::<usize>()).unwrap_or(0);
+        self.read_f32_range(name, 0, n)
+    }
+
+    /// Elements `[start, end)` of a float tensor (flat, row-major) as f32.
+    pub fn read_f32_range(&self, name: &str, start: usize, end: usize) -> Result<Vec<f32>> {
         let dtype = self.info(name).map(|i| i.dtype);
-        let bytes = self.data(name)?;
+        let all = self.data(name)?;
+        let elem = dtype.map(|d| d.bitsize() / 8).unwrap_or(1).max(1);
+        let bytes = all.get(start * elem..end * elem).ok_or_else(|| {
+            Error::bad_tensor(name, format!("element range {start}..{end} is outside the tensor"))
+        })?;
         match dtype {
             Some(Dtype::F32) => {
                 Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
@@ -88,6 +98,15 @@ impl SafetensorsFile {
         if let Some(info) = self.info(name) {
             let (s, e) = info.data_offsets;
             crate::release_range(&self.mmap, self.data_start + s, e - s);
+        }
+    }
+
+    /// Drop the mapped pages of elements `[start, end)` of a tensor.
+    pub fn release_range(&self, name: &str, start: usize, end: usize) {
+        if let Some(info) = self.info(name) {
+            let elem = (info.dtype.bitsize() / 8).max(1);
+            let base = self.data_start + info.data_offsets.0;
+            crate::release_range(&self.mmap, base + start * elem, (end - start) * elem);
         }
     }
 }
@@ -128,12 +147,13 @@ impl StTensorSpec {
     }
 }
 
-/// Write a safetensors file atomically, streaming tensor data in order.
+/// Write a safetensors file atomically, streaming tensor data in order: `data(i, sink)` pushes
+/// tensor `i`'s bytes through `sink` in as many pieces as it likes; the total is checked.
 pub fn write_safetensors(
     dest: &Path,
     tensors: &[StTensorSpec],
     metadata: &BTreeMap<String, String>,
-    mut data: impl FnMut(usize) -> Result<Vec<u8>>,
+    mut data: impl FnMut(usize, &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
 ) -> Result<()> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
@@ -162,14 +182,14 @@ pub fn write_safetensors(
     out.write_all(&(json.len() as u64).to_le_bytes())?;
     out.write_all(&json)?;
     for (i, t) in tensors.iter().enumerate() {
-        let bytes = data(i)?;
-        if bytes.len() != t.size() {
-            return Err(Error::bad_tensor(
-                &t.name,
-                format!("produced {} bytes, expected {}", bytes.len(), t.size()),
-            ));
+        let mut n = 0usize;
+        data(i, &mut |b: &[u8]| {
+            n += b.len();
+            out.write_all(b)
+        })?;
+        if n != t.size() {
+            return Err(Error::bad_tensor(&t.name, format!("produced {n} bytes, expected {}", t.size())));
         }
-        out.write_all(&bytes)?;
     }
     out.commit()
 }

@@ -35,6 +35,14 @@ impl SourceTensor {
     pub fn numel(&self) -> u64 {
         self.dims.iter().product()
     }
+    /// Values per row (`dims[0]`).
+    pub fn row_len(&self) -> usize {
+        self.dims.first().copied().unwrap_or(1).max(1) as usize
+    }
+    /// Number of rows (all dimensions but the first).
+    pub fn rows(&self) -> usize {
+        (self.numel() / self.row_len() as u64) as usize
+    }
 }
 
 /// A model opened for conversion.
@@ -99,38 +107,50 @@ impl ModelSource {
 
     /// A tensor's values as f32, in GGUF layout. NaN or Inf is an error naming the element.
     pub fn read(&self, t: &SourceTensor) -> Result<Vec<f32>> {
+        self.read_rows(t, 0, t.rows())
+    }
+
+    fn gguf_info<'a>(file: &'a GgufFile, name: &str) -> Result<&'a crate::gguf::TensorInfo> {
+        file.tensor(name).ok_or_else(|| Error::MissingTensor {
+            path: file.path().to_path_buf(),
+            tensor: name.to_string(),
+            hint: String::new(),
+        })
+    }
+
+    /// Rows `[r0, r1)` of a tensor (a row is `dims[0]` values), so large tensors can be streamed.
+    pub fn read_rows(&self, t: &SourceTensor, r0: usize, r1: usize) -> Result<Vec<f32>> {
+        let row = t.row_len();
         let data = match (&t.origin, self) {
-            (Origin::Hf { name, permute_heads, .. }, ModelSource::Hf(h)) => {
-                let data = h.read_f32(name)?;
-                match permute_heads {
-                    Some(n) => {
-                        names::permute_qk(&data, t.dims.get(1).copied().unwrap_or(1) as usize, *n as usize)
-                    }
-                    None => data,
-                }
+            (Origin::Hf { name, permute_heads: Some(n), .. }, ModelSource::Hf(h)) => {
+                // q/k rows move within their head: permute the whole (small) tensor, then slice.
+                let all = names::permute_qk(&h.read_f32(name)?, t.rows(), *n as usize);
+                all[r0 * row..r1 * row].to_vec()
+            }
+            (Origin::Hf { name, permute_heads: None, .. }, ModelSource::Hf(h)) => {
+                h.read_f32_range(name, r0 * row, r1 * row)?
             }
             (Origin::Gguf { .. }, ModelSource::Gguf { file, .. }) => {
-                let info = file.tensor(&t.name).ok_or_else(|| Error::MissingTensor {
-                    path: file.path().to_path_buf(),
-                    tensor: t.name.clone(),
-                    hint: String::new(),
-                })?;
-                file.read_f32(info)?
+                file.read_rows(Self::gguf_info(file, &t.name)?, r0, r1)?
             }
-            (Origin::RopeFreqs, _) => self.config().llama3_rope_factors().unwrap_or_default(),
+            (Origin::RopeFreqs, _) => {
+                let all = self.config().llama3_rope_factors().unwrap_or_default();
+                all[r0 * row..(r1 * row).min(all.len())].to_vec()
+            }
             _ => return Err(Error::Invalid(format!("tensor '{}' does not belong to this source", t.name))),
         };
-        check_finite(t, &data)?;
+        check_finite(t, &data, r0 * row)?;
         Ok(data)
     }
 
-    /// Drop a tensor's mapped input pages (bounded RSS while streaming).
-    pub fn release(&self, t: &SourceTensor) {
+    /// Drop the mapped input pages of rows `[r0, r1)` (bounded RSS while streaming).
+    pub fn release_rows(&self, t: &SourceTensor, r0: usize, r1: usize) {
+        let row = t.row_len();
         match (&t.origin, self) {
-            (Origin::Hf { name, .. }, ModelSource::Hf(h)) => h.release(name),
+            (Origin::Hf { name, .. }, ModelSource::Hf(h)) => h.release_range(name, r0 * row, r1 * row),
             (Origin::Gguf { .. }, ModelSource::Gguf { file, .. }) => {
                 if let Some(info) = file.tensor(&t.name) {
-                    file.release(info);
+                    file.release_rows(info, r0, r1);
                 }
             }
             _ => {}
@@ -179,14 +199,15 @@ impl ModelSource {
     }
 }
 
-fn check_finite(t: &SourceTensor, data: &[f32]) -> Result<()> {
-    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-        let row_len = t.dims.first().copied().unwrap_or(1).max(1) as usize;
+fn check_finite(t: &SourceTensor, data: &[f32], first: usize) -> Result<()> {
+    if let Some(j) = data.iter().position(|v| !v.is_finite()) {
+        let i = first + j;
+        let row_len = t.row_len();
         return Err(Error::bad_tensor(
             &t.name,
             format!(
                 "{} at element {i} (row {}, column {}): refusing to quantize non-finite weights",
-                data[i],
+                data[j],
                 i / row_len,
                 i % row_len
             ),

@@ -57,11 +57,12 @@ pub fn detect_pre_tokenizer(tokenizer_json: &Path) -> Result<String> {
         .map_err(|e| tok_err(tokenizer_json, "whole file", format!("cannot encode check text: {e}")))?;
     let ids: Vec<String> = enc.get_ids().iter().map(u32::to_string).collect();
     let hash = hex(&Sha256::digest(format!("[{}]", ids.join(", ")).as_bytes()));
+    // The converter's if-chain lets the last match win.
     PRE_HASHES
         .lines()
+        .rev()
         .filter_map(|l| l.split_once(' '))
-        .filter(|(h, _)| *h == hash)
-        .last()
+        .find(|(h, _)| *h == hash)
         .map(|(_, name)| name.to_string())
         .ok_or_else(|| {
             Error::Unsupported(format!(
@@ -173,10 +174,11 @@ pub fn hf_to_gguf(
     }
 
     let byte_fallback = model.get("byte_fallback").and_then(Json::as_bool).unwrap_or(false);
-    let ignore_merges = model.get("ignore_merges").and_then(Json::as_bool).unwrap_or(false);
     let decoder_is_seq =
         tj.get("decoder").and_then(|d| d.get("type")).and_then(Json::as_str) == Some("Sequence");
-    let spm_style = llama_family && byte_fallback && decoder_is_seq && !(ignore_merges && !byte_fallback);
+    // LlamaHfVocab's test (a Llama-3-style vocabulary, ignore_merges without byte_fallback, fails
+    // the byte_fallback requirement already and goes to the gpt2 path).
+    let spm_style = llama_family && byte_fallback && decoder_is_seq;
     let merges = merges_strings(model, &path)?;
 
     if spm_style {

@@ -36,6 +36,9 @@ pub struct ConvertReport {
 
 /// Rows per parallel work item: big enough to amortise scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 64;
+/// Values read, quantized and written per step of a tensor (16 MiB of f32): large tensors stream
+/// through in pieces, so memory does not grow with the largest tensor.
+const CHUNK_VALUES: usize = 1 << 22;
 
 /// Quantize a row-major tensor with rows of `row_len` values, in parallel. The result does not
 /// depend on the number of threads: every row is quantized independently and concatenated in order.
@@ -103,16 +106,21 @@ pub fn convert(
     let mut out = AtomicFile::create(dest)?;
     let output_bytes = b.write(
         &mut out,
-        |i| {
+        |i, sink| {
             let t = &tensors[i];
-            let data = src.read(t)?;
-            src.release(t);
-            let row_len = t.dims.first().copied().unwrap_or(1) as usize;
-            let bytes = quantize_parallel(plans[i].ty, &data, row_len)
-                .map_err(|e| Error::bad_tensor(&t.name, e.to_string()))?;
-            done += t.numel();
-            progress(done, total);
-            Ok(bytes)
+            let (row_len, rows) = (t.row_len(), t.rows());
+            let step = (CHUNK_VALUES / row_len).max(1);
+            for r0 in (0..rows).step_by(step) {
+                let r1 = (r0 + step).min(rows);
+                let data = src.read_rows(t, r0, r1)?;
+                src.release_rows(t, r0, r1);
+                let bytes = quantize_parallel(plans[i].ty, &data, row_len)
+                    .map_err(|e| Error::bad_tensor(&t.name, e.to_string()))?;
+                sink(&bytes)?;
+                done += data.len() as u64;
+                progress(done, total);
+            }
+            Ok(())
         },
         |e| Error::io(dest, e),
     )?;

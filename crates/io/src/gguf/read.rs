@@ -292,8 +292,30 @@ impl GgufFile {
 
     /// Dequantize a tensor to f32 (row-major; rows of `dims[0]`).
     pub fn read_f32(&self, t: &TensorInfo) -> Result<Vec<f32>> {
-        quantkit_formats::dequantize(t.ty, self.tensor_data(t), t.row_len() as usize)
+        self.read_rows(t, 0, t.numel().checked_div(t.row_len()).unwrap_or(0) as usize)
+    }
+
+    fn row_bytes(&self, t: &TensorInfo) -> usize {
+        t.ty.row_bytes(t.row_len()).unwrap_or(0) as usize
+    }
+
+    /// Dequantize rows `[r0, r1)` of a tensor.
+    pub fn read_rows(&self, t: &TensorInfo, r0: usize, r1: usize) -> Result<Vec<f32>> {
+        let rb = self.row_bytes(t);
+        let data = self
+            .tensor_data(t)
+            .get(r0 * rb..r1 * rb)
+            .ok_or_else(|| Error::bad_tensor(&t.name, format!("rows {r0}..{r1} are outside the tensor")))?;
+        quantkit_formats::dequantize(t.ty, data, t.row_len() as usize)
             .map_err(|e| Error::bad_tensor(&t.name, format!("{e} ({})", self.path.display())))
+    }
+
+    /// Drop the mapped pages of rows `[r0, r1)` of a tensor.
+    pub fn release_rows(&self, t: &TensorInfo, r0: usize, r1: usize) {
+        if let Bytes::Mapped(m) = &self.bytes {
+            let rb = self.row_bytes(t);
+            crate::release_range(m, (self.data_offset + t.offset) as usize + r0 * rb, (r1 - r0) * rb);
+        }
     }
 }
 

@@ -36,7 +36,13 @@ fn image(b: &GgufBuilder) -> Vec<u8> {
     let mut out = Vec::new();
     b.write(
         &mut out,
-        |i| Ok(vec![i as u8 + 1; b.tensors[i].size().expect("size") as usize]),
+        |i, sink| {
+            // Pushed in two pieces: the writer must accept tensors streamed in parts.
+            let bytes = vec![i as u8 + 1; b.tensors[i].size().expect("size") as usize];
+            let (x, y) = bytes.split_at(bytes.len() / 2);
+            sink(x)?;
+            sink(y)
+        },
         |e| quantkit_core::Error::Invalid(e.to_string()),
     )
     .expect("write");

@@ -119,12 +119,13 @@ impl GgufBuilder {
         Ok((h, sizes))
     }
 
-    /// Write the whole file to `out`. `data(i)` produces tensor `i`'s bytes, in order; its length
+    /// Write the whole file to `out`. `data(i, sink)` pushes tensor `i`'s bytes through `sink`, in
+    /// as many pieces as it likes (so a tensor never needs to be in memory whole); the total length
     /// is checked against the spec.
     pub fn write<W: Write>(
         &self,
         out: &mut W,
-        mut data: impl FnMut(usize) -> Result<Vec<u8>>,
+        mut data: impl FnMut(usize, &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
         io_err: impl Fn(std::io::Error) -> Error,
     ) -> Result<u64> {
         let align = self.alignment() as usize;
@@ -133,17 +134,20 @@ impl GgufBuilder {
         let mut written = header.len() as u64;
         let zeros = vec![0u8; align];
         for (i, &size) in sizes.iter().enumerate() {
-            let bytes = data(i)?;
-            if bytes.len() as u64 != size {
+            let mut n = 0u64;
+            data(i, &mut |b: &[u8]| {
+                n += b.len() as u64;
+                out.write_all(b).map_err(&io_err)
+            })?;
+            if n != size {
                 return Err(Error::bad_tensor(
                     &self.tensors[i].name,
-                    format!("produced {} bytes, header promised {size}", bytes.len()),
+                    format!("produced {n} bytes, header promised {size}"),
                 ));
             }
-            out.write_all(&bytes).map_err(&io_err)?;
-            let pad = (align - bytes.len() % align) % align;
+            let pad = (align - (n as usize) % align) % align;
             out.write_all(&zeros[..pad]).map_err(&io_err)?;
-            written += (bytes.len() + pad) as u64;
+            written += n + pad as u64;
         }
         Ok(written)
     }
