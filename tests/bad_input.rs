@@ -176,10 +176,7 @@ fn sharded_index_problems() {
         return;
     }
     let t = tempfile::tempdir().expect("tmp");
-    let g = t.path().join("s.gguf");
-    ok(&[&"convert", &stories(), &"--type", &"f32", &"-o", &g]);
-    let hf = t.path().join("hf");
-    ok(&[&"export-hf", &g, &"-o", &hf, &"--max-shard-mb", &"0"]);
+    let (_, hf) = sharded_stories(t.path());
     let index_path = hf.join("model.safetensors.index.json");
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&index_path).expect("r")).expect("json");

@@ -32,11 +32,8 @@ fn hf_to_gguf_to_hf_roundtrip_is_exact_and_sharding_does_not_change_output() {
         return;
     }
     let t = tempfile::tempdir().expect("tmp");
-    let g = t.path().join("s.gguf");
-    ok(&[&"convert", &stories(), &"--type", &"f32", &"-o", &g]);
     // Export in several shards (the model is ~1 MB; 0 MB → one tensor per shard).
-    let hf = t.path().join("hf");
-    ok(&[&"export-hf", &g, &"-o", &hf, &"--max-shard-mb", &"0"]);
+    let (g, hf) = sharded_stories(t.path());
     assert!(hf.join("model.safetensors.index.json").exists());
     let orig = SafetensorsFile::open(stories().join("model.safetensors")).expect("orig");
     let index: serde_json::Value =

@@ -71,3 +71,13 @@ pub fn only_files(dir: &Path, allowed: &[&str]) {
         assert!(allowed.contains(&name.as_str()), "unexpected file left behind: {name}");
     }
 }
+
+/// stories260K converted to an f32 GGUF in `dir`, then exported back as a sharded HF folder (one
+/// tensor per shard). Returns (gguf path, HF folder).
+pub fn sharded_stories(dir: &Path) -> (PathBuf, PathBuf) {
+    let g = dir.join("s.gguf");
+    ok(&[&"convert", &stories(), &"--type", &"f32", &"-o", &g]);
+    let hf = dir.join("hf");
+    ok(&[&"export-hf", &g, &"-o", &hf, &"--max-shard-mb", &"0"]);
+    (g, hf)
+}
