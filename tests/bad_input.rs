@@ -325,7 +325,7 @@ fn failed_conversion_keeps_the_previous_output_and_bad_arguments_are_clear() {
     let o = quantkit(&[&"convert", &stories(), &"--type", &"q9_9", &"-o", &out]);
     assert_eq!(o.status.code(), Some(2), "usage error");
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown type"));
-    let o = quantkit(&[&"convert", &stories(), &"--type", &"q4_k", &"-o", &out]);
+    let o = quantkit(&[&"convert", &stories(), &"--type", &"iq2_xxs", &"-o", &out]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("not implemented yet"));
     // export-hf refuses to overwrite without --force, and a failed export leaves nothing
     let g = t.path().join("s.gguf");

@@ -85,7 +85,8 @@ fn gguf_requantization_and_fallbacks_are_reported() {
     assert_eq!(g.get("general.file_type").and_then(|v| v.as_u64()), Some(2));
     let insp = ok(&[&"inspect", &q, &"--json"]);
     let j: serde_json::Value = serde_json::from_slice(&insp.stdout).expect("json");
-    assert_eq!(j["fallbacks"].as_array().expect("array").len(), 5);
+    // five 172-wide ffn_down (q4_0 → f16) and the tied embedding (q6_k → q8_0: row 64)
+    assert_eq!(j["fallbacks"].as_array().expect("array").len(), 6);
     assert_eq!(j["tensors"].as_array().expect("array").len(), 47);
     assert!(j["bits_per_weight"].as_f64().expect("bpw") > 4.5);
     // inspect also reads safetensors files and HF folders

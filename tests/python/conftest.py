@@ -138,3 +138,39 @@ def qwen2_dir(tmp_path_factory):
                   p + "mlp.up_proj.weight": w(f, h), p + "mlp.down_proj.weight": w(h, f)})
     save_safetensors(d / "model.safetensors", t)
     return d, t
+
+
+@pytest.fixture(scope="session")
+def llama256_dir(tmp_path_factory):
+    """A synthetic Llama whose every row is a multiple of 256 (so k-quants apply everywhere), with
+    stories260K's tokenizer: weights are random with heavy-tailed outliers, as real weights have."""
+    if not STORIES.exists():
+        pytest.skip("stories260K fixture not present")
+    d = tmp_path_factory.mktemp("llama256")
+    h, f, layers, heads, kv, vocab = 256, 768, 2, 4, 2, 512
+    hd = h // heads
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
+           "intermediate_size": f, "num_hidden_layers": layers, "num_attention_heads": heads,
+           "num_key_value_heads": kv, "vocab_size": vocab, "max_position_embeddings": 512,
+           "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+           "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    for n in ["tokenizer.json", "tokenizer_config.json"]:
+        (d / n).write_bytes((STORIES / n).read_bytes())
+    rng = np.random.default_rng(11)
+
+    def w(*s):
+        a = rng.standard_normal(s) * 0.02
+        a += (rng.random(s) < 0.002) * rng.standard_normal(s) * 0.3  # outliers
+        return a.astype(np.float32)
+
+    t = {"model.embed_tokens.weight": w(vocab, h), "model.norm.weight": 1 + w(h), "lm_head.weight": w(vocab, h)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t.update({p + "input_layernorm.weight": 1 + w(h), p + "post_attention_layernorm.weight": 1 + w(h),
+                  p + "self_attn.q_proj.weight": w(heads * hd, h), p + "self_attn.k_proj.weight": w(kv * hd, h),
+                  p + "self_attn.v_proj.weight": w(kv * hd, h), p + "self_attn.o_proj.weight": w(h, heads * hd),
+                  p + "mlp.gate_proj.weight": w(f, h), p + "mlp.up_proj.weight": w(f, h),
+                  p + "mlp.down_proj.weight": w(h, f)})
+    save_safetensors(d / "model.safetensors", t)
+    return d

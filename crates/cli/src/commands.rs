@@ -50,11 +50,16 @@ pub struct ConvertArgs {
     /// Set tokenizer.ggml.pre instead of detecting it from the tokenizer.
     #[arg(long)]
     pub tokenizer_pre: Option<String>,
+    /// Give every weight matrix the requested type, the output projection / tied embedding included
+    /// (llama-quantize's --pure).
+    #[arg(long)]
+    pub pure: bool,
 }
 
 pub fn convert(ctx: &Ctx, a: &ConvertArgs) -> Result<()> {
     let src = ModelSource::open(&a.input)?;
-    let opts = ConvertOptions { recipe: Recipe::for_type(a.ty), tokenizer_pre: a.tokenizer_pre.clone() };
+    let recipe = if a.pure { Recipe::pure(a.ty) } else { Recipe::for_type(a.ty) };
+    let opts = ConvertOptions { recipe, tokenizer_pre: a.tokenizer_pre.clone() };
     let total: u64 = src.tensors()?.iter().map(|t| t.numel()).sum();
     let pb = bar(ctx.progress, total, "converting", false);
     let report = run_convert(&src, &a.output, &opts, &|done, _| pb.set_position(done))?;

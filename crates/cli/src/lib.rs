@@ -38,11 +38,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Convert an HF checkpoint folder or a GGUF file to a GGUF of the given type.
-    #[command(after_help = "Types: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0.\n\
-Norms and biases stay f32; with a quantized type the output projection (or the tied token\n\
-embedding) is stored as q8_0; rows that are not whole blocks fall back to f16 (listed in the\n\
-output and in the file's `quantkit.fallbacks` metadata).\n\n\
-Example:\n  quantkit convert ./SmolLM2-135M-Instruct --type q4_0 -o smollm2-q4_0.gguf")]
+    #[command(
+        after_help = "Types: f32, f16, bf16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k.\n\
+Norms and biases stay f32. With a quantized type the output projection (or the tied token\n\
+embedding) gets q6_k (q8_0 when its rows are not 256-aligned) unless --pure. Rows that are not\n\
+whole blocks fall back (q4_k → q5_0, q5_k → q5_1, q6_k → q8_0, otherwise f16), listed in the output\n\
+and in the file's `quantkit.fallbacks` metadata. Mixes such as q4_k_m are not implemented yet.\n\n\
+Example:\n  quantkit convert ./SmolLM2-135M-Instruct --type q4_k -o smollm2-q4_k.gguf"
+    )]
     Convert(commands::ConvertArgs),
     /// Show the metadata and tensors of a GGUF file, a safetensors file or an HF folder.
     #[command(

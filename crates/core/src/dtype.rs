@@ -121,6 +121,11 @@ pub enum LlamaFileType {
     MostlyQ8_0 = 7,
     MostlyQ5_0 = 8,
     MostlyQ5_1 = 9,
+    MostlyQ2K = 10,
+    MostlyQ3KM = 12,
+    MostlyQ4KM = 15,
+    MostlyQ5KM = 17,
+    MostlyQ6K = 18,
     MostlyBF16 = 32,
 }
 
@@ -136,6 +141,12 @@ impl LlamaFileType {
             GgmlType::Q8_0 => Self::MostlyQ8_0,
             GgmlType::Q5_0 => Self::MostlyQ5_0,
             GgmlType::Q5_1 => Self::MostlyQ5_1,
+            // llama-quantize's --pure files of a single k-quant type carry the matching mix's id.
+            GgmlType::Q2_K => Self::MostlyQ2K,
+            GgmlType::Q3_K => Self::MostlyQ3KM,
+            GgmlType::Q4_K => Self::MostlyQ4KM,
+            GgmlType::Q5_K => Self::MostlyQ5KM,
+            GgmlType::Q6_K => Self::MostlyQ6K,
             _ => return None,
         })
     }

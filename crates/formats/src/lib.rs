@@ -68,6 +68,11 @@ pub static REGISTRY: &[Codec] = &[
     Codec::of::<ggml::q5_0::BlockQ5_0>(),
     Codec::of::<ggml::q5_1::BlockQ5_1>(),
     Codec::of::<ggml::q8_0::BlockQ8_0>(),
+    Codec::of::<ggml::k::q2_k::BlockQ2K>(),
+    Codec::of::<ggml::k::q3_k::BlockQ3K>(),
+    Codec::of::<ggml::k::q4_k::BlockQ4K>(),
+    Codec::of::<ggml::k::q5_k::BlockQ5K>(),
+    Codec::of::<ggml::k::q6_k::BlockQ6K>(),
 ];
 
 /// The codec for `ty`, or an error naming the unsupported type.
