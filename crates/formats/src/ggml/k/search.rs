@@ -2,7 +2,9 @@
 //! they use (`make_qx_quants`, `make_q3_quants`, `make_qkx2_quants`), ported line by line from
 //! ggml/src/ggml-quants.c. Expression order follows the C source exactly (C evaluates `w*l*l` as
 //! `(w*l)*l` in f32, ints converted to float) because the searches compare errors and any
-//! difference in rounding can flip a decision.
+//! difference in rounding can flip a decision. Loops keep the C code's index structure on purpose
+//! (so they can be checked side by side), hence the lint allowance.
+#![allow(clippy::needless_range_loop)]
 
 use super::q2_k::BlockQ2K;
 use super::q3_k::BlockQ3K;
