@@ -26,15 +26,8 @@ pub fn nearest_int(fval: f32) -> i32 {
 /// `make_qx_quants` (symmetric, signed codes `L ∈ [0, 2·nmax)`), for rmse_type 1 without weights.
 pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], rmse_type: i32) -> f32 {
     let n = x.len();
-    let (mut max, mut amax) = (0.0f32, 0.0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let max = crate::ggml::signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
         l_out[..n].fill(0);
         return 0.0;
     }
@@ -91,15 +84,8 @@ pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], rmse_type: i32) ->
 /// `make_q3_quants` with `do_rmse = true`.
 pub fn make_q3_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
     let n = x.len();
-    let (mut max, mut amax) = (0.0f32, 0.0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let max = crate::ggml::signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
         l_out[..n].fill(0);
         return 0.0;
     }
