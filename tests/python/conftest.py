@@ -108,6 +108,33 @@ def save_safetensors(path, tensors):
             f.write(b)
 
 
+def synthetic_checkpoint(d, *, arch, model_type, tokenizer_dir, w, h, f, layers, heads, kv, vocab,
+                         tied, biases, **config):
+    """Write an HF Llama-family folder with weights drawn from `w(*shape)`; returns the tensors."""
+    hd = h // heads
+    cfg = {"architectures": [arch], "model_type": model_type, "hidden_size": h, "intermediate_size": f,
+           "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
+           "vocab_size": vocab, "tie_word_embeddings": tied, "bos_token_id": 1, "eos_token_id": 2,
+           "torch_dtype": "float32", **config}
+    (d / "config.json").write_text(json.dumps(cfg))
+    for n in ["tokenizer.json", "tokenizer_config.json"]:
+        (d / n).write_bytes((tokenizer_dir / n).read_bytes())
+    t = {"model.embed_tokens.weight": w(vocab, h), "model.norm.weight": 1 + w(h)}
+    if not tied:
+        t["lm_head.weight"] = w(vocab, h)
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t.update({p + "input_layernorm.weight": 1 + w(h), p + "post_attention_layernorm.weight": 1 + w(h)})
+        for proj, rows in [("q", heads * hd), ("k", kv * hd), ("v", kv * hd)]:
+            t[p + f"self_attn.{proj}_proj.weight"] = w(rows, h)
+            if biases:
+                t[p + f"self_attn.{proj}_proj.bias"] = w(rows)
+        t.update({p + "self_attn.o_proj.weight": w(h, heads * hd), p + "mlp.gate_proj.weight": w(f, h),
+                  p + "mlp.up_proj.weight": w(f, h), p + "mlp.down_proj.weight": w(h, f)})
+    save_safetensors(d / "model.safetensors", t)
+    return t
+
+
 @pytest.fixture(scope="session")
 def qwen2_dir(tmp_path_factory):
     """A small synthetic Qwen2ForCausalLM checkpoint (random weights, q/k/v biases) with SmolLM2's
@@ -115,28 +142,11 @@ def qwen2_dir(tmp_path_factory):
     if not SMOL_DIR.exists():
         pytest.skip("SmolLM2 tokenizer fixture not present")
     d = tmp_path_factory.mktemp("qwen2")
-    h, f, layers, heads, kv, vocab = 64, 128, 2, 4, 2, 49152
-    hd = h // heads
-    cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": h,
-           "intermediate_size": f, "num_hidden_layers": layers, "num_attention_heads": heads,
-           "num_key_value_heads": kv, "vocab_size": vocab, "max_position_embeddings": 1024,
-           "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True,
-           "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}
-    (d / "config.json").write_text(json.dumps(cfg))
-    for n in ["tokenizer.json", "tokenizer_config.json"]:
-        (d / n).write_bytes((SMOL_DIR / n).read_bytes())
     rng = np.random.default_rng(7)
-    w = lambda *s: (rng.standard_normal(s) * 0.05).astype(np.float32)
-    t = {"model.embed_tokens.weight": w(vocab, h), "model.norm.weight": 1 + w(h)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        t.update({p + "input_layernorm.weight": 1 + w(h), p + "post_attention_layernorm.weight": 1 + w(h),
-                  p + "self_attn.q_proj.weight": w(heads * hd, h), p + "self_attn.q_proj.bias": w(heads * hd),
-                  p + "self_attn.k_proj.weight": w(kv * hd, h), p + "self_attn.k_proj.bias": w(kv * hd),
-                  p + "self_attn.v_proj.weight": w(kv * hd, h), p + "self_attn.v_proj.bias": w(kv * hd),
-                  p + "self_attn.o_proj.weight": w(h, heads * hd), p + "mlp.gate_proj.weight": w(f, h),
-                  p + "mlp.up_proj.weight": w(f, h), p + "mlp.down_proj.weight": w(h, f)})
-    save_safetensors(d / "model.safetensors", t)
+    t = synthetic_checkpoint(d, arch="Qwen2ForCausalLM", model_type="qwen2", tokenizer_dir=SMOL_DIR,
+                             w=lambda *s: (rng.standard_normal(s) * 0.05).astype(np.float32),
+                             h=64, f=128, layers=2, heads=4, kv=2, vocab=49152, tied=True, biases=True,
+                             max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=1000000.0)
     return d, t
 
 
@@ -147,16 +157,6 @@ def llama256_dir(tmp_path_factory):
     if not STORIES.exists():
         pytest.skip("stories260K fixture not present")
     d = tmp_path_factory.mktemp("llama256")
-    h, f, layers, heads, kv, vocab = 256, 768, 2, 4, 2, 512
-    hd = h // heads
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
-           "intermediate_size": f, "num_hidden_layers": layers, "num_attention_heads": heads,
-           "num_key_value_heads": kv, "vocab_size": vocab, "max_position_embeddings": 512,
-           "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
-           "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}
-    (d / "config.json").write_text(json.dumps(cfg))
-    for n in ["tokenizer.json", "tokenizer_config.json"]:
-        (d / n).write_bytes((STORIES / n).read_bytes())
     rng = np.random.default_rng(11)
 
     def w(*s):
@@ -164,13 +164,7 @@ def llama256_dir(tmp_path_factory):
         a += (rng.random(s) < 0.002) * rng.standard_normal(s) * 0.3  # outliers
         return a.astype(np.float32)
 
-    t = {"model.embed_tokens.weight": w(vocab, h), "model.norm.weight": 1 + w(h), "lm_head.weight": w(vocab, h)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        t.update({p + "input_layernorm.weight": 1 + w(h), p + "post_attention_layernorm.weight": 1 + w(h),
-                  p + "self_attn.q_proj.weight": w(heads * hd, h), p + "self_attn.k_proj.weight": w(kv * hd, h),
-                  p + "self_attn.v_proj.weight": w(kv * hd, h), p + "self_attn.o_proj.weight": w(h, heads * hd),
-                  p + "mlp.gate_proj.weight": w(f, h), p + "mlp.up_proj.weight": w(f, h),
-                  p + "mlp.down_proj.weight": w(h, f)})
-    save_safetensors(d / "model.safetensors", t)
+    synthetic_checkpoint(d, arch="LlamaForCausalLM", model_type="llama", tokenizer_dir=STORIES, w=w,
+                         h=256, f=768, layers=2, heads=4, kv=2, vocab=512, tied=False, biases=False,
+                         max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0)
     return d
