@@ -8,9 +8,11 @@ use quantkit_io::config::ModelConfig;
 use quantkit_io::export::{export_hf as run_export, ExportOptions};
 use quantkit_io::gguf::GgufFile;
 use quantkit_io::hf::HfCheckpoint;
+use quantkit_io::imatrix::Imatrix;
 use quantkit_io::safetensors::SafetensorsFile;
 use quantkit_io::source::ModelSource;
-use quantkit_quant::{convert as run_convert, ConvertOptions, Recipe};
+use quantkit_quant::recipe::{ModelInfo, TensorTypeOverride};
+use quantkit_quant::{convert as run_convert, ConvertOptions, Recipe, TensorPlan};
 use serde_json::json;
 
 use crate::progress::bar;
@@ -37,32 +39,107 @@ fn parse_type(s: &str) -> std::result::Result<GgmlType, String> {
     Ok(t)
 }
 
+/// A `--type` argument: a known mix name (llama-quantize's names and aliases).
+fn parse_mix(s: &str) -> std::result::Result<String, String> {
+    if let Some(m) = quantkit_quant::recipe::mix(s) {
+        return Ok(m.name.clone());
+    }
+    let names: Vec<&str> = quantkit_quant::recipe::mixes().iter().map(|m| m.name.as_str()).collect();
+    match GgmlType::parse(s) {
+        Some(_) => Err(format!("type {s:?} is not implemented yet (available: {})", names.join(", "))),
+        None => Err(format!("unknown type {s:?} (available: {})", names.join(", "))),
+    }
+}
+
+/// A `--tensor-type REGEX=TYPE` argument.
+fn parse_override(s: &str) -> std::result::Result<TensorTypeOverride, String> {
+    let (pattern, ty) =
+        s.rsplit_once('=').ok_or_else(|| format!("{s:?}: expected REGEX=TYPE, e.g. attn_v=q8_0"))?;
+    if pattern.is_empty() {
+        return Err("empty tensor-name pattern".into());
+    }
+    Ok(TensorTypeOverride { pattern: pattern.to_string(), ty: parse_type(ty)? })
+}
+
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
     /// HF checkpoint folder (config.json + safetensors + tokenizer.json) or a .gguf file.
     pub input: PathBuf,
-    /// Output type.
-    #[arg(long = "type", short = 't', value_parser = parse_type, default_value = "f16")]
-    pub ty: GgmlType,
-    /// Output .gguf path.
-    #[arg(long, short)]
-    pub output: PathBuf,
+    /// Output type or mix: f32, f16, bf16, q8_0, q6_k, q5_k_m, q5_k_s, q5_1, q5_0, q4_k_m, q4_k_s,
+    /// q4_1, q4_0, q3_k_l, q3_k_m, q3_k_s, q2_k (q3_k/q4_k/q5_k are the _m mixes, as in llama-quantize).
+    #[arg(long = "type", short = 't', default_value = "f16", value_parser = parse_mix)]
+    pub ty: String,
+    /// Output .gguf path (not needed with --dry-run).
+    #[arg(long, short, required_unless_present_any = ["dry_run", "print_recipe"])]
+    pub output: Option<PathBuf>,
+    /// Read the whole recipe (mix, rules, overrides) from a TOML file, as `--print-recipe` writes it.
+    #[arg(long, conflicts_with = "ty")]
+    pub recipe: Option<PathBuf>,
+    /// Importance matrix (llama.cpp imatrix: GGUF or legacy .dat) for weighted quantization.
+    #[arg(long)]
+    pub imatrix: Option<PathBuf>,
+    /// Give tensors whose name matches REGEX this type (first match wins; repeatable).
+    #[arg(long = "tensor-type", value_name = "REGEX=TYPE", value_parser = parse_override)]
+    pub tensor_type: Vec<TensorTypeOverride>,
+    /// Type of output.weight (and of a token embedding tied to it).
+    #[arg(long, value_parser = parse_type)]
+    pub output_tensor_type: Option<GgmlType>,
+    /// Type of token_embd.weight.
+    #[arg(long, value_parser = parse_type)]
+    pub token_embedding_type: Option<GgmlType>,
+    /// Give every weight matrix the base type, no mix rules and no output rule (llama-quantize's
+    /// --pure).
+    #[arg(long)]
+    pub pure: bool,
     /// Set tokenizer.ggml.pre instead of detecting it from the tokenizer.
     #[arg(long)]
     pub tokenizer_pre: Option<String>,
-    /// Give every weight matrix the requested type, the output projection / tied embedding included
-    /// (llama-quantize's --pure).
+    /// Print the per-tensor plan (type and the rule that chose it) and the size, write nothing.
     #[arg(long)]
-    pub pure: bool,
+    pub dry_run: bool,
+    /// Print the recipe as TOML and exit.
+    #[arg(long)]
+    pub print_recipe: bool,
+}
+
+fn build_recipe(a: &ConvertArgs) -> Result<Recipe> {
+    let mut r = match &a.recipe {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            toml::from_str::<Recipe>(&text)
+                .map_err(|e| Error::Invalid(format!("{}: not a valid recipe: {e}", p.display())))?
+        }
+        None => Recipe::named(&a.ty)?,
+    };
+    for t in [Some(r.mix.base), a.output_tensor_type, a.token_embedding_type].into_iter().flatten() {
+        quantkit_formats::codec(t)?;
+    }
+    r.pure |= a.pure;
+    r.output_tensor_type = a.output_tensor_type.or(r.output_tensor_type);
+    r.token_embedding_type = a.token_embedding_type.or(r.token_embedding_type);
+    // Command-line overrides come first: the first matching pattern wins.
+    let mut tt = a.tensor_type.clone();
+    tt.append(&mut r.tensor_types);
+    r.tensor_types = tt;
+    Ok(r)
 }
 
 pub fn convert(ctx: &Ctx, a: &ConvertArgs) -> Result<()> {
+    let recipe = build_recipe(a)?;
+    if a.print_recipe {
+        print!("{}", toml::to_string(&recipe).map_err(|e| Error::Invalid(e.to_string()))?);
+        return Ok(());
+    }
     let src = ModelSource::open(&a.input)?;
-    let recipe = if a.pure { Recipe::pure(a.ty) } else { Recipe::for_type(a.ty) };
-    let opts = ConvertOptions { recipe, tokenizer_pre: a.tokenizer_pre.clone() };
+    let imatrix = a.imatrix.as_ref().map(Imatrix::open).transpose()?;
+    if a.dry_run {
+        return dry_run(ctx, &src, &recipe, imatrix.is_some());
+    }
+    let output = a.output.as_ref().ok_or_else(|| Error::Invalid("-o/--output is required".into()))?;
+    let opts = ConvertOptions { recipe, tokenizer_pre: a.tokenizer_pre.clone(), imatrix };
     let total: u64 = src.tensors()?.iter().map(|t| t.numel()).sum();
     let pb = bar(ctx.progress, total, "converting", false);
-    let report = run_convert(&src, &a.output, &opts, &|done, _| pb.set_position(done))?;
+    let report = run_convert(&src, output, &opts, &|done, _| pb.set_position(done))?;
     pb.finish_and_clear();
     if ctx.json {
         let mut j = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -70,15 +147,11 @@ pub fn convert(ctx: &Ctx, a: &ConvertArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&j).map_err(|e| Error::Invalid(e.to_string()))?);
         return Ok(());
     }
-    let mut counts: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
-    for t in &report.tensors {
-        let e = counts.entry(t.ty.name().to_string()).or_default();
-        e.0 += 1;
-        e.1 += t.dims.iter().product::<u64>();
-    }
     println!(
-        "wrote {}: {} tensors, {:.1} MB ({:.3} bits/weight) from {:.1} MB in {:.2} s ({:.0} MB/s of input, peak RSS {:.0} MB)",
+        "wrote {} ({}{}): {} tensors, {:.1} MB ({:.3} bits/weight) from {:.1} MB in {:.2} s ({:.0} MB/s of input, peak RSS {:.0} MB)",
         report.output.display(),
+        report.recipe.mix.name,
+        if report.imatrix_tensors > 0 { format!(", imatrix on {} tensors", report.imatrix_tensors) } else { String::new() },
         report.tensors.len(),
         report.output_bytes as f64 / 1e6,
         report.bits_per_weight,
@@ -87,12 +160,56 @@ pub fn convert(ctx: &Ctx, a: &ConvertArgs) -> Result<()> {
         report.input_bytes as f64 / 1e6 / report.seconds.max(1e-9),
         peak_rss_mb().unwrap_or(0.0)
     );
-    for (ty, (n, params)) in counts {
-        println!("  {ty:>5}: {n:>4} tensors, {params:>12} weights");
-    }
+    print_type_counts(&report.tensors);
     for t in report.tensors.iter().filter(|t| t.note.is_some()) {
         println!("  fallback {}: {}", t.name, t.note.as_deref().unwrap_or(""));
     }
+    Ok(())
+}
+
+fn print_type_counts(plans: &[TensorPlan]) {
+    let mut counts: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+    for t in plans {
+        let e = counts.entry(t.ty.name().to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.dims.iter().product::<u64>();
+    }
+    for (ty, (n, params)) in counts {
+        println!("  {ty:>5}: {n:>4} tensors, {params:>12} weights");
+    }
+}
+
+/// `--dry-run`: the plan, tensor by tensor, and the data size it implies.
+fn dry_run(ctx: &Ctx, src: &ModelSource, recipe: &Recipe, has_imatrix: bool) -> Result<()> {
+    let tensors = src.tensors()?;
+    let model = ModelInfo::from_config(src.config(), has_imatrix);
+    let plans = recipe.plan(&tensors, &model)?;
+    let bytes: u64 = plans
+        .iter()
+        .map(|p| p.ty.row_bytes(p.dims[0]).unwrap_or(0) * p.dims[1..].iter().product::<u64>())
+        .sum();
+    let params: u64 = plans.iter().map(|p| p.dims.iter().product::<u64>()).sum();
+    if ctx.json {
+        let j = json!({ "recipe": recipe, "model": model, "tensors": plans, "data_bytes": bytes,
+                        "bits_per_weight": bytes as f64 * 8.0 / params.max(1) as f64 });
+        println!("{}", serde_json::to_string_pretty(&j).map_err(|e| Error::Invalid(e.to_string()))?);
+        return Ok(());
+    }
+    for p in &plans {
+        let dims: Vec<String> = p.dims.iter().map(|d| d.to_string()).collect();
+        println!("{:<36} {:>14} {:>6}  {}", p.name, dims.join("x"), p.ty.name(), p.reason);
+        if let Some(n) = &p.note {
+            println!("{:<36} {:>14} {:>6}  fallback: {n}", "", "", "");
+        }
+    }
+    println!(
+        "{}: {} tensors, {:.1} MB of tensor data, {:.3} bits/weight",
+        recipe.mix.name,
+        plans.len(),
+        bytes as f64 / 1e6,
+        bytes as f64 * 8.0 / params.max(1) as f64
+    );
+    print_type_counts(&plans);
     Ok(())
 }
 

@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
-  # HF checkpoint → GGUF that llama.cpp / Ollama load as is
-  quantkit convert ./SmolLM2-135M-Instruct --type q8_0 -o smollm2-q8_0.gguf
+  # HF checkpoint → GGUF that llama.cpp / Ollama load as is (llama-quantize's mixes)
+  quantkit convert ./SmolLM2-135M-Instruct --type q4_k_m -o smollm2-q4_k_m.gguf
+  quantkit convert ./SmolLM2-135M-Instruct --type q4_k_m --imatrix imatrix.gguf -o out.gguf
   # Re-quantize a GGUF, see what is inside
   quantkit convert model-f16.gguf --type q4_0 -o model-q4_0.gguf
   quantkit inspect model-q4_0.gguf
@@ -39,12 +40,17 @@ struct Cli {
 enum Command {
     /// Convert an HF checkpoint folder or a GGUF file to a GGUF of the given type.
     #[command(
-        after_help = "Types: f32, f16, bf16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k.\n\
-Norms and biases stay f32. With a quantized type the output projection (or the tied token\n\
-embedding) gets q6_k (q8_0 when its rows are not 256-aligned) unless --pure. Rows that are not\n\
-whole blocks fall back (q4_k → q5_0, q5_k → q5_1, q6_k → q8_0, otherwise f16), listed in the output\n\
-and in the file's `quantkit.fallbacks` metadata. Mixes such as q4_k_m are not implemented yet.\n\n\
-Example:\n  quantkit convert ./SmolLM2-135M-Instruct --type q4_k -o smollm2-q4_k.gguf"
+        after_help = "Types and mixes are llama-quantize's: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k,\n\
+q3_k_s, q3_k_m (= q3_k), q3_k_l, q4_k_s, q4_k_m (= q4_k), q5_k_s, q5_k_m (= q5_k), q6_k. A mix gives\n\
+each tensor the type llama-quantize would (attn_v/ffn_down bumps by layer, output q6_k, fallbacks\n\
+for rows that are not whole blocks: q4_k → q5_0, q5_k → q5_1, q6_k → q8_0, q2_k/q3_k → q4_0, else\n\
+f16; each fallback is listed and stored in `quantkit.fallbacks`). Norms and biases stay f32.\n\
+`--dry-run` shows the plan; `--print-recipe` shows the recipe as TOML (edit it, pass it back\n\
+with --recipe).\n\n\
+Examples:\n  quantkit convert ./SmolLM2-135M-Instruct --type q4_k_m -o smollm2-q4_k_m.gguf\n  \
+quantkit convert model-f16.gguf -t q3_k_m --imatrix imatrix.gguf -o model-q3_k_m.gguf\n  \
+quantkit convert ./model -t q4_k_m --tensor-type 'attn_v=q8_0' --output-tensor-type q8_0 -o out.gguf\n  \
+quantkit convert ./model -t q2_k --dry-run"
     )]
     Convert(commands::ConvertArgs),
     /// Show the metadata and tensors of a GGUF file, a safetensors file or an HF folder.

@@ -4,9 +4,24 @@ use crate::Codec;
 use half::slice::HalfFloatSliceExt;
 use quantkit_core::GgmlType;
 
-pub const F32: Codec = Codec { ty: GgmlType::F32, quantize_row: f32_to_bytes, dequantize_row: bytes_to_f32 };
-pub const F16: Codec = Codec { ty: GgmlType::F16, quantize_row: f32_to_f16, dequantize_row: f16_to_f32 };
-pub const BF16: Codec = Codec { ty: GgmlType::BF16, quantize_row: f32_to_bf16, dequantize_row: bf16_to_f32 };
+pub const F32: Codec = Codec {
+    ty: GgmlType::F32,
+    quantize_row: f32_to_bytes,
+    dequantize_row: bytes_to_f32,
+    quantize_row_weighted: None,
+};
+pub const F16: Codec = Codec {
+    ty: GgmlType::F16,
+    quantize_row: f32_to_f16,
+    dequantize_row: f16_to_f32,
+    quantize_row_weighted: None,
+};
+pub const BF16: Codec = Codec {
+    ty: GgmlType::BF16,
+    quantize_row: f32_to_bf16,
+    dequantize_row: bf16_to_f32,
+    quantize_row_weighted: None,
+};
 
 fn f32_to_bytes(x: &[f32], out: &mut [u8]) {
     for (v, o) in x.iter().zip(out.chunks_exact_mut(4)) {

@@ -25,20 +25,45 @@ pub trait BlockFormat: bytemuck::Pod + bytemuck::Zeroable {
     fn dequantize(&self, y: &mut [f32]);
 }
 
+/// `(row, importance weights, out)`: one row quantized with ggml's `quant_weights` path.
+pub type WeightedRowFn = fn(&[f32], &[f32], &mut [u8]);
+
 /// Row-level entry points of one registered format.
 #[derive(Debug, Clone, Copy)]
+
 pub struct Codec {
     pub ty: GgmlType,
     /// Quantize `x` (a whole number of blocks) into `out` (exactly `row_bytes(x.len())` bytes).
     pub quantize_row: fn(&[f32], &mut [u8]),
     /// Dequantize `src` (whole blocks) into `out` (`blocks * block_size` values).
     pub dequantize_row: fn(&[u8], &mut [f32]),
+    /// Importance-weighted quantization of one whole row (`x`, one weight per column in `qw`),
+    /// ggml's `quant_weights` path; `None` where ggml ignores an imatrix (floats, Q8_0).
+    pub quantize_row_weighted: Option<WeightedRowFn>,
 }
 
 impl Codec {
     /// The codec of a block format, built from its block functions.
     pub const fn of<B: BlockFormat>() -> Codec {
-        Codec { ty: B::TYPE, quantize_row: quantize_blocks::<B>, dequantize_row: dequantize_blocks::<B> }
+        Codec {
+            ty: B::TYPE,
+            quantize_row: quantize_blocks::<B>,
+            dequantize_row: dequantize_blocks::<B>,
+            quantize_row_weighted: None,
+        }
+    }
+
+    /// The same codec with an importance-weighted row quantizer.
+    pub const fn with_imatrix(self, f: WeightedRowFn) -> Codec {
+        Codec { quantize_row_weighted: Some(f), ..self }
+    }
+
+    /// Quantize one row, with importance weights when given and the format has a weighted path.
+    pub fn quantize_row_with(&self, x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+        match (qw, self.quantize_row_weighted) {
+            (Some(w), Some(f)) => f(x, w, out),
+            _ => (self.quantize_row)(x, out),
+        }
     }
 }
 
@@ -63,16 +88,16 @@ pub static REGISTRY: &[Codec] = &[
     float::F32,
     float::F16,
     float::BF16,
-    Codec::of::<ggml::q4_0::BlockQ4_0>(),
-    Codec::of::<ggml::q4_1::BlockQ4_1>(),
-    Codec::of::<ggml::q5_0::BlockQ5_0>(),
-    Codec::of::<ggml::q5_1::BlockQ5_1>(),
+    Codec::of::<ggml::q4_0::BlockQ4_0>().with_imatrix(ggml::imatrix::q4_0),
+    Codec::of::<ggml::q4_1::BlockQ4_1>().with_imatrix(ggml::imatrix::q4_1),
+    Codec::of::<ggml::q5_0::BlockQ5_0>().with_imatrix(ggml::imatrix::q5_0),
+    Codec::of::<ggml::q5_1::BlockQ5_1>().with_imatrix(ggml::imatrix::q5_1),
     Codec::of::<ggml::q8_0::BlockQ8_0>(),
-    Codec::of::<ggml::k::q2_k::BlockQ2K>(),
-    Codec::of::<ggml::k::q3_k::BlockQ3K>(),
-    Codec::of::<ggml::k::q4_k::BlockQ4K>(),
-    Codec::of::<ggml::k::q5_k::BlockQ5K>(),
-    Codec::of::<ggml::k::q6_k::BlockQ6K>(),
+    Codec::of::<ggml::k::q2_k::BlockQ2K>().with_imatrix(ggml::imatrix::q2_k),
+    Codec::of::<ggml::k::q3_k::BlockQ3K>().with_imatrix(ggml::imatrix::q3_k),
+    Codec::of::<ggml::k::q4_k::BlockQ4K>().with_imatrix(ggml::imatrix::q4_k),
+    Codec::of::<ggml::k::q5_k::BlockQ5K>().with_imatrix(ggml::imatrix::q5_k),
+    Codec::of::<ggml::k::q6_k::BlockQ6K>().with_imatrix(ggml::imatrix::q6_k),
 ];
 
 /// The codec for `ty`, or an error naming the unsupported type.

@@ -5,12 +5,13 @@
 //! * [`hf`] — Hugging Face checkpoint folders (sharded or not), [`config`] — the model description,
 //!   [`names`] — HF ⇄ GGUF tensor names and the q/k permutation, [`vocab`] — tokenizer metadata.
 //! * [`source`] — one view of a model (HF or GGUF) in GGUF naming, which the converter consumes.
-//! * [`export`] — GGUF → HF folder.
+//! * [`export`] — GGUF → HF folder. [`imatrix`] — llama.cpp importance-matrix files.
 
 pub mod config;
 pub mod export;
 pub mod gguf;
 pub mod hf;
+pub mod imatrix;
 pub mod names;
 pub mod safetensors;
 pub mod source;

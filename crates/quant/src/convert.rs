@@ -3,13 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use quantkit_core::{AtomicFile, Error, GgmlType, LlamaFileType, Result};
+use quantkit_core::{AtomicFile, Error, GgmlType, Result};
 use quantkit_io::gguf::{GgufBuilder, TensorSpec, Value};
+use quantkit_io::imatrix::Imatrix;
 use quantkit_io::source::ModelSource;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::recipe::{Recipe, TensorPlan};
+use crate::recipe::{ModelInfo, Recipe, TensorPlan};
 
 /// Options for [`convert`].
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub struct ConvertOptions {
     pub recipe: Recipe,
     /// Override BPE pre-tokenizer detection (`tokenizer.ggml.pre`).
     pub tokenizer_pre: Option<String>,
+    /// Importance matrix for the weighted quantizers (llama-quantize's `--imatrix`).
+    pub imatrix: Option<Imatrix>,
 }
 
 /// What a conversion did.
@@ -29,6 +32,8 @@ pub struct ConvertReport {
     pub input_bytes: u64,
     pub output_bytes: u64,
     pub params: u64,
+    /// Tensors quantized with importance weights (0 without an imatrix).
+    pub imatrix_tensors: usize,
     /// Bits per weight over all tensors (data bytes × 8 / elements).
     pub bits_per_weight: f64,
     pub seconds: f64,
@@ -40,9 +45,10 @@ const ROWS_PER_TASK: usize = 64;
 /// through in pieces, so memory does not grow with the largest tensor.
 const CHUNK_VALUES: usize = 1 << 22;
 
-/// Quantize a row-major tensor with rows of `row_len` values, in parallel. The result does not
-/// depend on the number of threads: every row is quantized independently and concatenated in order.
-pub fn quantize_parallel(ty: GgmlType, data: &[f32], row_len: usize) -> Result<Vec<u8>> {
+/// Quantize a row-major tensor with rows of `row_len` values, in parallel, with per-column
+/// importance weights `qw` when given. The result does not depend on the number of threads: every
+/// row is quantized independently and concatenated in order.
+pub fn quantize_parallel(ty: GgmlType, data: &[f32], row_len: usize, qw: Option<&[f32]>) -> Result<Vec<u8>> {
     let codec = quantkit_formats::codec(ty)?;
     let row_bytes = quantkit_formats::row_bytes(ty, row_len)?;
     if row_len == 0 || data.len() % row_len != 0 {
@@ -52,7 +58,7 @@ pub fn quantize_parallel(ty: GgmlType, data: &[f32], row_len: usize) -> Result<V
     out.par_chunks_mut(row_bytes * ROWS_PER_TASK).zip(data.par_chunks(row_len * ROWS_PER_TASK)).for_each(
         |(o, x)| {
             for (orow, xrow) in o.chunks_exact_mut(row_bytes).zip(x.chunks_exact(row_len)) {
-                (codec.quantize_row)(xrow, orow);
+                codec.quantize_row_with(xrow, qw, orow);
             }
         },
     );
@@ -69,12 +75,13 @@ pub fn convert(
 ) -> Result<ConvertReport> {
     let start = Instant::now();
     let tensors = src.tensors()?;
-    let tied = !tensors.iter().any(|t| t.name == "output.weight");
-    let plans: Vec<TensorPlan> = tensors.iter().map(|t| opts.recipe.plan(t, tied)).collect();
+    let model = ModelInfo::from_config(src.config(), opts.imatrix.is_some());
+    let plans: Vec<TensorPlan> = opts.recipe.plan(&tensors, &model)?;
+    let weights = importance_weights(opts.imatrix.as_ref(), &plans)?;
 
     let mut b = GgufBuilder::new();
     let meta = src.metadata(opts.tokenizer_pre.as_deref())?;
-    let ftype = LlamaFileType::for_type(opts.recipe.base).map(|f| f as u32).unwrap_or(0);
+    let ftype = opts.recipe.mix.file_type;
     let mut inserted_ftype = false;
     for (k, v) in meta {
         if k.starts_with("quantkit.") {
@@ -90,6 +97,19 @@ pub fn convert(
         b.set("general.file_type", Value::U32(ftype));
     }
     b.set("general.quantization_version", Value::U32(2));
+    if let Some(m) = &opts.imatrix {
+        // The keys llama-quantize records for an imatrix.
+        b.set("quantize.imatrix.file", Value::String(m.path.display().to_string()));
+        if let Some(d) = m.datasets.first() {
+            b.set("quantize.imatrix.dataset", Value::String(d.clone()));
+        }
+        b.set("quantize.imatrix.entries_count", Value::I32(m.entries.len() as i32));
+        b.set("quantize.imatrix.chunks_count", Value::I32(m.chunk_count as i32));
+    }
+    b.set(
+        "quantkit.recipe",
+        Value::String(serde_json::to_string(&opts.recipe).map_err(|e| Error::Invalid(e.to_string()))?),
+    );
     let notes: Vec<String> =
         plans.iter().filter_map(|p| p.note.as_ref().map(|n| format!("{}: {n}", p.name))).collect();
     if !notes.is_empty() {
@@ -114,7 +134,7 @@ pub fn convert(
                 let r1 = (r0 + step).min(rows);
                 let data = src.read_rows(t, r0, r1)?;
                 src.release_rows(t, r0, r1);
-                let bytes = quantize_parallel(plans[i].ty, &data, row_len)
+                let bytes = quantize_parallel(plans[i].ty, &data, row_len, weights[i].as_deref())
                     .map_err(|e| Error::bad_tensor(&t.name, e.to_string()))?;
                 sink(&bytes)?;
                 done += data.len() as u64;
@@ -135,7 +155,39 @@ pub fn convert(
         input_bytes: src.input_bytes(),
         output_bytes,
         params: total,
+        imatrix_tensors: weights.iter().filter(|w| w.is_some()).count(),
         bits_per_weight: if total > 0 { data_bytes as f64 * 8.0 / total as f64 } else { 0.0 },
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Per tensor, the imatrix weights its quantizer uses: present for a quantized type with a
+/// weighted path whose name the imatrix has. As llama-quantize: a size mismatch is an error
+/// (except for the token embedding, which imatrix tools often size differently), a missing entry
+/// means unweighted quantization.
+fn importance_weights(m: Option<&Imatrix>, plans: &[TensorPlan]) -> Result<Vec<Option<Vec<f32>>>> {
+    let Some(m) = m else { return Ok(vec![None; plans.len()]) };
+    plans
+        .iter()
+        .map(|p| {
+            let weighted =
+                quantkit_formats::codec(p.ty).map(|c| c.quantize_row_weighted.is_some()).unwrap_or(false);
+            if !weighted {
+                return Ok(None);
+            }
+            let Some(v) = m.values(&p.name) else { return Ok(None) };
+            if v.len() as u64 != p.dims[0] {
+                if p.name == "token_embd.weight" {
+                    return Ok(None);
+                }
+                return Err(Error::malformed(
+                    &m.path,
+                    "imatrix",
+                    p.name.clone(),
+                    format!("has {} values, the tensor's rows have {}", v.len(), p.dims[0]),
+                ));
+            }
+            Ok(Some(v))
+        })
+        .collect()
 }

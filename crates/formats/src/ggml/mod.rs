@@ -1,6 +1,7 @@
 //! ggml's block formats. Layouts: ggml/src/ggml-common.h; reference quantizers:
 //! ggml/src/ggml-quants.c (`quantize_row_*_ref`), mirrored by gguf-py's `gguf/quants.py`.
 
+pub mod imatrix;
 pub mod k;
 pub mod q4_0;
 pub mod q4_1;

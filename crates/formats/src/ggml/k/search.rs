@@ -23,8 +23,9 @@ pub fn nearest_int(fval: f32) -> i32 {
     (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
 
-/// `make_qx_quants` (symmetric, signed codes `L ∈ [0, 2·nmax)`), for rmse_type 1 without weights.
-pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], rmse_type: i32) -> f32 {
+/// `make_qx_quants` (symmetric, signed codes `L ∈ [0, 2·nmax)`). `qw`, when given, replaces the
+/// rmse_type weighting (the importance-matrix path).
+pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], rmse_type: i32, qw: Option<&[f32]>) -> f32 {
     let n = x.len();
     let max = crate::ggml::signed_absmax(x);
     if max.abs() < GROUP_MAX_EPS {
@@ -39,11 +40,13 @@ pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], rmse_type: i32) ->
         }
         return 1.0 / iscale;
     }
-    let weight = |v: f32| -> f32 {
-        match rmse_type {
-            1 => v * v,
-            2 => 1.0,
-            3 => v.abs(),
+    let weight = |i: usize| -> f32 {
+        let v = x[i];
+        match (qw, rmse_type) {
+            (Some(q), _) => q[i],
+            (None, 1) => v * v,
+            (None, 2) => 1.0,
+            (None, 3) => v.abs(),
             _ => v.abs().sqrt(),
         }
     };
@@ -51,7 +54,7 @@ pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], rmse_type: i32) ->
     for i in 0..n {
         let l = clamp(nearest_int(iscale * x[i]));
         l_out[i] = (l + nmax) as i8;
-        let w = weight(x[i]);
+        let w = weight(i);
         sumlx += w * x[i] * l as f32;
         suml2 += w * l as f32 * l as f32;
     }
@@ -64,9 +67,9 @@ pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], rmse_type: i32) ->
         iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
         sumlx = 0.0;
         suml2 = 0.0;
-        for &v in x {
+        for (i, &v) in x.iter().enumerate() {
             let l = clamp(nearest_int(iscale * v));
-            let w = weight(v);
+            let w = weight(i);
             sumlx += w * v * l as f32;
             suml2 += w * l as f32 * l as f32;
         }
@@ -217,6 +220,173 @@ pub fn make_qkx2_quants(
     (scale, -min)
 }
 
+/// `make_qkx3_quants` (the importance-matrix variant of [`make_qkx2_quants`]): asymmetric codes
+/// `L ∈ [0, nmax]`, weights always given, NaN/∞-safe code rounding. Returns (scale, −min).
+#[allow(clippy::too_many_arguments)]
+pub fn make_qkx3_quants(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l_out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let n = x.len();
+    let mut laux = [0u8; 32];
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max <= min {
+        l_out[..n].fill(0);
+        return (0.0, -min);
+    }
+    let err = |d: f32| if use_mad { d.abs() } else { d * d };
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_mad = 0.0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l_out[i] = l as u8;
+        let diff = scale * l_out[i] as f32 + min - x[i];
+        best_mad += weights[i] * err(diff);
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+        for i in 0..n {
+            // C: `v > 0 ? nearest_int(MIN(v, nmax)) : 0` (v may be ∞ or NaN near a degenerate fit).
+            let v = iscale * (x[i] - min);
+            let l = if v > 0.0 { nearest_int(if v < nmax as f32 { v } else { nmax as f32 }) } else { 0 };
+            laux[i] = l as u8;
+            let w = weights[i];
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut mad = 0.0f32;
+            for i in 0..n {
+                let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                mad += weights[i] * err(diff);
+            }
+            if mad < best_mad {
+                l_out[..n].copy_from_slice(&laux[..n]);
+                best_mad = mad;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// `make_qp_quants`: unsigned codes `L ∈ [0, nmax]` for non-negative values (the sub-block
+/// scales and mins of a super-block), weighted by `qw`. Returns the scale. Codes are stored as
+/// C's `uint8_t` stores them (an out-of-range int wraps).
+pub fn make_qp_quants(x: &[f32], nmax: i32, l: &mut [u8], qw: &[f32]) -> f32 {
+    let n = x.len();
+    let mut max = 0.0f32;
+    for &v in x {
+        max = if max > v { max } else { v };
+    }
+    if max < GROUP_MAX_EPS {
+        l[..n].fill(0);
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / max;
+    for i in 0..n {
+        l[i] = nearest_int(iscale * x[i]) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0.0f32;
+    for i in 0..n {
+        let diff = x[i] - scale * l[i] as f32;
+        best_mse += qw[i] * diff * diff;
+    }
+    for is in -4i32..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1f32 * is as f32 + nmax as f32) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0.0f32;
+        for i in 0..n {
+            let li = nearest_int(iscale_is * x[i]).min(nmax);
+            let diff = x[i] - scale_is * li as f32;
+            mse += qw[i] * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for i in 0..n {
+        let li = nearest_int(iscale * x[i]).min(nmax);
+        l[i] = li as u8;
+        let w = qw[i];
+        sumlx += w * x[i] * li as f32;
+        suml2 += w * li as f32 * li as f32;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..n {
+            let w = qw[i];
+            let li = l[i] as f32;
+            let mut slx = sumlx - w * x[i] * li;
+            let mut sl2 = suml2 - w * li * li;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != l[i] as i32 {
+                    slx += w * x[i] * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
 /// `quantize_row_q2_K_ref` for one super-block.
 pub fn quantize_q2_k(x: &[f32]) -> BlockQ2K {
     let mut l = [0u8; QK_K];
@@ -260,7 +430,15 @@ pub fn quantize_q2_k(x: &[f32]) -> BlockQ2K {
         0.0
     };
     let mut blk = BlockQ2K::new(sc, [0u8; 64], d, dmin);
+    q2_k_finish(x, &mut l, &mut blk);
+    blk
+}
+
+/// The common tail of `quantize_row_q2_K_ref` and `_impl`: re-derive the 2-bit codes from the
+/// stored 4-bit scales and mins (sub-blocks with scale 0 keep theirs), then pack them.
+pub(crate) fn q2_k_finish(x: &[f32], l: &mut [u8; QK_K], blk: &mut BlockQ2K) {
     let (d16, dmin16) = (f16_value(blk.d), f16_value(blk.dmin));
+    let sc = blk.scales;
     for j in 0..16 {
         let d = d16 * (sc[j] & 0xF) as f32;
         if d == 0.0 {
@@ -276,7 +454,6 @@ pub fn quantize_q2_k(x: &[f32]) -> BlockQ2K {
             blk.qs[j / 4 + k] = l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
         }
     }
-    blk
 }
 
 /// `quantize_row_q3_K_ref` for one super-block.
@@ -309,6 +486,14 @@ pub fn quantize_q3_k(x: &[f32]) -> BlockQ3K {
     } else {
         blk.d = f16_bits(0.0);
     }
+    q3_k_finish(x, &mut l, &mut blk);
+    blk
+}
+
+/// The common tail of `quantize_row_q3_K_ref` and `quantize_row_q3_K_impl`: re-derive the codes
+/// from the stored 6-bit scales (sub-blocks whose scale is 0 keep their search codes), then pack
+/// the high bits into `hmask` and the low two bits into `qs`.
+pub(crate) fn q3_k_finish(x: &[f32], l: &mut [i8; QK_K], blk: &mut BlockQ3K) {
     let d_all = f16_value(blk.d);
     for j in 0..16 {
         let lo = if j < 8 { blk.scales[j] & 0xF } else { blk.scales[j - 8] >> 4 };
@@ -339,7 +524,6 @@ pub fn quantize_q3_k(x: &[f32]) -> BlockQ3K {
                 (l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6)) as u8;
         }
     }
-    blk
 }
 
 /// The shared first half of `quantize_row_q{4,5}_K_ref`: per-sub-block scale/min search, 6-bit
@@ -381,9 +565,22 @@ fn q45_k(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> ([u8; 2], [u8; 2], [u8;
     }
     let packed = pack_scale_min_k4(&ls, &lm);
     let (d, dmin) = (f16_bits(max_scale / 63.0), f16_bits(max_min / 63.0));
+    q45_k_requantize(x, &packed, d, dmin, nmax, &mut l);
+    (d, dmin, packed, l)
+}
+
+/// Re-derive Q4_K/Q5_K codes from the stored scales/mins (sub-blocks with scale 0 keep theirs).
+pub(crate) fn q45_k_requantize(
+    x: &[f32],
+    packed: &[u8; 12],
+    d: [u8; 2],
+    dmin: [u8; 2],
+    nmax: i32,
+    l: &mut [u8; QK_K],
+) {
     let (d16, dmin16) = (f16_value(d), f16_value(dmin));
     for j in 0..8 {
-        let (sc, m) = get_scale_min_k4(j, &packed);
+        let (sc, m) = get_scale_min_k4(j, packed);
         let dd = d16 * sc as f32;
         if dd == 0.0 {
             continue;
@@ -393,12 +590,15 @@ fn q45_k(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> ([u8; 2], [u8; 2], [u8;
             l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / dd).clamp(0, nmax) as u8;
         }
     }
-    (d, dmin, packed, l)
 }
 
 /// `quantize_row_q4_K_ref` for one super-block.
 pub fn quantize_q4_k(x: &[f32]) -> BlockQ4K {
     let (d, dmin, scales, l) = q45_k(x, 15, -1.0, 20);
+    pack_q4_k(d, dmin, scales, &l)
+}
+
+pub(crate) fn pack_q4_k(d: [u8; 2], dmin: [u8; 2], scales: [u8; 12], l: &[u8; QK_K]) -> BlockQ4K {
     let mut qs = [0u8; 128];
     for (n, j) in (0..QK_K).step_by(64).enumerate() {
         for k in 0..32 {
@@ -411,6 +611,10 @@ pub fn quantize_q4_k(x: &[f32]) -> BlockQ4K {
 /// `quantize_row_q5_K_ref` for one super-block.
 pub fn quantize_q5_k(x: &[f32]) -> BlockQ5K {
     let (d, dmin, scales, l) = q45_k(x, 31, -0.5, 15);
+    pack_q5_k(d, dmin, scales, &l)
+}
+
+pub(crate) fn pack_q5_k(d: [u8; 2], dmin: [u8; 2], scales: [u8; 12], l: &[u8; QK_K]) -> BlockQ5K {
     let (mut qh, mut qs) = ([0u8; 32], [0u8; 128]);
     let (mut m1, mut m2) = (1u8, 2u8);
     for (blk, n) in (0..QK_K).step_by(64).enumerate() {
@@ -435,11 +639,18 @@ pub fn quantize_q5_k(x: &[f32]) -> BlockQ5K {
 
 /// `quantize_row_q6_K_ref` for one super-block.
 pub fn quantize_q6_k(x: &[f32]) -> BlockQ6K {
+    quantize_q6_k_weighted(x, None)
+}
+
+/// `quantize_row_q6_K_impl` for one super-block: the reference with the importance weights `qw`
+/// (256 of them) fed straight into each sub-block's scale search.
+pub fn quantize_q6_k_weighted(x: &[f32], qw: Option<&[f32]>) -> BlockQ6K {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
     for ib in 0..16 {
-        let scale = make_qx_quants(&x[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16], 1);
+        let sub = 16 * ib..16 * ib + 16;
+        let scale = make_qx_quants(&x[sub.clone()], 32, &mut l[sub.clone()], 1, qw.map(|q| &q[sub]));
         scales[ib] = scale;
         if scale.abs() > max_abs_scale {
             max_abs_scale = scale.abs();
