@@ -161,10 +161,22 @@ pub fn convert(ctx: &Ctx, a: &ConvertArgs) -> Result<()> {
         peak_rss_mb().unwrap_or(0.0)
     );
     print_type_counts(&report.tensors);
-    for t in report.tensors.iter().filter(|t| t.note.is_some()) {
-        println!("  fallback {}: {}", t.name, t.note.as_deref().unwrap_or(""));
-    }
+    print_fallbacks(&report.tensors);
     Ok(())
+}
+
+/// One line per distinct fallback (the full list is in `--json` and the file's metadata).
+fn print_fallbacks(plans: &[TensorPlan]) {
+    let mut groups: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for t in plans {
+        if let Some(n) = &t.note {
+            groups.entry(n.as_str()).or_default().push(t.name.as_str());
+        }
+    }
+    for (note, names) in groups {
+        let more = if names.len() > 1 { format!(" and {} more", names.len() - 1) } else { String::new() };
+        println!("  fallback {note} ({}{more})", names[0]);
+    }
 }
 
 fn print_type_counts(plans: &[TensorPlan]) {
@@ -199,7 +211,7 @@ fn dry_run(ctx: &Ctx, src: &ModelSource, recipe: &Recipe, has_imatrix: bool) -> 
         let dims: Vec<String> = p.dims.iter().map(|d| d.to_string()).collect();
         println!("{:<36} {:>14} {:>6}  {}", p.name, dims.join("x"), p.ty.name(), p.reason);
         if let Some(n) = &p.note {
-            println!("{:<36} {:>14} {:>6}  fallback: {n}", "", "", "");
+            println!("{:<36} {:>14} {:>6}  fallback {n}", "", "", "");
         }
     }
     println!(

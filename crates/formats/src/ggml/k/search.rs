@@ -32,7 +32,7 @@ pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], rmse_type: i32, qw
         l_out[..n].fill(0);
         return 0.0;
     }
-    let mut iscale = -(nmax as f32) / max;
+    let iscale = -(nmax as f32) / max;
     let clamp = |l: i32| l.clamp(-nmax, nmax - 1);
     if rmse_type == 0 {
         for i in 0..n {
@@ -60,25 +60,27 @@ pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], rmse_type: i32, qw
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
-    for is in -9i32..=9 {
-        if is == 0 {
-            continue;
+    // The 18 trial scales do not depend on one another (only the choice among them does), so
+    // their sums are accumulated side by side — each one still adds in index order, exactly as
+    // ggml's sequential loop, but the 18 chains vectorise instead of waiting on each other.
+    const STEPS: [i32; 18] = [-9, -8, -7, -6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+    let iscales: [f32; 18] = STEPS.map(|is| -(nmax as f32 + 0.1f32 * is as f32) / max);
+    let (mut slx, mut sl2) = ([0f32; 18], [0f32; 18]);
+    for (i, &v) in x.iter().enumerate() {
+        let w = weight(i);
+        for k in 0..18 {
+            let l = clamp(nearest_int(iscales[k] * v)) as f32;
+            slx[k] += w * v * l;
+            sl2[k] += w * l * l;
         }
-        iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
-        for (i, &v) in x.iter().enumerate() {
-            let l = clamp(nearest_int(iscale * v));
-            let w = weight(i);
-            sumlx += w * v * l as f32;
-            suml2 += w * l as f32 * l as f32;
-        }
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+    }
+    for k in 0..18 {
+        if sl2[k] > 0.0 && slx[k] * slx[k] > best * sl2[k] {
             for i in 0..n {
-                l_out[i] = (nmax + clamp(nearest_int(iscale * x[i]))) as i8;
+                l_out[i] = (nmax + clamp(nearest_int(iscales[k] * x[i]))) as i8;
             }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+            scale = slx[k] / sl2[k];
+            best = scale * slx[k];
         }
     }
     scale
@@ -148,80 +150,11 @@ pub fn make_qkx2_quants(
     nstep: i32,
     use_mad: bool,
 ) -> (f32, f32) {
-    let n = x.len();
-    let mut laux = [0u8; 32];
-    let (mut min, mut max) = (x[0], x[0]);
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..n {
-        if x[i] < min {
-            min = x[i];
-        }
-        if x[i] > max {
-            max = x[i];
-        }
-        let w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max == min {
-        l_out[..n].fill(0);
-        return (0.0, -min);
-    }
-    let err = |d: f32| if use_mad { d.abs() } else { d * d };
-    let mut iscale = nmax as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best_error = 0.0f32;
-    for i in 0..n {
-        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-        l_out[i] = l as u8;
-        let diff = scale * l_out[i] as f32 + min - x[i];
-        best_error += weights[i] * err(diff);
-    }
-    if nstep < 1 {
-        return (scale, -min);
-    }
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            laux[i] = l as u8;
-            let w = weights[i];
-            let lf = l as f32;
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
-        }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut cur_error = 0.0f32;
-            for i in 0..n {
-                let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                cur_error += weights[i] * err(diff);
-            }
-            if cur_error < best_error {
-                l_out[..n].copy_from_slice(&laux[..n]);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    (scale, -min)
+    make_qkx_quants(x, weights, nmax, l_out, rmin, rdelta, nstep, use_mad, false)
 }
 
-/// `make_qkx3_quants` (the importance-matrix variant of [`make_qkx2_quants`]): asymmetric codes
-/// `L ∈ [0, nmax]`, weights always given, NaN/∞-safe code rounding. Returns (scale, −min).
+/// `make_qkx3_quants` (the importance-matrix variant of [`make_qkx2_quants`]): the same search,
+/// with ∞/NaN-safe code rounding in the trial steps. Returns (scale, −min).
 #[allow(clippy::too_many_arguments)]
 pub fn make_qkx3_quants(
     x: &[f32],
@@ -233,8 +166,33 @@ pub fn make_qkx3_quants(
     nstep: i32,
     use_mad: bool,
 ) -> (f32, f32) {
+    make_qkx_quants(x, weights, nmax, l_out, rmin, rdelta, nstep, use_mad, true)
+}
+
+/// Trial steps evaluated side by side in [`make_qkx_quants`].
+const LANES: usize = 8;
+
+/// The body of `make_qkx2_quants` / `make_qkx3_quants` (`v3` selects the latter's rounding).
+///
+/// ggml tries the steps one after another; a step depends on the previous ones only through `min`
+/// (updated when a step wins). We evaluate up to [`LANES`] steps at once assuming `min` stays, each
+/// lane adding in index order exactly as the C loop does, then walk the lanes in step order making
+/// ggml's comparisons; when a winning step changes `min`, the lanes after it are discarded and
+/// evaluated again from the new `min`. The result is bit-identical to the sequential search.
+#[allow(clippy::too_many_arguments)]
+fn make_qkx_quants(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l_out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+    v3: bool,
+) -> (f32, f32) {
     let n = x.len();
-    let mut laux = [0u8; 32];
+    assert!(n <= 32, "sub-blocks have at most 32 values");
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = weights[0];
     let mut sum_x = sum_w * x[0];
@@ -253,56 +211,93 @@ pub fn make_qkx3_quants(
         min = 0.0;
     }
     if max <= min {
+        // qkx2 tests `max == min`; with min ≤ max always, the same condition.
         l_out[..n].fill(0);
         return (0.0, -min);
     }
     let err = |d: f32| if use_mad { d.abs() } else { d * d };
-    let mut iscale = nmax as f32 / (max - min);
+    let iscale = nmax as f32 / (max - min);
     let mut scale = 1.0 / iscale;
-    let mut best_mad = 0.0f32;
+    let mut best_error = 0.0f32;
     for i in 0..n {
         let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
         l_out[i] = l as u8;
         let diff = scale * l_out[i] as f32 + min - x[i];
-        best_mad += weights[i] * err(diff);
+        best_error += weights[i] * err(diff);
     }
     if nstep < 1 {
         return (scale, -min);
     }
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+    let nmaxf = nmax as f32;
+    let code = |v: f32| -> i32 {
+        if v3 {
+            // qkx3: `v > 0 ? nearest_int(MIN(v, nmax)) : 0`
+            if v > 0.0 {
+                nearest_int(if v < nmaxf { v } else { nmaxf })
+            } else {
+                0
+            }
+        } else {
+            nearest_int(v).clamp(0, nmax)
+        }
+    };
+    let mut laux = [[0u8; 32]; LANES];
+    let mut is = 0i32;
+    while is <= nstep {
+        let g = (LANES as i32).min(nstep + 1 - is) as usize;
+        let base_min = min;
+        let mut isc = [0f32; LANES];
+        for (k, v) in isc.iter_mut().enumerate().take(g) {
+            *v = (rmin + rdelta * (is + k as i32) as f32 + nmaxf) / (max - min);
+        }
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
         for i in 0..n {
-            // C: `v > 0 ? nearest_int(MIN(v, nmax)) : 0` (v may be ∞ or NaN near a degenerate fit).
-            let v = iscale * (x[i] - min);
-            let l = if v > 0.0 { nearest_int(if v < nmax as f32 { v } else { nmax as f32 }) } else { 0 };
-            laux[i] = l as u8;
-            let w = weights[i];
-            let lf = l as f32;
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
-        }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut mad = 0.0f32;
-            for i in 0..n {
-                let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                mad += weights[i] * err(diff);
-            }
-            if mad < best_mad {
-                l_out[..n].copy_from_slice(&laux[..n]);
-                best_mad = mad;
-                scale = this_scale;
-                min = this_min;
+            let (xi, w) = (x[i], weights[i]);
+            let xm = xi - min;
+            for k in 0..LANES {
+                let l = code(isc[k] * xm);
+                laux[k][i] = l as u8;
+                let lf = l as f32;
+                sum_l[k] += w * lf;
+                sum_l2[k] += w * lf * lf;
+                sum_xl[k] += w * lf * xi;
             }
         }
+        let (mut this_scale, mut this_min, mut ok) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
+        for k in 0..g {
+            let d = sum_w * sum_l2[k] - sum_l[k] * sum_l[k];
+            if d > 0.0 {
+                ok[k] = true;
+                this_scale[k] = (sum_w * sum_xl[k] - sum_x * sum_l[k]) / d;
+                this_min[k] = (sum_l2[k] * sum_x - sum_l[k] * sum_xl[k]) / d;
+                if this_min[k] > 0.0 {
+                    this_min[k] = 0.0;
+                    this_scale[k] = sum_xl[k] / sum_l2[k];
+                }
+            }
+        }
+        let mut cur = [0f32; LANES];
+        for i in 0..n {
+            let (xi, w) = (x[i], weights[i]);
+            for k in 0..LANES {
+                let diff = this_scale[k] * laux[k][i] as f32 + this_min[k] - xi;
+                cur[k] += w * err(diff);
+            }
+        }
+        let mut advance = g;
+        for k in 0..g {
+            if ok[k] && cur[k] < best_error {
+                l_out[..n].copy_from_slice(&laux[k][..n]);
+                best_error = cur[k];
+                scale = this_scale[k];
+                min = this_min[k];
+                if min.to_bits() != base_min.to_bits() {
+                    advance = k + 1;
+                    break;
+                }
+            }
+        }
+        is += advance as i32;
     }
     (scale, -min)
 }
