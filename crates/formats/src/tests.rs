@@ -126,3 +126,46 @@ fn rows_that_are_not_whole_blocks_are_rejected() {
     assert!(err.to_string().contains("not a multiple of"), "{err}");
     assert!(codec(GgmlType::IQ2_XXS).is_err());
 }
+
+/// The importance-weighted quantizers (ggml's `quant_weights` path) trade error where the weights
+/// are small for error where they are large: over many rows of random data with spread-out
+/// importances, their importance-weighted squared error is below the unweighted reference's. (Their
+/// bytes are checked against llama.cpp itself in tests/python/test_mixes.py.)
+#[test]
+fn imatrix_quantizers_reduce_the_weighted_error() {
+    let (rows, n) = (48, 512);
+    let x = random_vector(rows * n, 21);
+    let mut state = 99u64;
+    let qw: Vec<f32> = (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let u = (state >> 40) as f32 / (1u64 << 24) as f32;
+            (u * 8.0 - 4.0).exp() // importances over ~3.5 decades
+        })
+        .collect();
+    let weighted_err = |y: &[f32]| -> f64 {
+        x.chunks(n)
+            .zip(y.chunks(n))
+            .map(|(xr, yr)| {
+                xr.iter().zip(yr).zip(&qw).map(|((a, b), w)| (*w * (a - b) * (a - b)) as f64).sum::<f64>()
+            })
+            .sum()
+    };
+    let mut covered = 0;
+    for c in REGISTRY.iter().filter(|c| c.quantize_row_weighted.is_some()) {
+        let rb = row_bytes(c.ty, n).expect("row bytes");
+        let (mut plain, mut weighted) = (vec![0u8; rows * rb], vec![0u8; rows * rb]);
+        for ((xr, p), w) in x.chunks(n).zip(plain.chunks_mut(rb)).zip(weighted.chunks_mut(rb)) {
+            c.quantize_row_with(xr, None, p);
+            c.quantize_row_with(xr, Some(&qw), w);
+        }
+        assert_ne!(plain, weighted, "{}: the imatrix changed nothing", c.ty);
+        let (ep, ew) = (
+            weighted_err(&dequantize(c.ty, &plain, n).expect("dq")),
+            weighted_err(&dequantize(c.ty, &weighted, n).expect("dq")),
+        );
+        assert!(ew < ep, "{}: weighted error {ew} not below unweighted {ep}", c.ty);
+        covered += 1;
+    }
+    assert_eq!(covered, 9, "every legacy type but Q8_0 and every k-quant has a weighted path");
+}

@@ -545,7 +545,8 @@ mod tests {
         assert_eq!(ty_of(&p, "token_embd.weight").ty, GgmlType::Q8_0, "576 % 256 → Q8_0 output");
         let p = Recipe::named("q2_k").expect("ok").plan(&m, &info(4, 9, 3)).expect("ok");
         assert_eq!(ty_of(&p, "blk.0.attn_q.weight").ty, GgmlType::Q4_0);
-        let p = Recipe::named("q4_0").expect("ok").plan(&model(1, 172, 64, false), &info(1, 4, 1)).expect("ok");
+        let p =
+            Recipe::named("q4_0").expect("ok").plan(&model(1, 172, 64, false), &info(1, 4, 1)).expect("ok");
         assert_eq!(ty_of(&p, "blk.0.attn_q.weight").ty, GgmlType::F16);
         let p = Recipe::named("q8_0").expect("ok").plan(&m, &info(4, 9, 3)).expect("ok");
         assert_eq!(ty_of(&p, "token_embd.weight").ty, GgmlType::Q8_0);
@@ -559,7 +560,8 @@ mod tests {
         let p = r.plan(&model(1, 256, 512, false), &info(1, 4, 1)).expect("ok");
         assert_eq!(ty_of(&p, "output.weight").ty, GgmlType::Q8_0);
         assert_eq!(ty_of(&p, "token_embd.weight").ty, GgmlType::Q4_0);
-        let p = Recipe::named("bf16").expect("ok").plan(&model(1, 172, 64, false), &info(1, 4, 1)).expect("ok");
+        let p =
+            Recipe::named("bf16").expect("ok").plan(&model(1, 172, 64, false), &info(1, 4, 1)).expect("ok");
         assert_eq!(ty_of(&p, "blk.0.ffn_down.weight").ty, GgmlType::BF16);
     }
 
