@@ -8,15 +8,10 @@
 //!
 //!   cargo bench --bench convert            # QUANTKIT_SHARED overrides ../shared
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 use std::time::Instant;
-
-fn shared() -> PathBuf {
-    std::env::var_os("QUANTKIT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
-}
 
 /// Run `quantkit … --json`; return (wall seconds, the peak RSS it reports in MB). quantkit reads its
 /// own VmHWM: a parent's `ru_maxrss` would include memory inherited across fork+exec.
@@ -34,11 +29,7 @@ fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (f64, f64) {
 }
 
 fn main() {
-    let gguf = shared().join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !gguf.exists() {
-        eprintln!("skipping: {} not found", gguf.display());
-        return;
-    }
+    let Some(gguf) = common::smollm2_gguf() else { return };
     let dir = tempfile::tempdir().expect("tmp");
     let hf = dir.path().join("smollm2-f32");
     run(&[&"export-hf", &gguf, &"-o", &hf, &"--quiet"]);

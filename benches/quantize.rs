@@ -13,15 +13,11 @@
 //!
 //!   cargo bench --bench quantize          # QUANTKIT_SHARED overrides ../shared
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-
-fn shared() -> PathBuf {
-    std::env::var_os("QUANTKIT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
-}
 
 fn cache() -> PathBuf {
     std::env::var_os("XDG_CACHE_HOME")
@@ -54,11 +50,7 @@ fn quantkit(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
 }
 
 fn main() {
-    let gguf = shared().join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !gguf.exists() {
-        eprintln!("skipping: {} not found", gguf.display());
-        return;
-    }
+    let Some(gguf) = common::smollm2_gguf() else { return };
     let dir = tempfile::tempdir().expect("tmp");
     let hf = dir.path().join("hf");
     timed(&mut quantkit(&[&"export-hf", &gguf, &"-o", &hf]));

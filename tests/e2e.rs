@@ -107,9 +107,11 @@ fn smollm2_export_convert_roundtrip_threads_agree() {
     let t = tempfile::tempdir().expect("tmp");
     let hf = t.path().join("smol");
     ok(&[&"export-hf", &smol_gguf(), &"-o", &hf, &"--dtype", &"bf16"]);
-    let a = t.path().join("a.gguf");
-    let b = t.path().join("b.gguf");
-    ok(&[&"convert", &hf, &"--type", &"q8_0", &"-o", &a, &"--threads", &"1"]);
-    ok(&[&"convert", &hf, &"--type", &"q8_0", &"-o", &b, &"--threads", &"2"]);
-    assert_eq!(std::fs::read(&a).expect("a"), std::fs::read(&b).expect("b"));
+    for ty in ["q8_0", "q4_k_m", "q2_k"] {
+        let a = t.path().join(format!("a-{ty}.gguf"));
+        let b = t.path().join(format!("b-{ty}.gguf"));
+        ok(&[&"convert", &hf, &"--type", &ty, &"-o", &a, &"--threads", &"1"]);
+        ok(&[&"convert", &hf, &"--type", &ty, &"-o", &b, &"--threads", &"2"]);
+        assert_eq!(std::fs::read(&a).expect("a"), std::fs::read(&b).expect("b"), "{ty}: 1 vs 2 threads");
+    }
 }

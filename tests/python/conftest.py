@@ -135,6 +135,15 @@ def synthetic_checkpoint(d, *, arch, model_type, tokenizer_dir, w, h, f, layers,
     return t
 
 
+def outlier_weights(rng):
+    """A weight generator: N(0, 0.02²) with rare heavy-tailed outliers, as real weights have."""
+    def w(*s):
+        a = rng.standard_normal(s) * 0.02
+        a += (rng.random(s) < 0.002) * rng.standard_normal(s) * 0.3
+        return a.astype(np.float32)
+    return w
+
+
 @pytest.fixture(scope="session")
 def qwen2_dir(tmp_path_factory):
     """A small synthetic Qwen2ForCausalLM checkpoint (random weights, q/k/v biases) with SmolLM2's
@@ -157,14 +166,8 @@ def llama256_dir(tmp_path_factory):
     if not STORIES.exists():
         pytest.skip("stories260K fixture not present")
     d = tmp_path_factory.mktemp("llama256")
-    rng = np.random.default_rng(11)
-
-    def w(*s):
-        a = rng.standard_normal(s) * 0.02
-        a += (rng.random(s) < 0.002) * rng.standard_normal(s) * 0.3  # outliers
-        return a.astype(np.float32)
-
-    synthetic_checkpoint(d, arch="LlamaForCausalLM", model_type="llama", tokenizer_dir=STORIES, w=w,
+    synthetic_checkpoint(d, arch="LlamaForCausalLM", model_type="llama", tokenizer_dir=STORIES,
+                         w=outlier_weights(np.random.default_rng(11)),
                          h=256, f=768, layers=2, heads=4, kv=2, vocab=512, tied=False, biases=False,
                          max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0)
     return d

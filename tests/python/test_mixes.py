@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 import pytest
 
-from conftest import SMOL_GGUF, STORIES, run, synthetic_checkpoint
+from conftest import SMOL_GGUF, STORIES, outlier_weights, run, synthetic_checkpoint
 
 MIXES = {"q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q4_k_m": 15,
          "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18, "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7}
@@ -88,14 +88,8 @@ def mix_model(tmp_path_factory):
     if not STORIES.exists():
         pytest.skip("stories260K fixture not present")
     d = tmp_path_factory.mktemp("mix16")
-    rng = np.random.default_rng(5)
-
-    def w(*s):
-        a = rng.standard_normal(s) * 0.02
-        a += (rng.random(s) < 0.002) * rng.standard_normal(s) * 0.3
-        return a.astype(np.float32)
-
-    synthetic_checkpoint(d, arch="LlamaForCausalLM", model_type="llama", tokenizer_dir=STORIES, w=w,
+    synthetic_checkpoint(d, arch="LlamaForCausalLM", model_type="llama", tokenizer_dir=STORIES,
+                         w=outlier_weights(np.random.default_rng(5)),
                          h=256, f=512, layers=16, heads=8, kv=2, vocab=512, tied=False, biases=False,
                          max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0)
     f32 = d / "model-f32.gguf"

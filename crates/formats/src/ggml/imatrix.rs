@@ -44,6 +44,15 @@ fn block_weights<const N: usize>(x: &[f32], qw: &[f32], sigma2: f32) -> [f32; N]
     w
 }
 
+/// The legacy-type driver: σ² over the whole row, then `f(block, weights, out)` for each block of 32.
+fn legacy_blocks<B>(x: &[f32], qw: &[f32], out: &mut [B], f: impl Fn(&[f32], &[f32; 32], &mut B)) {
+    let sigma2 = mean_square(x);
+    for (ib, y) in out.iter_mut().enumerate() {
+        let (xb, w) = (&x[32 * ib..32 * ib + 32], &qw[32 * ib..32 * ib + 32]);
+        f(xb, &block_weights::<32>(xb, w, sigma2), y);
+    }
+}
+
 fn q5_high_bits(l: &[u8; 32]) -> ([u8; 16], [u8; 4]) {
     let mut qs = [0u8; 16];
     let mut qh = 0u32;
@@ -59,63 +68,47 @@ fn q5_high_bits(l: &[u8; 32]) -> ([u8; 16], [u8; 4]) {
 /// `quantize_row_q4_0_impl`.
 pub fn q4_0(x: &[f32], qw: &[f32], out: &mut [u8]) {
     let out: &mut [BlockQ4_0] = bytemuck::cast_slice_mut(out);
-    let sigma2 = mean_square(x);
-    for (ib, y) in out.iter_mut().enumerate() {
-        let (xb, w) = (&x[32 * ib..32 * ib + 32], &qw[32 * ib..32 * ib + 32]);
-        let weight = block_weights::<32>(xb, w, sigma2);
+    legacy_blocks(x, qw, out, |xb, weight, y| {
         let mut l = [0i8; 32];
-        let d = make_qx_quants(xb, 8, &mut l, 1, Some(&weight));
-        y.d = f16_bits(d);
+        y.d = f16_bits(make_qx_quants(xb, 8, &mut l, 1, Some(weight)));
         for j in 0..16 {
             y.qs[j] = (l[j] as u8) | ((l[j + 16] as u8) << 4);
         }
-    }
+    });
 }
 
 /// `quantize_row_q4_1_impl`.
 pub fn q4_1(x: &[f32], qw: &[f32], out: &mut [u8]) {
     let out: &mut [BlockQ4_1] = bytemuck::cast_slice_mut(out);
-    let sigma2 = mean_square(x);
-    for (ib, y) in out.iter_mut().enumerate() {
-        let (xb, w) = (&x[32 * ib..32 * ib + 32], &qw[32 * ib..32 * ib + 32]);
-        let weight = block_weights::<32>(xb, w, sigma2);
+    legacy_blocks(x, qw, out, |xb, weight, y| {
         let mut l = [0u8; 32];
-        let (d, the_min) = make_qkx3_quants(xb, &weight, 15, &mut l, -0.9, 0.05, 36, false);
-        y.d = f16_bits(d);
-        y.m = f16_bits(-the_min);
+        let (d, the_min) = make_qkx3_quants(xb, weight, 15, &mut l, -0.9, 0.05, 36, false);
+        (y.d, y.m) = (f16_bits(d), f16_bits(-the_min));
         for j in 0..16 {
             y.qs[j] = l[j] | (l[j + 16] << 4);
         }
-    }
+    });
 }
 
 /// `quantize_row_q5_0_impl`.
 pub fn q5_0(x: &[f32], qw: &[f32], out: &mut [u8]) {
     let out: &mut [BlockQ5_0] = bytemuck::cast_slice_mut(out);
-    let sigma2 = mean_square(x);
-    for (ib, y) in out.iter_mut().enumerate() {
-        let (xb, w) = (&x[32 * ib..32 * ib + 32], &qw[32 * ib..32 * ib + 32]);
-        let weight = block_weights::<32>(xb, w, sigma2);
+    legacy_blocks(x, qw, out, |xb, weight, y| {
         let mut l = [0i8; 32];
-        let d = make_qx_quants(xb, 16, &mut l, 1, Some(&weight));
-        y.d = f16_bits(d);
+        y.d = f16_bits(make_qx_quants(xb, 16, &mut l, 1, Some(weight)));
         (y.qs, y.qh) = q5_high_bits(&l.map(|v| v as u8));
-    }
+    });
 }
 
 /// `quantize_row_q5_1_impl`.
 pub fn q5_1(x: &[f32], qw: &[f32], out: &mut [u8]) {
     let out: &mut [BlockQ5_1] = bytemuck::cast_slice_mut(out);
-    let sigma2 = mean_square(x);
-    for (ib, y) in out.iter_mut().enumerate() {
-        let (xb, w) = (&x[32 * ib..32 * ib + 32], &qw[32 * ib..32 * ib + 32]);
-        let weight = block_weights::<32>(xb, w, sigma2);
+    legacy_blocks(x, qw, out, |xb, weight, y| {
         let mut l = [0u8; 32];
-        let (d, the_min) = make_qkx3_quants(xb, &weight, 31, &mut l, -0.9, 0.05, 36, false);
-        y.d = f16_bits(d);
-        y.m = f16_bits(-the_min);
+        let (d, the_min) = make_qkx3_quants(xb, weight, 31, &mut l, -0.9, 0.05, 36, false);
+        (y.d, y.m) = (f16_bits(d), f16_bits(-the_min));
         (y.qs, y.qh) = q5_high_bits(&l);
-    }
+    });
 }
 
 /// `quantize_row_q2_K_impl`.
