@@ -22,7 +22,7 @@ impl BlockFormat for BlockQ8_0 {
         let id = super::inv(d);
         let mut qs = [0i8; 32];
         for (q, v) in qs.iter_mut().zip(x) {
-            *q = (v * id).round() as i8;
+            *q = super::round_half_away(v * id) as i8;
         }
         BlockQ8_0 { d: f16_bits(d), qs }
     }

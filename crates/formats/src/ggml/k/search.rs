@@ -501,17 +501,11 @@ pub(crate) fn q3_k_finish(x: &[f32], l: &mut [i8; QK_K], blk: &mut BlockQ3K) {
             l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as i8;
         }
     }
-    let (mut m, mut hm) = (0usize, 1u8);
-    for v in l.iter_mut() {
-        if *v > 3 {
-            blk.hmask[m] |= hm;
-            *v -= 4;
-        }
-        m += 1;
-        if m == QK_K / 8 {
-            m = 0;
-            hm <<= 1;
-        }
+    // The high bit of code i goes to bit i/32 of hmask[i%32] (C: a running mask, with a branch).
+    for (i, v) in l.iter_mut().enumerate() {
+        let hi = (*v > 3) as u8;
+        blk.hmask[i % (QK_K / 8)] |= hi << (i / (QK_K / 8));
+        *v -= 4 * hi as i8;
     }
     for j in (0..QK_K).step_by(128) {
         for k in 0..32 {
