@@ -2,6 +2,7 @@
 //! error is printed as one clear message (and as JSON with `--json`) with a non-zero exit code.
 
 mod commands;
+mod eval;
 mod progress;
 
 use std::process::ExitCode;
@@ -64,6 +65,15 @@ quantkit convert ./model -t q2_k --dry-run"
         after_help = "Example:\n  quantkit export-hf SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2-hf"
     )]
     ExportHf(commands::ExportArgs),
+    /// Perplexity of a model on a text, with the engine (llama-perplexity's method or HF's).
+    #[command(
+        after_help = "Examples:\n  quantkit ppl model.gguf --text wiki.test.raw --ctx 512 --chunks 40\n  \
+quantkit ppl ./hf-model --text wiki.test.raw --mode hf --ctx 2048 --json"
+    )]
+    Ppl(eval::PplArgs),
+    /// Generate text from a prompt (greedy by default).
+    #[command(after_help = "Example:\n  quantkit generate stories260K/ -p 'Once upon a time' -n 32")]
+    Generate(eval::GenerateArgs),
 }
 
 /// Run the CLI and turn any error into a message and exit code 1.
@@ -87,6 +97,8 @@ pub fn main() -> ExitCode {
         Command::Convert(a) => commands::convert(&ctx, a),
         Command::Inspect(a) => commands::inspect(&ctx, a),
         Command::ExportHf(a) => commands::export_hf(&ctx, a),
+        Command::Ppl(a) => eval::ppl(&ctx, a),
+        Command::Generate(a) => eval::generate(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

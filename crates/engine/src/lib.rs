@@ -1,0 +1,17 @@
+//! quantkit-engine: the measuring instrument. Every quality figure quantkit reports (perplexity,
+//! KL divergence) comes from this forward pass, which is tested against transformers and llama.cpp.
+//!
+//! * [`model`] — Llama-family forward pass (f32 reference math, rayon, faer GEMM), KV cache,
+//!   chunked prefill, and the [`model::Observer`] seam for calibration.
+//! * [`linear`] — the [`linear::Linear`] trait: quantized kernels plug in here.
+//! * [`tokenizer`] — HF `tokenizers` from tokenizer.json or from GGUF metadata.
+//! * [`eval`] — perplexity (llama-perplexity's method and the sliding-window HF method), KL
+//!   divergence against saved base logits, greedy/temperature generation.
+
+pub mod eval;
+pub mod linear;
+pub mod model;
+pub mod tokenizer;
+
+pub use model::{KvCache, Model, Observer, Site};
+pub use tokenizer::Tokenizer;

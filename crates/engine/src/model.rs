@@ -1,0 +1,419 @@
+//! The Llama-family forward pass (Llama 2/3, Mistral, Qwen2, SmolLM) in f32: token embedding (tied
+//! or not), RMSNorm, RoPE (default, linear, Llama 3), grouped-query attention over a KV cache,
+//! SwiGLU MLP, q/k/v biases, LM head.
+//!
+//! Weights come from a [`ModelSource`] in GGUF layout: for `llama`-type models the q/k rows are in
+//! llama.cpp's permuted order, so RoPE rotates interleaved pairs (x[2i], x[2i+1]) — the same maths
+//! as HF's rotate-half on unpermuted rows; Qwen2 keeps HF order and rotates (x[i], x[i+d/2]).
+
+use std::sync::Arc;
+
+use quantkit_core::{Error, Result};
+use quantkit_io::config::{ModelConfig, RopeScaling};
+use quantkit_io::source::{ModelSource, SourceTensor};
+use rayon::prelude::*;
+
+use crate::linear::{DenseF32, Linear};
+
+/// Where an [`Observer`] sees activations: the input of each group of linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Site {
+    /// Input of attn_q, attn_k and attn_v (the normed hidden state).
+    AttnIn,
+    /// Input of attn_output (the attention result).
+    AttnOut,
+    /// Input of ffn_gate and ffn_up.
+    FfnIn,
+    /// Input of ffn_down (silu(gate)·up).
+    FfnDownIn,
+}
+
+/// Calibration hook: called with `n_tokens` rows of a linear layer's input as they are computed;
+/// nothing is kept by the engine.
+pub trait Observer {
+    fn observe(&mut self, layer: usize, site: Site, x: &[f32], n_tokens: usize);
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Box<dyn Linear>,
+    k: Box<dyn Linear>,
+    v: Box<dyn Linear>,
+    o: Box<dyn Linear>,
+    ffn_norm: Vec<f32>,
+    gate: Box<dyn Linear>,
+    up: Box<dyn Linear>,
+    down: Box<dyn Linear>,
+}
+
+/// A loaded model.
+pub struct Model {
+    pub cfg: ModelConfig,
+    embed: Arc<Vec<f32>>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    lm_head: Box<dyn Linear>,
+    /// Per rotated pair: the angle per position.
+    inv_freq: Vec<f32>,
+    /// Interleaved pairs (llama-permuted weights) or halves (Qwen2).
+    interleaved: bool,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+/// Keys and values of the positions seen so far, per layer.
+#[derive(Debug)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+    cap: usize,
+    row: usize,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        2 * self.k.len() * self.cap * self.row * 4
+    }
+}
+
+fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, xr)| {
+        let ss: f64 = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+        let r = 1.0 / ((ss / d as f64) as f32 + eps).sqrt();
+        for ((o, v), g) in o.iter_mut().zip(xr).zip(w) {
+            *o = g * (v * r);
+        }
+    });
+}
+
+impl Model {
+    /// Load every weight as f32 (quantized GGUF tensors are dequantized).
+    pub fn load(src: &ModelSource) -> Result<Self> {
+        let cfg = src.config().clone();
+        if let Some(RopeScaling::Yarn { .. }) = cfg.rope_scaling {
+            return Err(Error::Unsupported("YaRN RoPE scaling in the engine".into()));
+        }
+        let tensors = src.tensors()?;
+        let find = |name: &str| -> Result<&SourceTensor> {
+            tensors.iter().find(|t| t.name == name).ok_or_else(|| Error::MissingTensor {
+                path: src.path(),
+                tensor: name.to_string(),
+                hint: String::new(),
+            })
+        };
+        let vec = |name: &str| -> Result<Vec<f32>> { src.read(find(name)?) };
+        let dense = |name: &str| -> Result<Box<dyn Linear>> {
+            let t = find(name)?;
+            let (cols, rows) = (t.dims[0] as usize, t.dims.get(1).copied().unwrap_or(1) as usize);
+            let bias_name = name.replace(".weight", ".bias");
+            let bias = match tensors.iter().find(|t| t.name == bias_name) {
+                Some(b) => Some(src.read(b)?),
+                None => None,
+            };
+            Ok(Box::new(DenseF32 { w: Arc::new(src.read(t)?), rows, cols, bias }))
+        };
+        let embed = Arc::new(vec("token_embd.weight")?);
+        let mut layers = Vec::with_capacity(cfg.num_layers as usize);
+        for l in 0..cfg.num_layers {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: vec(&n("attn_norm"))?,
+                q: dense(&n("attn_q"))?,
+                k: dense(&n("attn_k"))?,
+                v: dense(&n("attn_v"))?,
+                o: dense(&n("attn_output"))?,
+                ffn_norm: vec(&n("ffn_norm"))?,
+                gate: dense(&n("ffn_gate"))?,
+                up: dense(&n("ffn_up"))?,
+                down: dense(&n("ffn_down"))?,
+            });
+        }
+        let h = cfg.hidden_size as usize;
+        let lm_head: Box<dyn Linear> = if tensors.iter().any(|t| t.name == "output.weight") {
+            dense("output.weight")?
+        } else {
+            Box::new(DenseF32 { w: embed.clone(), rows: embed.len() / h, cols: h, bias: None })
+        };
+        let hd = cfg.head_dim as usize;
+        let factors = cfg.llama3_rope_factors();
+        let linear = match cfg.rope_scaling {
+            Some(RopeScaling::Linear { factor }) => factor as f32,
+            _ => 1.0,
+        };
+        let inv_freq = (0..hd / 2)
+            .map(|i| {
+                let f = 1.0 / (cfg.rope_theta as f32).powf(2.0 * i as f32 / hd as f32);
+                let f = f / linear;
+                match &factors {
+                    Some(fa) => f / fa[i],
+                    None => f,
+                }
+            })
+            .collect();
+        Ok(Model {
+            interleaved: cfg.arch.permutes_qk(),
+            norm: vec("output_norm.weight")?,
+            cfg,
+            embed,
+            layers,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.lm_head.out_features()
+    }
+
+    /// An empty cache for up to `cap` positions.
+    pub fn new_cache(&self, cap: usize) -> KvCache {
+        let row = (self.cfg.n_kv_heads * self.cfg.head_dim) as usize;
+        let nl = self.layers.len();
+        KvCache { k: vec![vec![0.0; cap * row]; nl], v: vec![vec![0.0; cap * row]; nl], len: 0, cap, row }
+    }
+
+    fn rope(&self, x: &mut [f32], n_heads: usize, pos0: usize) {
+        let hd = self.cfg.head_dim as usize;
+        let half = hd / 2;
+        x.par_chunks_mut(n_heads * hd).enumerate().for_each(|(t, row)| {
+            let p = (pos0 + t) as f32;
+            for head in row.chunks_exact_mut(hd) {
+                for i in 0..half {
+                    let (s, c) = (p * self.inv_freq[i]).sin_cos();
+                    let (a, b) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * c - x1 * s;
+                    head[b] = x0 * s + x1 * c;
+                }
+            }
+        });
+    }
+
+    /// Run `tokens` (appended after what `cache` holds) and return the logits of the positions
+    /// `logits_from..tokens.len()` of this call, row-major `[rows × vocab]`.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits_from: usize,
+        mut observer: Option<&mut dyn Observer>,
+    ) -> Result<Vec<f32>> {
+        let n = tokens.len();
+        let c = &self.cfg;
+        let (h, nh, nkv, hd) =
+            (c.hidden_size as usize, c.n_heads as usize, c.n_kv_heads as usize, c.head_dim as usize);
+        let ffn = c.intermediate_size as usize;
+        let eps = c.rms_norm_eps as f32;
+        let vocab = self.embed.len() / h;
+        if cache.len + n > cache.cap {
+            return Err(Error::Invalid(format!(
+                "{} positions do not fit the context of {} (already {} in the cache)",
+                n, cache.cap, cache.len
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        }
+        let pos0 = cache.len;
+        let mut x = vec![0f32; n * h];
+        for (row, &t) in x.chunks_exact_mut(h).zip(tokens) {
+            row.copy_from_slice(&self.embed[t as usize * h..(t as usize + 1) * h]);
+        }
+        let mut xn = vec![0f32; n * h];
+        let (mut q, mut k, mut v) =
+            (vec![0f32; n * nh * hd], vec![0f32; n * nkv * hd], vec![0f32; n * nkv * hd]);
+        let mut att = vec![0f32; n * nh * hd];
+        let mut tmp = vec![0f32; n * h];
+        let (mut g, mut u) = (vec![0f32; n * ffn], vec![0f32; n * ffn]);
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (li, l) in self.layers.iter().enumerate() {
+            rmsnorm(&x, &l.attn_norm, eps, &mut xn);
+            if let Some(o) = observer.as_deref_mut() {
+                o.observe(li, Site::AttnIn, &xn, n);
+            }
+            l.q.forward(&xn, n, &mut q);
+            l.k.forward(&xn, n, &mut k);
+            l.v.forward(&xn, n, &mut v);
+            self.rope(&mut q, nh, pos0);
+            self.rope(&mut k, nkv, pos0);
+            let row = nkv * hd;
+            cache.k[li][pos0 * row..(pos0 + n) * row].copy_from_slice(&k);
+            cache.v[li][pos0 * row..(pos0 + n) * row].copy_from_slice(&v);
+            let (kc, vc) = (&cache.k[li][..(pos0 + n) * row], &cache.v[li][..(pos0 + n) * row]);
+            attention(&q, kc, vc, &mut att, Dims { n, pos0, nh, nkv, hd, scale });
+            if let Some(o) = observer.as_deref_mut() {
+                o.observe(li, Site::AttnOut, &att, n);
+            }
+            l.o.forward(&att, n, &mut tmp);
+            for (a, b) in x.iter_mut().zip(&tmp) {
+                *a += b;
+            }
+            rmsnorm(&x, &l.ffn_norm, eps, &mut xn);
+            if let Some(o) = observer.as_deref_mut() {
+                o.observe(li, Site::FfnIn, &xn, n);
+            }
+            l.gate.forward(&xn, n, &mut g);
+            l.up.forward(&xn, n, &mut u);
+            g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(gc, uc)| {
+                let mut e = [0f32; 4096];
+                let e = &mut e[..gc.len()];
+                for (ei, gi) in e.iter_mut().zip(gc.iter()) {
+                    *ei = -gi;
+                }
+                exp_in_place(e);
+                for ((gi, ui), ei) in gc.iter_mut().zip(uc).zip(e.iter()) {
+                    *gi = *gi / (1.0 + ei) * ui;
+                }
+            });
+            if let Some(o) = observer.as_deref_mut() {
+                o.observe(li, Site::FfnDownIn, &g, n);
+            }
+            l.down.forward(&g, n, &mut tmp);
+            for (a, b) in x.iter_mut().zip(&tmp) {
+                *a += b;
+            }
+        }
+        cache.len += n;
+        let from = logits_from.min(n);
+        let rows = n - from;
+        let mut out_norm = vec![0f32; rows * h];
+        rmsnorm(&x[from * h..], &self.norm, eps, &mut out_norm);
+        let mut logits = vec![0f32; rows * self.vocab_size()];
+        if rows > 0 {
+            self.lm_head.forward(&out_norm, rows, &mut logits);
+        }
+        Ok(logits)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    n: usize,
+    pos0: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    scale: f32,
+}
+
+/// Causal grouped-query attention of `n` new positions over `pos0 + n` cached ones, per head as
+/// two GEMMs (scores = Q·Kᵀ, out = softmax(scores)·V) through faer.
+fn attention(q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32], d: Dims) {
+    use faer::{Accum, MatMut, MatRef, Par};
+    let Dims { n, pos0, nh, nkv, hd, scale } = d;
+    let len = pos0 + n;
+    let row = nkv * hd;
+    let group = nh / nkv;
+    let mut heads: Vec<Vec<f32>> = (0..nh)
+        .into_par_iter()
+        .map(|h| {
+            let kvh = h / group;
+            let qh = MatRef::from_row_major_slice_with_stride(&q[h * hd..], n, hd, nh * hd);
+            let kh = MatRef::from_row_major_slice_with_stride(&kc[kvh * hd..], len, hd, row);
+            let vh = MatRef::from_row_major_slice_with_stride(&vc[kvh * hd..], len, hd, row);
+            let mut s = vec![0f32; n * len];
+            faer::linalg::matmul::matmul(
+                MatMut::from_row_major_slice_mut(&mut s, n, len),
+                Accum::Replace,
+                qh,
+                kh.transpose(),
+                scale,
+                Par::Seq,
+            );
+            for (t, r) in s.chunks_exact_mut(len).enumerate() {
+                let visible = pos0 + t + 1;
+                let max = r[..visible].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                for v in r[..visible].iter_mut() {
+                    *v -= max;
+                }
+                exp_in_place(&mut r[..visible]);
+                let sum: f32 = r[..visible].iter().sum();
+                let inv = 1.0 / sum;
+                for v in r[..visible].iter_mut() {
+                    *v *= inv;
+                }
+                r[visible..].fill(0.0);
+            }
+            let mut o = vec![0f32; n * hd];
+            faer::linalg::matmul::matmul(
+                MatMut::from_row_major_slice_mut(&mut o, n, hd),
+                Accum::Replace,
+                MatRef::from_row_major_slice(&s, n, len),
+                vh,
+                1.0f32,
+                Par::Seq,
+            );
+            o
+        })
+        .collect();
+    for (h, o) in heads.iter_mut().enumerate() {
+        for t in 0..n {
+            out[(t * nh + h) * hd..(t * nh + h + 1) * hd].copy_from_slice(&o[t * hd..(t + 1) * hd]);
+        }
+    }
+}
+
+/// `x ← exp(x)` for a slice, vectorisable (no libm call): range reduction by ln 2 in two parts and
+/// a degree-6 polynomial (Cephes `expf`), relative error ≈ 1e-7; inputs below −87 give 0.
+pub fn exp_in_place(x: &mut [f32]) {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    for v in x.iter_mut() {
+        let a = v.clamp(-87.0, 88.0);
+        // floor without a libm call (vectorises on baseline x86-64)
+        let t = a * LOG2E + 0.5;
+        let ti = t as i32;
+        let nf = (ti - ((ti as f32) > t) as i32) as f32;
+        let r = a - nf * C1 - nf * C2;
+        let mut p = 1.987_569_1e-4f32;
+        p = p * r + 1.398_199_9e-3;
+        p = p * r + 8.333_452e-3;
+        p = p * r + 4.166_579_6e-2;
+        p = p * r + 1.666_666_5e-1;
+        p = p * r + 5.000_000_1e-1;
+        let y = p * r * r + r + 1.0;
+        let bits = ((nf as i32 + 127) as u32) << 23;
+        let e = y * f32::from_bits(bits);
+        *v = if *v < -87.0 { 0.0 } else { e };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_matches_libm() {
+        let mut worst = 0f64;
+        let xs: Vec<f32> = (-9000..=8700).map(|i| i as f32 * 0.01 + 0.003).collect();
+        let mut ys = xs.clone();
+        exp_in_place(&mut ys);
+        for (x, y) in xs.iter().zip(&ys) {
+            let want = (*x as f64).exp();
+            if want > 1e-30 {
+                worst = worst.max(((*y as f64) - want).abs() / want);
+            }
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+        let mut z = [-1000.0f32, -87.5, 0.0];
+        exp_in_place(&mut z);
+        assert_eq!(z, [0.0, 0.0, 1.0]);
+    }
+}

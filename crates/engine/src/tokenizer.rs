@@ -1,0 +1,80 @@
+//! Tokenization with the HF `tokenizers` crate: from the folder's `tokenizer.json`, or for a bare
+//! GGUF from a tokenizer.json rebuilt from its vocabulary (BPE merges / SentencePiece scores).
+//! BOS follows the model's `add_bos_token` (as llama.cpp records it).
+
+use quantkit_core::{Error, Result};
+use quantkit_io::source::ModelSource;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub add_bos: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer").field("bos", &self.bos).field("add_bos", &self.add_bos).finish()
+    }
+}
+
+impl Tokenizer {
+    pub fn for_source(src: &ModelSource) -> Result<Self> {
+        let path = src.path();
+        let inner = match src {
+            ModelSource::Hf(_) => {
+                let p = path.join("tokenizer.json");
+                tokenizers::Tokenizer::from_file(&p)
+                    .map_err(|e| Error::malformed(&p, "tokenizer.json", "", e.to_string()))?
+            }
+            ModelSource::Gguf { file, .. } => {
+                let meta = |k: &str| file.get(k).cloned();
+                let t = quantkit_io::vocab::gguf_to_hf(&meta, &path)?;
+                let bytes =
+                    serde_json::to_vec(&t.tokenizer_json).map_err(|e| Error::Invalid(e.to_string()))?;
+                tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
+                    Error::malformed(&path, "GGUF tokenizer metadata", "tokenizer.ggml.*", e.to_string())
+                })?
+            }
+        };
+        let meta = src.metadata(None)?;
+        let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let id = |k: &str| get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
+        Ok(Tokenizer {
+            inner,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            add_bos: get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
+        })
+    }
+
+    /// Token ids of `text` (no special tokens added by the tokenizer's post-processor), with BOS
+    /// first when `with_bos` and the model has one.
+    pub fn encode(&self, text: &str, with_bos: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Invalid(format!("tokenizing: {e}")))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if with_bos {
+            if let Some(b) = self.bos {
+                ids.push(b);
+            }
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| Error::Invalid(format!("detokenizing: {e}")))
+    }
+}
+
+/// Read a text file for evaluation: it must exist, be UTF-8 and not be empty.
+pub fn read_text(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::malformed(path, "text", format!("byte {}", e.utf8_error().valid_up_to()), "is not valid UTF-8")
+    })?;
+    if text.trim().is_empty() {
+        return Err(Error::malformed(path, "text", "start", "the file is empty"));
+    }
+    Ok(text)
+}
