@@ -1,0 +1,115 @@
+//! The engine against transformers: logits, log-sum-exp, top-5 and greedy tokens from
+//! `scripts/golden_logits.py` (committed fixtures), on stories260K and SmolLM2 (whose HF checkpoint
+//! is the export of the shared GGUF, so the engine reads the GGUF itself here).
+
+mod common;
+
+use common::*;
+use quantkit_engine::eval::{argmax, generate};
+use quantkit_engine::{Model, Tokenizer};
+use quantkit_io::source::ModelSource;
+
+fn fixture(name: &str) -> serde_json::Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    serde_json::from_slice(&std::fs::read(p).expect("fixture")).expect("json")
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
+/// Returns the worst |ours − theirs| / max(1, |theirs|) over the stored logits.
+fn check(model_path: &std::path::Path, fx: &serde_json::Value) -> f64 {
+    let src = ModelSource::open(model_path).expect("open");
+    let model = Model::load(&src).expect("load");
+    let tok = Tokenizer::for_source(&src).expect("tokenizer");
+    let vocab = model.vocab_size();
+    let cols: Option<Vec<usize>> =
+        fx["columns"].as_array().map(|a| a.iter().map(|c| c.as_u64().expect("col") as usize).collect());
+    let mut worst = 0f64;
+    for case in fx["cases"].as_array().expect("cases") {
+        let tokens = ids(&case["tokens"]);
+        let prompt = case["prompt"].as_str().expect("prompt");
+        assert_eq!(tok.encode(prompt, tok.add_bos).expect("encode"), tokens, "tokenization of {prompt:?}");
+        let mut cache = model.new_cache(tokens.len());
+        let logits = model.forward(&tokens, &mut cache, 0, None).expect("forward");
+        for (t, row) in logits.chunks_exact(vocab).enumerate() {
+            let want = case["logits"][t].as_array().expect("row");
+            for (k, w) in want.iter().enumerate() {
+                let c = cols.as_ref().map(|c| c[k]).unwrap_or(k);
+                let w = w.as_f64().expect("f");
+                worst = worst.max((row[c] as f64 - w).abs() / w.abs().max(1.0));
+            }
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+            let want_lse = case["logsumexp"][t].as_f64().expect("lse");
+            worst = worst.max((lse - want_lse).abs() / want_lse.abs().max(1.0));
+            assert_eq!(
+                argmax(row),
+                case["top5"][t][0].as_u64().expect("top") as u32,
+                "{prompt:?} position {t}"
+            );
+        }
+        let want = ids(&case["greedy"]);
+        let got = generate(&model, &tokens, want.len(), 0.0, 0, None).expect("generate");
+        assert_eq!(got, want, "greedy continuation of {prompt:?}");
+    }
+    worst
+}
+
+#[test]
+fn stories260k_logits_and_greedy_tokens_match_transformers() {
+    if no_fixtures() {
+        return;
+    }
+    let worst = check(&stories(), &fixture("stories260k.json"));
+    eprintln!("stories260K: worst relative logit difference {worst:e}");
+    assert!(worst < 1e-4, "worst relative logit difference {worst}");
+}
+
+#[test]
+fn smollm2_logits_and_greedy_tokens_match_transformers() {
+    if no_fixtures() || !smol_gguf().exists() {
+        return;
+    }
+    let worst = check(&smol_gguf(), &fixture("smollm2.json"));
+    eprintln!("SmolLM2: worst relative logit difference {worst:e}");
+    assert!(worst < 1e-4, "worst relative logit difference {worst}");
+}
+
+#[test]
+fn ppl_bad_input_gives_clear_errors() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let empty = t.path().join("empty.txt");
+    std::fs::write(&empty, "  \n").expect("w");
+    fails_with(&[&"ppl", &stories(), &"--text", &empty], &["empty.txt", "empty"]);
+    let bin = t.path().join("latin1.txt");
+    std::fs::write(&bin, b"caf\xe9 au lait").expect("w");
+    fails_with(&[&"ppl", &stories(), &"--text", &bin], &["latin1.txt", "UTF-8", "byte 3"]);
+    let short = t.path().join("short.txt");
+    std::fs::write(&short, "Once upon a time there was a cat.").expect("w");
+    fails_with(&[&"ppl", &stories(), &"--text", &short], &["fewer than one context of 512"]);
+    fails_with(
+        &[&"ppl", &stories(), &"--text", &short, &"--ctx", &"4096"],
+        &["larger than the model's context length 512"],
+    );
+    fails_with(&[&"ppl", &stories(), &"--text", &t.path().join("missing.txt")], &["missing.txt"]);
+    // A short text still works with a context that fits it; JSON carries the figures.
+    let o = ok(&[&"ppl", &stories(), &"--text", &short, &"--ctx", &"8", &"--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(j["ppl"].as_f64().expect("ppl") > 1.0);
+    assert_eq!(j["chunks"].as_u64(), Some(1));
+}
+
+#[test]
+fn generate_command_continues_the_story() {
+    if no_fixtures() {
+        return;
+    }
+    let o = ok(&[&"generate", &stories(), &"-p", &"Once upon a time", &"-n", &"12"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with("Once upon a time, there was a little girl named Lily"), "{text}");
+}
