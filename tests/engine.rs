@@ -113,3 +113,36 @@ fn generate_command_continues_the_story() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.starts_with("Once upon a time, there was a little girl named Lily"), "{text}");
 }
+
+#[test]
+fn kld_against_itself_is_zero_and_saved_base_logits_agree() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let text = shared().join("data/wikitext-2-raw/wiki.test.raw");
+    let (f32g, q4) = (t.path().join("f32.gguf"), t.path().join("q4_0.gguf"));
+    ok(&[&"convert", &stories(), &"-t", &"f32", &"-o", &f32g]);
+    ok(&[&"convert", &stories(), &"-t", &"q4_0", &"-o", &q4]);
+    let run = |args: &[&dyn AsRef<std::ffi::OsStr>]| -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push(&"--json");
+        serde_json::from_slice(&ok(&a).stdout).expect("json")
+    };
+    let same = run(&[&"kld", &f32g, &"--base", &f32g, &"--text", &text, &"--chunks", &"4"]);
+    assert_eq!(same["mean_kld"].as_f64(), Some(0.0));
+    assert_eq!(same["same_top_p"].as_f64(), Some(1.0));
+    let base = t.path().join("base.qklogits");
+    let q = run(&[&"kld", &q4, &"--base", &f32g, &"--text", &text, &"--chunks", &"4", &"--save-base", &base]);
+    let kq = q["mean_kld"].as_f64().expect("kld");
+    assert!(kq > 0.01, "Q4_0 of a 260K model must diverge: {kq}");
+    assert!(q["same_top_p"].as_f64().expect("top") < 1.0);
+    let from_file = run(&[&"kld", &q4, &"--base", &base]);
+    let kf = from_file["mean_kld"].as_f64().expect("kld");
+    assert!((kf - kq).abs() < 1e-3 * kq, "saved base (u16 log-probs) {kf} vs in-process {kq}");
+    assert_eq!(from_file["tokens_scored"], q["tokens_scored"]);
+    // A file that is not base logits is read as a model and refused clearly.
+    let junk = t.path().join("junk.qklogits");
+    std::fs::write(&junk, b"QKLOGIT1 truncated").expect("w");
+    fails_with(&[&"kld", &q4, &"--base", &junk], &["junk.qklogits", "base logits"]);
+}

@@ -131,3 +131,106 @@ pub fn generate(ctx: &Ctx, a: &GenerateArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct KldArgs {
+    /// The model to compare (HF folder or .gguf). Optional with --save-base.
+    pub model: Option<PathBuf>,
+    /// The reference: a model (HF folder or .gguf), or base logits saved with --save-base.
+    #[arg(long)]
+    pub base: PathBuf,
+    /// UTF-8 text (needed when --base is a model).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Save the base model's log-probabilities (u16 per logit, as llama.cpp) to reuse with --base FILE.
+    #[arg(long)]
+    pub save_base: Option<PathBuf>,
+}
+
+fn is_base_logits(p: &std::path::Path) -> bool {
+    let mut m = [0u8; 8];
+    p.is_file()
+        && std::fs::File::open(p).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut m)).is_ok()
+        && &m == b"QKLOGIT1"
+}
+
+pub fn kld(ctx: &Ctx, a: &KldArgs) -> Result<()> {
+    use quantkit_engine::eval::{base_logits, kld as run_kld, kld_models, BaseLogits};
+    let progress = |pb: &indicatif::ProgressBar, d: usize, t: usize| {
+        pb.set_length(t as u64);
+        pb.set_position(d as u64);
+    };
+    let r = if is_base_logits(&a.base) {
+        let base = BaseLogits::read(&a.base)?;
+        let model_path = a.model.as_ref().ok_or_else(|| Error::Invalid("give a model to compare".into()))?;
+        let (model, _) = load(model_path)?;
+        let pb = bar(ctx.progress, 0, "kld", false);
+        let r = run_kld(&model, &base, &|d, t| progress(&pb, d, t))?;
+        pb.finish_and_clear();
+        r
+    } else {
+        let text_path = a
+            .text
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("--text is required when --base is a model".into()))?;
+        let text = read_text(text_path)?;
+        let (bm, bt) = load(&a.base)?;
+        let max_ctx = bm.cfg.context_length as usize;
+        if max_ctx > 0 && a.ctx > max_ctx {
+            return Err(Error::Invalid(format!(
+                "--ctx {} is larger than the model's context length {max_ctx}",
+                a.ctx
+            )));
+        }
+        let tokens = bt.encode(&text, bt.add_bos)?;
+        let o = PplOptions {
+            ctx: a.ctx,
+            chunks: a.chunks,
+            mode: PplMode::Llama,
+            stride: None,
+            bos: if bt.add_bos { bt.bos } else { None },
+        };
+        if let Some(p) = &a.save_base {
+            let pb = bar(ctx.progress, 0, "base", false);
+            base_logits(&bm, &tokens, &o, &|d, t| progress(&pb, d, t))?.write(p)?;
+            pb.finish_and_clear();
+            if !ctx.json {
+                eprintln!("saved base log-probabilities to {}", p.display());
+            }
+        }
+        let Some(model_path) = &a.model else {
+            if a.save_base.is_none() {
+                return Err(Error::Invalid("give a model to compare, or --save-base".into()));
+            }
+            return Ok(());
+        };
+        let (model, _) = load(model_path)?;
+        let pb = bar(ctx.progress, 0, "kld", false);
+        let r = kld_models(&bm, &model, &tokens, &o, &|d, t| progress(&pb, d, t))?;
+        pb.finish_and_clear();
+        r
+    };
+    if ctx.json {
+        let mut j = serde_json::to_value(&r).map_err(|e| Error::Invalid(e.to_string()))?;
+        j["model"] = json!(a.model);
+        j["base"] = json!(a.base);
+        println!("{}", serde_json::to_string_pretty(&j).map_err(|e| Error::Invalid(e.to_string()))?);
+    } else {
+        println!("chunks {}, tokens scored {}", r.chunks, r.tokens_scored);
+        println!("PPL base {:.4}, model {:.4} (ratio {:.4})", r.ppl_base, r.ppl, r.ppl / r.ppl_base);
+        println!(
+            "Mean KLD {:.6} ± {:.6}, median {:.6}, max {:.6}",
+            r.mean_kld, r.kld_err, r.median_kld, r.max_kld
+        );
+        println!("Same top p: {:.3} %", 100.0 * r.same_top_p);
+        println!("RMS Δp: {:.3} %", 100.0 * r.rms_delta_p);
+        for (q, v) in &r.delta_p_percentiles {
+            println!("  Δp {q:>4.0}%: {:>8.3} %", 100.0 * v);
+        }
+    }
+    Ok(())
+}

@@ -71,6 +71,14 @@ quantkit convert ./model -t q2_k --dry-run"
 quantkit ppl ./hf-model --text wiki.test.raw --mode hf --ctx 2048 --json"
     )]
     Ppl(eval::PplArgs),
+    /// KL divergence of a model's next-token distributions from a base model's (llama-perplexity's
+    /// --kl-divergence statistics).
+    #[command(
+        after_help = "Examples:\n  quantkit kld model-q4_0.gguf --base model-f32.gguf --text wiki.test.raw --chunks 20\n  \
+quantkit kld --base model-f32.gguf --text wiki.test.raw --save-base base.qklogits\n  \
+quantkit kld model-q4_k_m.gguf --base base.qklogits"
+    )]
+    Kld(eval::KldArgs),
     /// Generate text from a prompt (greedy by default).
     #[command(after_help = "Example:\n  quantkit generate stories260K/ -p 'Once upon a time' -n 32")]
     Generate(eval::GenerateArgs),
@@ -99,6 +107,7 @@ pub fn main() -> ExitCode {
         Command::ExportHf(a) => commands::export_hf(&ctx, a),
         Command::Ppl(a) => eval::ppl(&ctx, a),
         Command::Generate(a) => eval::generate(&ctx, a),
+        Command::Kld(a) => eval::kld(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -243,3 +243,275 @@ mod tests {
         assert_eq!(argmax(&[0.0, 5.0, 5.0, 1.0]), 1);
     }
 }
+
+/// Log-probabilities of the scored positions of llama-mode chunks: what a KL-divergence run compares.
+/// Stored like llama.cpp's `--kl-divergence-base` file does: per row, u16 codes of log p over
+/// [floor, 0] (floor = −30: smaller probabilities do not move the statistics), 2 bytes a logit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaseLogits {
+    pub vocab: usize,
+    pub ctx: usize,
+    pub tokens: Vec<u32>,
+    /// `rows × vocab` u16 codes.
+    pub codes: Vec<u16>,
+}
+
+const FLOOR: f32 = -30.0;
+const MAGIC: &[u8; 8] = b"QKLOGIT1";
+
+impl BaseLogits {
+    fn push_row(&mut self, logits: &[f32]) {
+        let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let lse = (logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>()).ln() + max;
+        let scale = -FLOOR / 65535.0;
+        self.codes.extend(logits.iter().map(|&v| {
+            let lp = ((v as f64 - lse) as f32).max(FLOOR);
+            ((lp - FLOOR) / scale).round() as u16
+        }));
+    }
+
+    /// Log-probabilities of row `r`.
+    pub fn row(&self, r: usize) -> impl Iterator<Item = f32> + '_ {
+        let scale = -FLOOR / 65535.0;
+        self.codes[r * self.vocab..(r + 1) * self.vocab].iter().map(move |&c| FLOOR + c as f32 * scale)
+    }
+
+    pub fn write(&self, dest: &std::path::Path) -> Result<()> {
+        let mut b = Vec::with_capacity(24 + self.tokens.len() * 4 + self.codes.len() * 2);
+        b.extend_from_slice(MAGIC);
+        for v in [self.vocab as u32, self.ctx as u32, self.tokens.len() as u32] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for t in &self.tokens {
+            b.extend_from_slice(&t.to_le_bytes());
+        }
+        for c in &self.codes {
+            b.extend_from_slice(&c.to_le_bytes());
+        }
+        let mut f = quantkit_core::AtomicFile::create(dest)?;
+        std::io::Write::write_all(&mut f, &b).map_err(|e| Error::io(dest, e))?;
+        f.commit()
+    }
+
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        let b = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bad = |m: &str| Error::malformed(path, "base logits", "header", m.to_string());
+        if b.len() < 20 || &b[..8] != MAGIC {
+            return Err(bad("not a quantkit base-logits file (magic QKLOGIT1)"));
+        }
+        let u = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as usize;
+        let (vocab, ctx, n_tok) = (u(8), u(12), u(16));
+        if vocab == 0 || ctx < 2 || n_tok % ctx != 0 {
+            return Err(bad("inconsistent sizes"));
+        }
+        let rows = n_tok / ctx * (ctx - 1 - ctx / 2);
+        let need = 20u128 + n_tok as u128 * 4 + rows as u128 * vocab as u128 * 2;
+        if need != b.len() as u128 {
+            return Err(bad(&format!("{} bytes, the header implies {need}", b.len())));
+        }
+        let tokens = (0..n_tok).map(|i| u(20 + 4 * i) as u32).collect();
+        let off = 20 + 4 * n_tok;
+        let codes = b[off..].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        Ok(BaseLogits { vocab, ctx, tokens, codes })
+    }
+}
+
+/// Compute the base model's log-probabilities on `tokens` (llama-mode chunks).
+pub fn base_logits(
+    model: &Model,
+    tokens: &[u32],
+    o: &PplOptions,
+    progress: &dyn Fn(usize, usize),
+) -> Result<BaseLogits> {
+    let n_chunks = (tokens.len() / o.ctx).min(o.chunks.unwrap_or(usize::MAX));
+    if n_chunks == 0 {
+        return Err(Error::Invalid(format!(
+            "the text has {} tokens, fewer than one context of {}",
+            tokens.len(),
+            o.ctx
+        )));
+    }
+    let mut out = BaseLogits { vocab: model.vocab_size(), ctx: o.ctx, tokens: vec![], codes: vec![] };
+    let mut cache = model.new_cache(o.ctx);
+    let first = o.ctx / 2;
+    for c in 0..n_chunks {
+        let mut chunk = tokens[c * o.ctx..(c + 1) * o.ctx].to_vec();
+        if let Some(b) = o.bos {
+            chunk[0] = b;
+        }
+        cache.clear();
+        let logits = model.forward(&chunk, &mut cache, first, None)?;
+        for r in 0..(o.ctx - 1 - first) {
+            out.push_row(&logits[r * out.vocab..(r + 1) * out.vocab]);
+        }
+        out.tokens.extend_from_slice(&chunk);
+        progress(c + 1, n_chunks);
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KldReport {
+    pub chunks: usize,
+    pub tokens_scored: usize,
+    pub mean_kld: f64,
+    pub kld_err: f64,
+    pub median_kld: f64,
+    pub max_kld: f64,
+    /// Fraction of positions where both models' most likely token is the same.
+    pub same_top_p: f64,
+    pub ppl_base: f64,
+    pub ppl: f64,
+    /// Percentiles of Δp = p_model(correct token) − p_base(correct token).
+    pub delta_p_percentiles: Vec<(f64, f64)>,
+    pub rms_delta_p: f64,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+/// Accumulates KLD statistics row by row.
+#[derive(Default)]
+struct KldAcc {
+    klds: Vec<f64>,
+    dps: Vec<f64>,
+    same: usize,
+    nll_b: f64,
+    nll_m: f64,
+    chunks: usize,
+}
+
+impl KldAcc {
+    /// `base_lp`: the base's log-probabilities; `row`: the model's logits; `target`: the next token.
+    fn add_row(&mut self, base_lp: &[f64], row: &[f32], target: usize) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+        let mut kl = 0f64;
+        let mut best = 0usize;
+        for (i, (&lb, &v)) in base_lp.iter().zip(row).enumerate() {
+            kl += lb.exp() * (lb - (v as f64 - lse));
+            if lb > base_lp[best] {
+                best = i;
+            }
+        }
+        if argmax(row) as usize == best {
+            self.same += 1;
+        }
+        let (lb_t, lm_t) = (base_lp[target], row[target] as f64 - lse);
+        self.nll_b -= lb_t;
+        self.nll_m -= lm_t;
+        self.dps.push(lm_t.exp() - lb_t.exp());
+        self.klds.push(kl.max(0.0));
+    }
+
+    fn report(self) -> KldReport {
+        let n = self.klds.len().max(1) as f64;
+        let mean = self.klds.iter().sum::<f64>() / n;
+        let var = self.klds.iter().map(|k| (k - mean) * (k - mean)).sum::<f64>() / (n - 1.0).max(1.0);
+        let rms_dp = (self.dps.iter().map(|d| d * d).sum::<f64>() / n).sqrt();
+        let mut sk = self.klds.clone();
+        sk.sort_by(|a, b| a.total_cmp(b));
+        let mut sd = self.dps.clone();
+        sd.sort_by(|a, b| a.total_cmp(b));
+        KldReport {
+            chunks: self.chunks,
+            tokens_scored: self.klds.len(),
+            mean_kld: mean,
+            kld_err: (var / n).sqrt(),
+            median_kld: percentile(&sk, 0.5),
+            max_kld: sk.last().copied().unwrap_or(0.0),
+            same_top_p: self.same as f64 / n,
+            ppl_base: (self.nll_b / n).exp(),
+            ppl: (self.nll_m / n).exp(),
+            delta_p_percentiles: [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99]
+                .iter()
+                .map(|&q| (q * 100.0, percentile(&sd, q)))
+                .collect(),
+            rms_delta_p: rms_dp,
+        }
+    }
+}
+
+fn log_probs(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    row.iter().map(|&v| v as f64 - lse).collect()
+}
+
+/// KL(base ‖ model) with both models in this process, chunk by chunk (exact: a model against
+/// itself gives 0 and 100 % same top token).
+pub fn kld_models(
+    base: &Model,
+    model: &Model,
+    tokens: &[u32],
+    o: &PplOptions,
+    progress: &dyn Fn(usize, usize),
+) -> Result<KldReport> {
+    if base.vocab_size() != model.vocab_size() {
+        return Err(Error::Invalid(format!(
+            "the base has a vocabulary of {}, the model {}",
+            base.vocab_size(),
+            model.vocab_size()
+        )));
+    }
+    let n_chunks = (tokens.len() / o.ctx).min(o.chunks.unwrap_or(usize::MAX));
+    if n_chunks == 0 {
+        return Err(Error::Invalid(format!(
+            "the text has {} tokens, fewer than one context of {}",
+            tokens.len(),
+            o.ctx
+        )));
+    }
+    let (vocab, first) = (model.vocab_size(), o.ctx / 2);
+    let (mut cb, mut cm) = (base.new_cache(o.ctx), model.new_cache(o.ctx));
+    let mut acc = KldAcc { chunks: n_chunks, ..Default::default() };
+    for c in 0..n_chunks {
+        let mut chunk = tokens[c * o.ctx..(c + 1) * o.ctx].to_vec();
+        if let Some(b) = o.bos {
+            chunk[0] = b;
+        }
+        cb.clear();
+        cm.clear();
+        let lb = base.forward(&chunk, &mut cb, first, None)?;
+        let lm = model.forward(&chunk, &mut cm, first, None)?;
+        for r in 0..(o.ctx - 1 - first) {
+            let s = r * vocab..(r + 1) * vocab;
+            acc.add_row(&log_probs(&lb[s.clone()]), &lm[s], chunk[first + r + 1] as usize);
+        }
+        progress(c + 1, n_chunks);
+    }
+    Ok(acc.report())
+}
+
+/// KL(base ‖ model) over the chunks stored in a saved `base`.
+pub fn kld(model: &Model, base: &BaseLogits, progress: &dyn Fn(usize, usize)) -> Result<KldReport> {
+    if base.vocab != model.vocab_size() {
+        return Err(Error::Invalid(format!(
+            "base logits have a vocabulary of {}, the model {}",
+            base.vocab,
+            model.vocab_size()
+        )));
+    }
+    let ctx = base.ctx;
+    let first = ctx / 2;
+    let n_chunks = base.tokens.len() / ctx;
+    let per = ctx - 1 - first;
+    let mut cache = model.new_cache(ctx);
+    let mut acc = KldAcc { chunks: n_chunks, ..Default::default() };
+    for c in 0..n_chunks {
+        let chunk = &base.tokens[c * ctx..(c + 1) * ctx];
+        cache.clear();
+        let logits = model.forward(chunk, &mut cache, first, None)?;
+        for r in 0..per {
+            let lb: Vec<f64> = base.row(c * per + r).map(f64::from).collect();
+            acc.add_row(&lb, &logits[r * base.vocab..(r + 1) * base.vocab], chunk[first + r + 1] as usize);
+        }
+        progress(c + 1, n_chunks);
+    }
+    Ok(acc.report())
+}
