@@ -188,14 +188,27 @@ impl Model {
         KvCache { k: vec![vec![0.0; cap * row]; nl], v: vec![vec![0.0; cap * row]; nl], len: 0, cap, row }
     }
 
-    fn rope(&self, x: &mut [f32], n_heads: usize, pos0: usize) {
+    /// cos/sin of every rotated pair at positions `pos0..pos0 + n` (computed once per call, shared
+    /// by all layers and heads).
+    fn rope_table(&self, pos0: usize, n: usize) -> Vec<(f32, f32)> {
+        let half = self.inv_freq.len();
+        let mut t = Vec::with_capacity(n * half);
+        for p in pos0..pos0 + n {
+            for &f in &self.inv_freq {
+                let (s, c) = (p as f32 * f).sin_cos();
+                t.push((c, s));
+            }
+        }
+        t
+    }
+
+    fn rope(&self, x: &mut [f32], n_heads: usize, table: &[(f32, f32)]) {
         let hd = self.cfg.head_dim as usize;
         let half = hd / 2;
         x.par_chunks_mut(n_heads * hd).enumerate().for_each(|(t, row)| {
-            let p = (pos0 + t) as f32;
+            let cs = &table[t * half..(t + 1) * half];
             for head in row.chunks_exact_mut(hd) {
-                for i in 0..half {
-                    let (s, c) = (p * self.inv_freq[i]).sin_cos();
+                for (i, &(c, s)) in cs.iter().enumerate() {
                     let (a, b) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
                     let (x0, x1) = (head[a], head[b]);
                     head[a] = x0 * c - x1 * s;
@@ -242,6 +255,7 @@ impl Model {
         let mut tmp = vec![0f32; n * h];
         let (mut g, mut u) = (vec![0f32; n * ffn], vec![0f32; n * ffn]);
         let scale = 1.0 / (hd as f32).sqrt();
+        let table = self.rope_table(pos0, n);
         for (li, l) in self.layers.iter().enumerate() {
             rmsnorm(&x, &l.attn_norm, eps, &mut xn);
             if let Some(o) = observer.as_deref_mut() {
@@ -250,8 +264,8 @@ impl Model {
             l.q.forward(&xn, n, &mut q);
             l.k.forward(&xn, n, &mut k);
             l.v.forward(&xn, n, &mut v);
-            self.rope(&mut q, nh, pos0);
-            self.rope(&mut k, nkv, pos0);
+            self.rope(&mut q, nh, &table);
+            self.rope(&mut k, nkv, &table);
             let row = nkv * hd;
             cache.k[li][pos0 * row..(pos0 + n) * row].copy_from_slice(&k);
             cache.v[li][pos0 * row..(pos0 + n) * row].copy_from_slice(&v);
