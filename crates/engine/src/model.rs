@@ -117,16 +117,22 @@ impl Model {
                 hint: String::new(),
             })
         };
-        let vec = |name: &str| -> Result<Vec<f32>> { src.read(find(name)?) };
+        // Read a tensor as f32 and drop the source's mapped pages behind it (RSS ≈ the f32 copy).
+        let read = |t: &SourceTensor| -> Result<Vec<f32>> {
+            let v = src.read(t)?;
+            src.release_rows(t, 0, t.rows());
+            Ok(v)
+        };
+        let vec = |name: &str| -> Result<Vec<f32>> { read(find(name)?) };
         let dense = |name: &str| -> Result<Box<dyn Linear>> {
             let t = find(name)?;
             let (cols, rows) = (t.dims[0] as usize, t.dims.get(1).copied().unwrap_or(1) as usize);
             let bias_name = name.replace(".weight", ".bias");
             let bias = match tensors.iter().find(|t| t.name == bias_name) {
-                Some(b) => Some(src.read(b)?),
+                Some(b) => Some(read(b)?),
                 None => None,
             };
-            Ok(Box::new(DenseF32 { w: Arc::new(src.read(t)?), rows, cols, bias }))
+            Ok(Box::new(DenseF32 { w: Arc::new(read(t)?), rows, cols, bias }))
         };
         let embed = Arc::new(vec("token_embd.weight")?);
         let mut layers = Vec::with_capacity(cfg.num_layers as usize);
