@@ -18,7 +18,12 @@ fn main() {
     let dir = tempfile::tempdir().expect("tmp");
     let f32g = dir.path().join("smollm2-f32.gguf");
     let qk = env!("CARGO_BIN_EXE_quantkit");
-    let st = Command::new(qk).args(["convert", "-t", "f32", "--quiet", "-o"]).arg(&f32g).arg(&gguf).output().expect("convert");
+    let st = Command::new(qk)
+        .args(["convert", "-t", "f32", "--quiet", "-o"])
+        .arg(&f32g)
+        .arg(&gguf)
+        .output()
+        .expect("convert");
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
 
     let t = Instant::now();

@@ -146,3 +146,33 @@ fn kld_against_itself_is_zero_and_saved_base_logits_agree() {
     std::fs::write(&junk, b"QKLOGIT1 truncated").expect("w");
     fails_with(&[&"kld", &q4, &"--base", &junk], &["junk.qklogits", "base logits"]);
 }
+
+/// Qwen2 (q/k/v biases, half-split RoPE, tied), Llama-3 RoPE scaling and linear RoPE scaling, on
+/// tiny random checkpoints made and scored by transformers (`scripts/tiny_models.py`; their
+/// config.json uses transformers 5's `rope_parameters`).
+#[test]
+fn tiny_architectures_match_transformers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    for name in ["qwen2", "llama3rope", "linearrope"] {
+        let dir = root.join(name);
+        let fx: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("logits.json")).expect("logits")).expect("json");
+        let src = ModelSource::open(&dir).expect("open");
+        let model = Model::load(&src).expect("load");
+        let tokens = ids(&fx["tokens"]);
+        let mut cache = model.new_cache(tokens.len());
+        let logits = model.forward(&tokens, &mut cache, 0, None).expect("forward");
+        let vocab = model.vocab_size();
+        let mut worst = 0f64;
+        for (k, r) in fx["rows"].as_array().expect("rows").iter().enumerate() {
+            let r = r.as_u64().expect("row") as usize;
+            for (c, w) in fx["logits"][k].as_array().expect("row").iter().enumerate() {
+                let w = w.as_f64().expect("f");
+                worst = worst.max((logits[r * vocab + c] as f64 - w).abs() / w.abs().max(1.0));
+            }
+        }
+        assert!(worst < 1e-4, "{name}: worst relative logit difference {worst}");
+        let got = generate(&model, &ids(&fx["greedy_prompt"]), 16, 0.0, 0, None).expect("generate");
+        assert_eq!(got, ids(&fx["greedy"]), "{name}: greedy tokens");
+    }
+}

@@ -155,9 +155,18 @@ impl ModelConfig {
         if head_dim % 2 != 0 {
             return Err(bad("head_dim", format!("head dimension {head_dim} is odd; RoPE needs pairs")));
         }
-        let rope_scaling = match field(cfg, "rope_scaling") {
+        // transformers ≥ 5 writes `rope_parameters` (rope_theta + the scaling) instead of
+        // `rope_theta` and `rope_scaling`; accept both.
+        let rope_params = field(cfg, "rope_parameters");
+        let rope_scaling = match field(cfg, "rope_scaling").or(rope_params) {
             None => None,
             Some(rs) => Self::parse_rope_scaling(rs).map_err(|m| bad("rope_scaling", m))?,
+        };
+        let rope_theta = match (field(cfg, "rope_theta"), rope_params.and_then(|p| p.get("rope_theta"))) {
+            (None, Some(t)) => {
+                t.as_f64().ok_or_else(|| bad("rope_parameters.rope_theta", "not a number".into()))?
+            }
+            _ => float("rope_theta", 10000.0)?,
         };
         let token_id = |key: &str| -> Option<u64> {
             match field(cfg, key)? {
@@ -180,7 +189,7 @@ impl ModelConfig {
                 None => 2048,
             },
             rms_norm_eps: float("rms_norm_eps", 1e-6)?,
-            rope_theta: float("rope_theta", 10000.0)?,
+            rope_theta,
             tie_word_embeddings: field(cfg, "tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
             rope_scaling,
             bos_token_id: token_id("bos_token_id"),
