@@ -30,6 +30,11 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--vocab-sample", type=int, default=0, help="0: store every logit")
     ap.add_argument("--greedy", type=int, default=24)
+    ap.add_argument("--hf-text", help="also score the first --hf-chars characters of this text with the "
+                    "sliding-window (HF) method: token-level NLL, windows of --hf-ctx every --hf-stride")
+    ap.add_argument("--hf-chars", type=int, default=6000)
+    ap.add_argument("--hf-ctx", type=int, default=128)
+    ap.add_argument("--hf-stride", type=int, default=64)
     a = ap.parse_args()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32, attn_implementation="eager")
@@ -60,7 +65,26 @@ def main():
                                  pad_token_id=model.config.eos_token_id)
             case["greedy"] = out[0, len(ids):].tolist()
             cases.append(case)
-    json.dump({"model": a.model.rstrip("/").split("/")[-1], "columns": cols, "add_bos": add_bos,
+    hf = None
+    if a.hf_text:
+        text = open(a.hf_text, encoding="utf-8").read()[:a.hf_chars]
+        ids = tok.encode(text, add_special_tokens=False).ids
+        if add_bos and bos is not None:
+            ids = [bos] + ids
+        nll, count, prev_end = 0.0, 0, 0
+        with torch.no_grad():
+            for begin in range(0, len(ids), a.hf_stride):
+                end = min(begin + a.hf_ctx, len(ids))
+                lp = torch.log_softmax(model(torch.tensor([ids[begin:end]])).logits[0].double(), -1)
+                for j in range(max(prev_end, begin + 1), end):  # each token scored once
+                    nll -= lp[j - 1 - begin, ids[j]].item()
+                    count += 1
+                prev_end = end
+                if end == len(ids):
+                    break
+        hf = {"chars": a.hf_chars, "ctx": a.hf_ctx, "stride": a.hf_stride, "tokens_scored": count,
+              "ppl": float(np.exp(nll / count))}
+    json.dump({"model": a.model.rstrip("/").split("/")[-1], "columns": cols, "add_bos": add_bos, "hf_ppl": hf,
                "transformers": __import__("transformers").__version__, "cases": cases},
               open(a.out, "w"), separators=(",", ":"))
 

@@ -12,13 +12,14 @@ import shutil
 import sys
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 VARIANTS = {
     "qwen2": (Qwen2Config, dict(tie_word_embeddings=True, rope_theta=1000000.0)),
     "llama3rope": (LlamaConfig, dict(tie_word_embeddings=False, rope_theta=500000.0, rope_scaling={
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64})),
+    "mistral": (MistralConfig, dict(tie_word_embeddings=False, rope_theta=1000000.0, sliding_window=None)),
     "linearrope": (LlamaConfig, dict(tie_word_embeddings=False, rope_theta=10000.0,
                                      rope_scaling={"rope_type": "linear", "factor": 2.0})),
 }

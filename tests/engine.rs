@@ -147,13 +147,13 @@ fn kld_against_itself_is_zero_and_saved_base_logits_agree() {
     fails_with(&[&"kld", &q4, &"--base", &junk], &["junk.qklogits", "base logits"]);
 }
 
-/// Qwen2 (q/k/v biases, half-split RoPE, tied), Llama-3 RoPE scaling and linear RoPE scaling, on
+/// Qwen2 (q/k/v biases, half-split RoPE, tied), Mistral, Llama-3 RoPE scaling and linear RoPE scaling, on
 /// tiny random checkpoints made and scored by transformers (`scripts/tiny_models.py`; their
 /// config.json uses transformers 5's `rope_parameters`).
 #[test]
 fn tiny_architectures_match_transformers() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
-    for name in ["qwen2", "llama3rope", "linearrope"] {
+    for name in ["qwen2", "mistral", "llama3rope", "linearrope"] {
         let dir = root.join(name);
         let fx: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("logits.json")).expect("logits")).expect("json");
@@ -175,4 +175,42 @@ fn tiny_architectures_match_transformers() {
         let got = generate(&model, &ids(&fx["greedy_prompt"]), 16, 0.0, 0, None).expect("generate");
         assert_eq!(got, ids(&fx["greedy"]), "{name}: greedy tokens");
     }
+}
+
+/// `--mode hf` (sliding window, each token scored once) against the same method computed with
+/// transformers by `scripts/golden_logits.py --hf-text` on the start of wiki.test.raw.
+#[test]
+fn hf_mode_perplexity_matches_transformers() {
+    if no_fixtures() {
+        return;
+    }
+    let fx = fixture("stories260k.json");
+    let h = &fx["hf_ppl"];
+    let chars = h["chars"].as_u64().expect("chars") as usize;
+    let text: String = std::fs::read_to_string(shared().join("data/wikitext-2-raw/wiki.test.raw"))
+        .expect("text")
+        .chars()
+        .take(chars)
+        .collect();
+    let t = tempfile::tempdir().expect("tmp");
+    let p = t.path().join("prefix.txt");
+    std::fs::write(&p, text).expect("w");
+    let (ctx, stride) = (h["ctx"].to_string(), h["stride"].to_string());
+    let o = ok(&[
+        &"ppl",
+        &stories(),
+        &"--text",
+        &p,
+        &"--mode",
+        &"hf",
+        &"--ctx",
+        &ctx,
+        &"--stride",
+        &stride,
+        &"--json",
+    ]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(j["tokens_scored"], h["tokens_scored"]);
+    let (ours, theirs) = (j["ppl"].as_f64().expect("ppl"), h["ppl"].as_f64().expect("ppl"));
+    assert!((ours / theirs - 1.0).abs() < 1e-4, "hf-mode PPL {ours} vs transformers {theirs}");
 }
