@@ -44,11 +44,15 @@ pub struct PplReport {
     pub tokens_per_second: f64,
 }
 
+/// log Σ exp(row), in f64.
+pub fn logsumexp(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max
+}
+
 /// −log softmax(row)[target], in f64.
 pub fn nll_of(row: &[f32], target: u32) -> f64 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-    z.ln() + max - row[target as usize] as f64
+    logsumexp(row) - row[target as usize] as f64
 }
 
 /// Windows to evaluate: (start, end, first position whose next token is scored).
@@ -261,8 +265,7 @@ const MAGIC: &[u8; 8] = b"QKLOGIT1";
 
 impl BaseLogits {
     fn push_row(&mut self, logits: &[f32]) {
-        let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        let lse = (logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>()).ln() + max;
+        let lse = logsumexp(logits);
         let scale = -FLOOR / 65535.0;
         self.codes.extend(logits.iter().map(|&v| {
             let lp = ((v as f64 - lse) as f32).max(FLOOR);
@@ -389,8 +392,7 @@ struct KldAcc {
 impl KldAcc {
     /// `base_lp`: the base's log-probabilities; `row`: the model's logits; `target`: the next token.
     fn add_row(&mut self, base_lp: &[f64], row: &[f32], target: usize) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+        let lse = logsumexp(row);
         let mut kl = 0f64;
         let mut best = 0usize;
         for (i, (&lb, &v)) in base_lp.iter().zip(row).enumerate() {
@@ -437,9 +439,15 @@ impl KldAcc {
     }
 }
 
+fn same_vocab(base: usize, model: usize) -> Result<()> {
+    if base != model {
+        return Err(Error::Invalid(format!("the base has a vocabulary of {base}, the model {model}")));
+    }
+    Ok(())
+}
+
 fn log_probs(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    let lse = logsumexp(row);
     row.iter().map(|&v| v as f64 - lse).collect()
 }
 
@@ -452,13 +460,7 @@ pub fn kld_models(
     o: &PplOptions,
     progress: &dyn Fn(usize, usize),
 ) -> Result<KldReport> {
-    if base.vocab_size() != model.vocab_size() {
-        return Err(Error::Invalid(format!(
-            "the base has a vocabulary of {}, the model {}",
-            base.vocab_size(),
-            model.vocab_size()
-        )));
-    }
+    same_vocab(base.vocab_size(), model.vocab_size())?;
     let n_chunks = (tokens.len() / o.ctx).min(o.chunks.unwrap_or(usize::MAX));
     if n_chunks == 0 {
         return Err(Error::Invalid(format!(
@@ -490,13 +492,7 @@ pub fn kld_models(
 
 /// KL(base ‖ model) over the chunks stored in a saved `base`.
 pub fn kld(model: &Model, base: &BaseLogits, progress: &dyn Fn(usize, usize)) -> Result<KldReport> {
-    if base.vocab != model.vocab_size() {
-        return Err(Error::Invalid(format!(
-            "base logits have a vocabulary of {}, the model {}",
-            base.vocab,
-            model.vocab_size()
-        )));
-    }
+    same_vocab(base.vocab, model.vocab_size())?;
     let ctx = base.ctx;
     let first = ctx / 2;
     let n_chunks = base.tokens.len() / ctx;
