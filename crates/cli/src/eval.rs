@@ -179,13 +179,6 @@ pub fn kld(ctx: &Ctx, a: &KldArgs) -> Result<()> {
             .ok_or_else(|| Error::Invalid("--text is required when --base is a model".into()))?;
         let text = read_text(text_path)?;
         let (bm, bt) = load(&a.base)?;
-        let max_ctx = bm.cfg.context_length as usize;
-        if max_ctx > 0 && a.ctx > max_ctx {
-            return Err(Error::Invalid(format!(
-                "--ctx {} is larger than the model's context length {max_ctx}",
-                a.ctx
-            )));
-        }
         let tokens = bt.encode(&text, bt.add_bos)?;
         let o = PplOptions {
             ctx: a.ctx,

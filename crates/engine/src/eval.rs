@@ -84,13 +84,8 @@ fn windows(n_tokens: usize, o: &PplOptions) -> Vec<(usize, usize, usize)> {
     }
 }
 
-/// Perplexity of `tokens` (already tokenized, BOS included as the mode wants).
-pub fn perplexity(
-    model: &Model,
-    tokens: &[u32],
-    o: &PplOptions,
-    progress: &dyn Fn(usize, usize, f64),
-) -> Result<PplReport> {
+/// `--ctx` must be at least 2, fit the model's context and the text must fill one context.
+fn check_ctx(model: &Model, tokens: &[u32], o: &PplOptions) -> Result<()> {
     if o.ctx < 2 {
         return Err(Error::Invalid("--ctx must be at least 2".into()));
     }
@@ -108,6 +103,32 @@ pub fn perplexity(
             o.ctx
         )));
     }
+    Ok(())
+}
+
+/// How many llama-perplexity chunks of `o.ctx` tokens to evaluate (after [`check_ctx`]).
+fn llama_chunks(model: &Model, tokens: &[u32], o: &PplOptions) -> Result<usize> {
+    check_ctx(model, tokens, o)?;
+    Ok((tokens.len() / o.ctx).min(o.chunks.map_or(usize::MAX, |c| c.max(1))))
+}
+
+/// A chunk with its first token replaced by `bos` (llama-perplexity does so when the model adds BOS).
+fn with_bos(tokens: &[u32], bos: Option<u32>) -> Vec<u32> {
+    let mut chunk = tokens.to_vec();
+    if let Some(b) = bos {
+        chunk[0] = b;
+    }
+    chunk
+}
+
+/// Perplexity of `tokens` (already tokenized, BOS included as the mode wants).
+pub fn perplexity(
+    model: &Model,
+    tokens: &[u32],
+    o: &PplOptions,
+    progress: &dyn Fn(usize, usize, f64),
+) -> Result<PplReport> {
+    check_ctx(model, tokens, o)?;
     let mut wins = windows(tokens.len(), o);
     if let Some(c) = o.chunks {
         wins.truncate(c.max(1));
@@ -116,12 +137,7 @@ pub fn perplexity(
     let mut cache = model.new_cache(o.ctx);
     let (mut nll, mut nll2, mut count, mut evaluated) = (0f64, 0f64, 0usize, 0usize);
     for (i, &(b, e, from)) in wins.iter().enumerate() {
-        let mut chunk: Vec<u32> = tokens[b..e].to_vec();
-        if o.mode == PplMode::Llama {
-            if let Some(bos) = o.bos {
-                chunk[0] = bos;
-            }
-        }
+        let chunk = with_bos(&tokens[b..e], if o.mode == PplMode::Llama { o.bos } else { None });
         cache.clear();
         let rel_from = from - b;
         let logits = model.forward(&chunk, &mut cache, rel_from, None)?;
@@ -326,22 +342,12 @@ pub fn base_logits(
     o: &PplOptions,
     progress: &dyn Fn(usize, usize),
 ) -> Result<BaseLogits> {
-    let n_chunks = (tokens.len() / o.ctx).min(o.chunks.unwrap_or(usize::MAX));
-    if n_chunks == 0 {
-        return Err(Error::Invalid(format!(
-            "the text has {} tokens, fewer than one context of {}",
-            tokens.len(),
-            o.ctx
-        )));
-    }
+    let n_chunks = llama_chunks(model, tokens, o)?;
     let mut out = BaseLogits { vocab: model.vocab_size(), ctx: o.ctx, tokens: vec![], codes: vec![] };
     let mut cache = model.new_cache(o.ctx);
     let first = o.ctx / 2;
     for c in 0..n_chunks {
-        let mut chunk = tokens[c * o.ctx..(c + 1) * o.ctx].to_vec();
-        if let Some(b) = o.bos {
-            chunk[0] = b;
-        }
+        let chunk = with_bos(&tokens[c * o.ctx..(c + 1) * o.ctx], o.bos);
         cache.clear();
         let logits = model.forward(&chunk, &mut cache, first, None)?;
         for r in 0..(o.ctx - 1 - first) {
@@ -461,22 +467,12 @@ pub fn kld_models(
     progress: &dyn Fn(usize, usize),
 ) -> Result<KldReport> {
     same_vocab(base.vocab_size(), model.vocab_size())?;
-    let n_chunks = (tokens.len() / o.ctx).min(o.chunks.unwrap_or(usize::MAX));
-    if n_chunks == 0 {
-        return Err(Error::Invalid(format!(
-            "the text has {} tokens, fewer than one context of {}",
-            tokens.len(),
-            o.ctx
-        )));
-    }
+    let n_chunks = llama_chunks(base, tokens, o)?;
     let (vocab, first) = (model.vocab_size(), o.ctx / 2);
     let (mut cb, mut cm) = (base.new_cache(o.ctx), model.new_cache(o.ctx));
     let mut acc = KldAcc { chunks: n_chunks, ..Default::default() };
     for c in 0..n_chunks {
-        let mut chunk = tokens[c * o.ctx..(c + 1) * o.ctx].to_vec();
-        if let Some(b) = o.bos {
-            chunk[0] = b;
-        }
+        let chunk = with_bos(&tokens[c * o.ctx..(c + 1) * o.ctx], o.bos);
         cb.clear();
         cm.clear();
         let lb = base.forward(&chunk, &mut cb, first, None)?;
