@@ -115,3 +115,24 @@ fn smollm2_export_convert_roundtrip_threads_agree() {
         assert_eq!(std::fs::read(&a).expect("a"), std::fs::read(&b).expect("b"), "{ty}: 1 vs 2 threads");
     }
 }
+
+#[test]
+fn bench_reports_speeds_bytes_and_bandwidth() {
+    if no_fixtures() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let q = dir.path().join("s-q4_0.gguf");
+    ok(&[&"--quiet", &"convert", &stories(), &"-t", &"q4_0", &"-o", &q]);
+    let out = ok(&[&"--json", &"bench", &q, &"-p", &"16", &"-n", &"8", &"--reps", &"1", &"--bw-mib", &"8"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for key in ["pp_tok_s", "tg_tok_s", "effective_gb_s", "fraction_of_triad"] {
+        assert!(j[key].as_f64().expect(key) > 0.0, "{key}: {}", j[key]);
+    }
+    assert!(j["bandwidth"]["triad_gbs"].as_f64().expect("triad") > 0.0);
+    let weights = j["weight_bytes_per_token"].as_u64().expect("bytes");
+    let file = std::fs::metadata(&q).expect("meta").len();
+    assert!(weights > 0 && weights < file, "weights read per token {weights} vs file {file}");
+    assert!(j["weight_types"].to_string().contains("q4_0"), "{}", j["weight_types"]);
+    fails_with(&[&"bench", &dir.path().join("missing.gguf")], &["missing.gguf"]);
+}

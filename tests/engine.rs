@@ -21,7 +21,9 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 /// Returns the worst |ours − theirs| / max(1, |theirs|) over the stored logits.
 fn check(model_path: &std::path::Path, fx: &serde_json::Value) -> f64 {
     let src = ModelSource::open(model_path).expect("open");
-    let model = Model::load(&src).expect("load");
+    // The forward pass's maths against transformers on the same f32 weights; the fused kernels
+    // are checked against this path in `quantized_weights_run_natively…`.
+    let model = Model::load_with(&src, quantkit_engine::WeightMode::Dequantized).expect("load");
     let tok = Tokenizer::for_source(&src).expect("tokenizer");
     let vocab = model.vocab_size();
     let cols: Option<Vec<usize>> =
@@ -213,4 +215,54 @@ fn hf_mode_perplexity_matches_transformers() {
     assert_eq!(j["tokens_scored"], h["tokens_scored"]);
     let (ours, theirs) = (j["ppl"].as_f64().expect("ppl"), h["ppl"].as_f64().expect("ppl"));
     assert!((ours / theirs - 1.0).abs() < 1e-4, "hf-mode PPL {ours} vs transformers {theirs}");
+}
+
+/// The fused kernels against the reference path (every weight dequantized to f32) on quantized
+/// stories260K files: batched forward (GEMM, dequantized panels) gives the reference's logits;
+/// one-token decode steps (int8 GEMV) stay close and pick the same greedy tokens.
+#[test]
+fn quantized_weights_run_natively_and_match_the_dequantized_reference() {
+    use quantkit_engine::WeightMode;
+    if no_fixtures() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    for ty in ["q8_0", "q4_0", "q4_k_m", "q6_k"] {
+        let out = dir.path().join(format!("s-{ty}.gguf"));
+        ok(&[&"--quiet", &"convert", &stories(), &"-t", &ty, &"-o", &out]);
+        let src = ModelSource::open(&out).expect("open");
+        let native = Model::load_with(&src, WeightMode::Native).expect("native");
+        let reference = Model::load_with(&src, WeightMode::Dequantized).expect("reference");
+        assert!(native.weight_types().iter().any(|(t, _)| t != "f32"), "{ty}: nothing quantized");
+        let tokens: Vec<u32> = (0..48u32).map(|i| (i * 37 + 11) % 512).collect();
+        let vocab = native.vocab_size();
+        let run = |m: &Model, one_by_one: bool| -> Vec<f32> {
+            let mut cache = m.new_cache(tokens.len());
+            if !one_by_one {
+                return m.forward(&tokens, &mut cache, 0, None).expect("forward");
+            }
+            tokens.iter().flat_map(|t| m.forward(&[*t], &mut cache, 0, None).expect("step")).collect()
+        };
+        let want = run(&reference, false);
+        let batched = run(&native, false);
+        let stepped = run(&native, true);
+        let (mut worst_b, mut worst_s, mut same_top) = (0f32, 0f32, 0);
+        for ((w, b), s) in
+            want.chunks_exact(vocab).zip(batched.chunks_exact(vocab)).zip(stepped.chunks_exact(vocab))
+        {
+            let spread = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+            for ((w, b), s) in w.iter().zip(b).zip(s) {
+                worst_b = worst_b.max((w - b).abs() / spread);
+                worst_s = worst_s.max((w - s).abs() / spread);
+            }
+            same_top += (argmax(w) == argmax(s)) as usize;
+        }
+        eprintln!(
+            "{ty}: batched {worst_b:.2e}, stepped {worst_s:.2e}, same top-1 {same_top}/{}",
+            tokens.len()
+        );
+        assert!(worst_b < 1e-4, "{ty}: batched path differs from the reference by {worst_b}");
+        assert!(worst_s < 2e-2, "{ty}: decode path differs from the reference by {worst_s}");
+        assert!(same_top >= tokens.len() - 2, "{ty}: greedy tokens differ ({same_top}/{})", tokens.len());
+    }
 }

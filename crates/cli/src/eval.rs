@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use quantkit_core::{Error, Result};
 use quantkit_engine::eval::{generate as run_generate, perplexity, PplMode, PplOptions};
 use quantkit_engine::tokenizer::read_text;
-use quantkit_engine::{Model, Tokenizer};
+use quantkit_engine::{Model, Tokenizer, WeightMode};
 use quantkit_io::source::ModelSource;
 use serde_json::json;
 
@@ -39,18 +39,39 @@ pub struct PplArgs {
     /// Window step for --mode hf (default: --ctx).
     #[arg(long)]
     pub stride: Option<usize>,
+    #[command(flatten)]
+    pub weights: WeightArgs,
 }
 
-fn load(path: &std::path::Path) -> Result<(Model, Tokenizer)> {
+/// How the model's weights are held.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct WeightArgs {
+    /// Dequantize every weight to f32 at load (the reference path) instead of running the
+    /// quantized weights through the fused kernels.
+    #[arg(long)]
+    pub dequantize: bool,
+}
+
+impl WeightArgs {
+    pub fn mode(self) -> WeightMode {
+        if self.dequantize {
+            WeightMode::Dequantized
+        } else {
+            WeightMode::Native
+        }
+    }
+}
+
+pub(crate) fn load(path: &std::path::Path, w: WeightArgs) -> Result<(Model, Tokenizer)> {
     let src = ModelSource::open(path)?;
     let tok = Tokenizer::for_source(&src)?;
-    let model = Model::load(&src)?;
+    let model = Model::load_with(&src, w.mode())?;
     Ok((model, tok))
 }
 
 pub fn ppl(ctx: &Ctx, a: &PplArgs) -> Result<()> {
     let text = read_text(&a.text)?;
-    let (model, tok) = load(&a.model)?;
+    let (model, tok) = load(&a.model, a.weights)?;
     let mode = match a.mode {
         Mode::Llama => PplMode::Llama,
         Mode::Hf => PplMode::Hf,
@@ -112,10 +133,12 @@ pub struct GenerateArgs {
     pub temperature: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub weights: WeightArgs,
 }
 
 pub fn generate(ctx: &Ctx, a: &GenerateArgs) -> Result<()> {
-    let (model, tok) = load(&a.model)?;
+    let (model, tok) = load(&a.model, a.weights)?;
     let prompt = tok.encode(&a.prompt, tok.add_bos)?;
     let t = std::time::Instant::now();
     let out = run_generate(&model, &prompt, a.n, a.temperature, a.seed, tok.eos)?;
@@ -149,6 +172,8 @@ pub struct KldArgs {
     /// Save the base model's log-probabilities (u16 per logit, as llama.cpp) to reuse with --base FILE.
     #[arg(long)]
     pub save_base: Option<PathBuf>,
+    #[command(flatten)]
+    pub weights: WeightArgs,
 }
 
 fn is_base_logits(p: &std::path::Path) -> bool {
@@ -167,7 +192,7 @@ pub fn kld(ctx: &Ctx, a: &KldArgs) -> Result<()> {
     let r = if is_base_logits(&a.base) {
         let base = BaseLogits::read(&a.base)?;
         let model_path = a.model.as_ref().ok_or_else(|| Error::Invalid("give a model to compare".into()))?;
-        let (model, _) = load(model_path)?;
+        let (model, _) = load(model_path, a.weights)?;
         let pb = bar(ctx.progress, 0, "kld", false);
         let r = run_kld(&model, &base, &|d, t| progress(&pb, d, t))?;
         pb.finish_and_clear();
@@ -178,7 +203,7 @@ pub fn kld(ctx: &Ctx, a: &KldArgs) -> Result<()> {
             .as_ref()
             .ok_or_else(|| Error::Invalid("--text is required when --base is a model".into()))?;
         let text = read_text(text_path)?;
-        let (bm, bt) = load(&a.base)?;
+        let (bm, bt) = load(&a.base, a.weights)?;
         let tokens = bt.encode(&text, bt.add_bos)?;
         let o = PplOptions {
             ctx: a.ctx,
@@ -201,7 +226,7 @@ pub fn kld(ctx: &Ctx, a: &KldArgs) -> Result<()> {
             }
             return Ok(());
         };
-        let (model, _) = load(model_path)?;
+        let (model, _) = load(model_path, a.weights)?;
         let pb = bar(ctx.progress, 0, "kld", false);
         let r = kld_models(&bm, &model, &tokens, &o, &|d, t| progress(&pb, d, t))?;
         pb.finish_and_clear();

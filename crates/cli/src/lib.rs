@@ -1,6 +1,7 @@
 //! The `quantkit` command line. Each subcommand is a thin layer over the library crates; every
 //! error is printed as one clear message (and as JSON with `--json`) with a non-zero exit code.
 
+mod bench;
 mod commands;
 mod eval;
 mod progress;
@@ -82,6 +83,16 @@ quantkit kld model-q4_k_m.gguf --base base.qklogits"
     /// Generate text from a prompt (greedy by default).
     #[command(after_help = "Example:\n  quantkit generate stories260K/ -p 'Once upon a time' -n 32")]
     Generate(eval::GenerateArgs),
+    /// Prompt-processing and generation speed, against the measured memory bandwidth.
+    #[command(
+        long_about = "Prompt-processing (one batch of -p tokens) and generation (-n tokens, one at a time) speed of a\n\
+model, with the bytes each generated token reads, the effective GB/s and the fraction of this\n\
+machine's memory bandwidth (a STREAM triad and a read-only pass, measured in the same command).\n\
+--peer runs llama.cpp (llama-cpp-python) on the same file with the same threads and sizes.",
+        after_help = "Examples:\n  quantkit bench model-q4_k_m.gguf\n  quantkit --threads 2 bench model-q4_0.gguf -p 512 -n 128 --peer\n  \
+quantkit bench model.gguf --json | jq .tg_tok_s"
+    )]
+    Bench(bench::BenchArgs),
 }
 
 /// Run the CLI and turn any error into a message and exit code 1.
@@ -108,6 +119,7 @@ pub fn main() -> ExitCode {
         Command::Ppl(a) => eval::ppl(&ctx, a),
         Command::Generate(a) => eval::generate(&ctx, a),
         Command::Kld(a) => eval::kld(&ctx, a),
+        Command::Bench(a) => bench::bench(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

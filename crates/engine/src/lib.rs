@@ -13,5 +13,5 @@ pub mod linear;
 pub mod model;
 pub mod tokenizer;
 
-pub use model::{KvCache, Model, Observer, Site};
+pub use model::{KvCache, Model, Observer, Site, WeightMode};
 pub use tokenizer::Tokenizer;

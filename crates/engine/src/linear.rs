@@ -1,5 +1,5 @@
-//! Linear layers behind one seam. The reference is dense f32 (`y = x·Wᵀ + b`, GEMM through faer);
-//! quantized kernels (the CPU-kernels issue) implement the same trait and the engine does not change.
+//! Linear layers behind one seam. [`QLinear`] runs a weight in its stored format through the fused
+//! kernels of `quantkit-kernels` (F32 included); [`DenseF32`] is the plain faer reference.
 
 use faer::{Accum, MatMut, MatRef, Par};
 
@@ -51,6 +51,48 @@ impl Linear for DenseF32 {
                 }
             }
         }
+    }
+}
+
+/// A weight in its stored format (a GGUF tensor's bytes, usually memory-mapped) plus an optional
+/// bias, run by the fused dequant-GEMV/GEMM kernels.
+#[derive(Debug, Clone)]
+pub struct QLinear {
+    pub m: quantkit_kernels::QMatrix,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl QLinear {
+    fn add_bias(&self, y: &mut [f32]) {
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(self.m.rows) {
+                for (v, bb) in row.iter_mut().zip(b) {
+                    *v += bb;
+                }
+            }
+        }
+    }
+}
+
+impl Linear for QLinear {
+    fn in_features(&self) -> usize {
+        self.m.cols
+    }
+    fn out_features(&self) -> usize {
+        self.m.rows
+    }
+    fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        self.m.forward(x, n, y);
+        self.add_bias(y);
+    }
+}
+
+/// Several linears over the same input (q/k/v, gate/up) in one pass of the thread pool.
+pub fn forward_group(ls: &[&QLinear], x: &[f32], n: usize, ys: &mut [&mut [f32]]) {
+    let ms: Vec<&quantkit_kernels::QMatrix> = ls.iter().map(|l| &l.m).collect();
+    quantkit_kernels::forward_group(&ms, x, n, ys);
+    for (l, y) in ls.iter().zip(ys.iter_mut()) {
+        l.add_bias(y);
     }
 }
 

@@ -13,7 +13,10 @@ use quantkit_io::config::{ModelConfig, RopeScaling};
 use quantkit_io::source::{ModelSource, SourceTensor};
 use rayon::prelude::*;
 
-use crate::linear::{DenseF32, Linear};
+use quantkit_core::GgmlType;
+use quantkit_kernels::{QMatrix, WeightBytes};
+
+use crate::linear::{forward_group, Linear, QLinear};
 
 /// Where an [`Observer`] sees activations: the input of each group of linear layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,29 +33,43 @@ pub enum Site {
 
 /// Calibration hook: called with `n_tokens` rows of a linear layer's input as they are computed;
 /// nothing is kept by the engine.
-pub trait Observer {
+pub trait Observer: Send {
     fn observe(&mut self, layer: usize, site: Site, x: &[f32], n_tokens: usize);
 }
 
 struct Layer {
     attn_norm: Vec<f32>,
-    q: Box<dyn Linear>,
-    k: Box<dyn Linear>,
-    v: Box<dyn Linear>,
-    o: Box<dyn Linear>,
+    q: QLinear,
+    k: QLinear,
+    v: QLinear,
+    o: QLinear,
     ffn_norm: Vec<f32>,
-    gate: Box<dyn Linear>,
-    up: Box<dyn Linear>,
-    down: Box<dyn Linear>,
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
+}
+
+/// How weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightMode {
+    /// In their stored format (a GGUF's bytes, memory-mapped, never copied), run by the fused
+    /// dequant-matmul kernels. Unquantized HF checkpoints are held as f32.
+    #[default]
+    Native,
+    /// Every weight dequantized to f32 at load: the reference path the kernels are checked
+    /// against (`--dequantize` on the CLI).
+    Dequantized,
 }
 
 /// A loaded model.
 pub struct Model {
     pub cfg: ModelConfig,
-    embed: Arc<Vec<f32>>,
+    /// Token embeddings `[vocab × hidden]` in their stored format (rows dequantized on lookup).
+    embed: QMatrix,
     layers: Vec<Layer>,
     norm: Vec<f32>,
-    lm_head: Box<dyn Linear>,
+    lm_head: QLinear,
+    mode: WeightMode,
     /// Per rotated pair: the angle per position.
     inv_freq: Vec<f32>,
     /// Interleaved pairs (llama-permuted weights) or halves (Qwen2).
@@ -93,18 +110,30 @@ impl KvCache {
 
 fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
-    out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, xr)| {
+    let one = |(o, xr): (&mut [f32], &[f32])| {
         let ss: f64 = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum();
         let r = 1.0 / ((ss / d as f64) as f32 + eps).sqrt();
         for ((o, v), g) in o.iter_mut().zip(xr).zip(w) {
             *o = g * (v * r);
         }
-    });
+    };
+    if x.len() <= SEQUENTIAL {
+        out.chunks_mut(d).zip(x.chunks(d)).for_each(one);
+    } else {
+        out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(one);
+    }
 }
 
+/// Element-wise work below this many values runs on the calling thread (a fork/join costs more).
+const SEQUENTIAL: usize = 1 << 14;
+
 impl Model {
-    /// Load every weight as f32 (quantized GGUF tensors are dequantized).
+    /// Load a model with its weights in their stored format ([`WeightMode::Native`]).
     pub fn load(src: &ModelSource) -> Result<Self> {
+        Self::load_with(src, WeightMode::Native)
+    }
+
+    pub fn load_with(src: &ModelSource, mode: WeightMode) -> Result<Self> {
         let cfg = src.config().clone();
         if let Some(RopeScaling::Yarn { .. }) = cfg.rope_scaling {
             return Err(Error::Unsupported("YaRN RoPE scaling in the engine".into()));
@@ -123,38 +152,67 @@ impl Model {
             src.release_rows(t, 0, t.rows());
             Ok(v)
         };
+        // GGUF weights stay in the file's bytes: one shared read-only map of the whole file.
+        let map: Option<Arc<memmap2::Mmap>> = match (mode, src) {
+            (WeightMode::Native, ModelSource::Gguf { file, .. }) => {
+                let f = std::fs::File::open(file.path()).map_err(|e| Error::io(file.path(), e))?;
+                // SAFETY: read-only map; see GgufFile::open on files changed underneath.
+                Some(Arc::new(unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(file.path(), e))?))
+            }
+            _ => None,
+        };
+        let matrix = |t: &SourceTensor| -> Result<QMatrix> {
+            let (cols, rows) = (t.row_len(), t.rows());
+            let bad = |e: Error| Error::bad_tensor(&t.name, e.to_string());
+            if let (Some(map), ModelSource::Gguf { file, .. }) = (&map, src) {
+                let info =
+                    file.tensor(&t.name).ok_or_else(|| bad(Error::Invalid("not in the file".into())))?;
+                let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = map.clone();
+                let start = (file.data_offset() + info.offset) as usize;
+                let bytes = WeightBytes::new(owner, start, info.size as usize).map_err(bad)?;
+                return QMatrix::new(info.ty, rows, cols, bytes).map_err(bad);
+            }
+            let v = read(t)?;
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            QMatrix::new(GgmlType::F32, rows, cols, WeightBytes::owned(bytes)).map_err(bad)
+        };
         let vec = |name: &str| -> Result<Vec<f32>> { read(find(name)?) };
-        let dense = |name: &str| -> Result<Box<dyn Linear>> {
+        let linear = |name: &str| -> Result<QLinear> {
             let t = find(name)?;
-            let (cols, rows) = (t.dims[0] as usize, t.dims.get(1).copied().unwrap_or(1) as usize);
             let bias_name = name.replace(".weight", ".bias");
             let bias = match tensors.iter().find(|t| t.name == bias_name) {
                 Some(b) => Some(read(b)?),
                 None => None,
             };
-            Ok(Box::new(DenseF32 { w: Arc::new(read(t)?), rows, cols, bias }))
+            Ok(QLinear { m: matrix(t)?, bias })
         };
-        let embed = Arc::new(vec("token_embd.weight")?);
+        let embed = matrix(find("token_embd.weight")?)?;
         let mut layers = Vec::with_capacity(cfg.num_layers as usize);
         for l in 0..cfg.num_layers {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
             layers.push(Layer {
                 attn_norm: vec(&n("attn_norm"))?,
-                q: dense(&n("attn_q"))?,
-                k: dense(&n("attn_k"))?,
-                v: dense(&n("attn_v"))?,
-                o: dense(&n("attn_output"))?,
+                q: linear(&n("attn_q"))?,
+                k: linear(&n("attn_k"))?,
+                v: linear(&n("attn_v"))?,
+                o: linear(&n("attn_output"))?,
                 ffn_norm: vec(&n("ffn_norm"))?,
-                gate: dense(&n("ffn_gate"))?,
-                up: dense(&n("ffn_up"))?,
-                down: dense(&n("ffn_down"))?,
+                gate: linear(&n("ffn_gate"))?,
+                up: linear(&n("ffn_up"))?,
+                down: linear(&n("ffn_down"))?,
             });
         }
         let h = cfg.hidden_size as usize;
-        let lm_head: Box<dyn Linear> = if tensors.iter().any(|t| t.name == "output.weight") {
-            dense("output.weight")?
+        if embed.cols != h {
+            return Err(Error::bad_tensor(
+                "token_embd.weight",
+                format!("rows of {} but hidden size {h}", embed.cols),
+            ));
+        }
+        let lm_head = if tensors.iter().any(|t| t.name == "output.weight") {
+            linear("output.weight")?
         } else {
-            Box::new(DenseF32 { w: embed.clone(), rows: embed.len() / h, cols: h, bias: None })
+            QLinear { m: embed.clone(), bias: None }
         };
         let hd = cfg.head_dim as usize;
         let factors = cfg.llama3_rope_factors();
@@ -173,6 +231,7 @@ impl Model {
             })
             .collect();
         Ok(Model {
+            mode,
             interleaved: cfg.arch.permutes_qk(),
             norm: vec("output_norm.weight")?,
             cfg,
@@ -185,6 +244,34 @@ impl Model {
 
     pub fn vocab_size(&self) -> usize {
         self.lm_head.out_features()
+    }
+
+    pub fn weight_mode(&self) -> WeightMode {
+        self.mode
+    }
+
+    /// Bytes of weights read per generated token (every linear layer, the LM head and one
+    /// embedding row): what decode speed is bounded by.
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        let lin = |l: &QLinear| l.m.bytes().len() as u64;
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| lin(&l.q) + lin(&l.k) + lin(&l.v) + lin(&l.o) + lin(&l.gate) + lin(&l.up) + lin(&l.down))
+            .sum();
+        layers + lin(&self.lm_head) + self.embed.row_bytes as u64
+    }
+
+    /// Weight types and how many matrices use each (for reports).
+    pub fn weight_types(&self) -> Vec<(String, usize)> {
+        let mut m = std::collections::BTreeMap::<String, usize>::new();
+        for l in &self.layers {
+            for x in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
+                *m.entry(x.m.ty.name().to_string()).or_default() += 1;
+            }
+        }
+        *m.entry(self.lm_head.m.ty.name().to_string()).or_default() += 1;
+        m.into_iter().collect()
     }
 
     /// An empty cache for up to `cap` positions.
@@ -211,7 +298,7 @@ impl Model {
     fn rope(&self, x: &mut [f32], n_heads: usize, table: &[(f32, f32)]) {
         let hd = self.cfg.head_dim as usize;
         let half = hd / 2;
-        x.par_chunks_mut(n_heads * hd).enumerate().for_each(|(t, row)| {
+        let one = |(t, row): (usize, &mut [f32])| {
             let cs = &table[t * half..(t + 1) * half];
             for head in row.chunks_exact_mut(hd) {
                 for (i, &(c, s)) in cs.iter().enumerate() {
@@ -221,12 +308,32 @@ impl Model {
                     head[b] = x0 * s + x1 * c;
                 }
             }
-        });
+        };
+        if x.len() <= SEQUENTIAL {
+            x.chunks_mut(n_heads * hd).enumerate().for_each(one);
+        } else {
+            x.par_chunks_mut(n_heads * hd).enumerate().for_each(one);
+        }
     }
 
     /// Run `tokens` (appended after what `cache` holds) and return the logits of the positions
     /// `logits_from..tokens.len()` of this call, row-major `[rows × vocab]`.
     pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits_from: usize,
+        observer: Option<&mut dyn Observer>,
+    ) -> Result<Vec<f32>> {
+        // Run the whole step on a pool thread: the kernels' fork/joins are then local to the pool
+        // (one cross-thread hand-off per call, not one per matrix).
+        if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
+            return rayon::scope(|_| self.forward_inner(tokens, cache, logits_from, observer));
+        }
+        self.forward_inner(tokens, cache, logits_from, observer)
+    }
+
+    fn forward_inner(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
@@ -239,7 +346,7 @@ impl Model {
             (c.hidden_size as usize, c.n_heads as usize, c.n_kv_heads as usize, c.head_dim as usize);
         let ffn = c.intermediate_size as usize;
         let eps = c.rms_norm_eps as f32;
-        let vocab = self.embed.len() / h;
+        let vocab = self.embed.rows;
         if cache.len + n > cache.cap {
             return Err(Error::Invalid(format!(
                 "{} positions do not fit the context of {} (already {} in the cache)",
@@ -252,7 +359,7 @@ impl Model {
         let pos0 = cache.len;
         let mut x = vec![0f32; n * h];
         for (row, &t) in x.chunks_exact_mut(h).zip(tokens) {
-            row.copy_from_slice(&self.embed[t as usize * h..(t as usize + 1) * h]);
+            self.embed.dequantize_rows(t as usize, t as usize + 1, row);
         }
         let mut xn = vec![0f32; n * h];
         let (mut q, mut k, mut v) =
@@ -267,9 +374,7 @@ impl Model {
             if let Some(o) = observer.as_deref_mut() {
                 o.observe(li, Site::AttnIn, &xn, n);
             }
-            l.q.forward(&xn, n, &mut q);
-            l.k.forward(&xn, n, &mut k);
-            l.v.forward(&xn, n, &mut v);
+            forward_group(&[&l.q, &l.k, &l.v], &xn, n, &mut [&mut q, &mut k, &mut v]);
             self.rope(&mut q, nh, &table);
             self.rope(&mut k, nkv, &table);
             let row = nkv * hd;
@@ -288,9 +393,8 @@ impl Model {
             if let Some(o) = observer.as_deref_mut() {
                 o.observe(li, Site::FfnIn, &xn, n);
             }
-            l.gate.forward(&xn, n, &mut g);
-            l.up.forward(&xn, n, &mut u);
-            g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(gc, uc)| {
+            forward_group(&[&l.gate, &l.up], &xn, n, &mut [&mut g, &mut u]);
+            let swiglu = |(gc, uc): (&mut [f32], &[f32])| {
                 let mut e = [0f32; 4096];
                 let e = &mut e[..gc.len()];
                 for (ei, gi) in e.iter_mut().zip(gc.iter()) {
@@ -300,7 +404,12 @@ impl Model {
                 for ((gi, ui), ei) in gc.iter_mut().zip(uc).zip(e.iter()) {
                     *gi = *gi / (1.0 + ei) * ui;
                 }
-            });
+            };
+            if g.len() <= SEQUENTIAL {
+                g.chunks_mut(4096).zip(u.chunks(4096)).for_each(swiglu);
+            } else {
+                g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(swiglu);
+            }
             if let Some(o) = observer.as_deref_mut() {
                 o.observe(li, Site::FfnDownIn, &g, n);
             }
@@ -340,49 +449,51 @@ fn attention(q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32], d: Dims) {
     let len = pos0 + n;
     let row = nkv * hd;
     let group = nh / nkv;
-    let mut heads: Vec<Vec<f32>> = (0..nh)
-        .into_par_iter()
-        .map(|h| {
-            let kvh = h / group;
-            let qh = MatRef::from_row_major_slice_with_stride(&q[h * hd..], n, hd, nh * hd);
-            let kh = MatRef::from_row_major_slice_with_stride(&kc[kvh * hd..], len, hd, row);
-            let vh = MatRef::from_row_major_slice_with_stride(&vc[kvh * hd..], len, hd, row);
-            let mut s = vec![0f32; n * len];
-            faer::linalg::matmul::matmul(
-                MatMut::from_row_major_slice_mut(&mut s, n, len),
-                Accum::Replace,
-                qh,
-                kh.transpose(),
-                scale,
-                Par::Seq,
-            );
-            for (t, r) in s.chunks_exact_mut(len).enumerate() {
-                let visible = pos0 + t + 1;
-                let max = r[..visible].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                for v in r[..visible].iter_mut() {
-                    *v -= max;
-                }
-                exp_in_place(&mut r[..visible]);
-                let sum: f32 = r[..visible].iter().sum();
-                let inv = 1.0 / sum;
-                for v in r[..visible].iter_mut() {
-                    *v *= inv;
-                }
-                r[visible..].fill(0.0);
+    let head = |h: usize| {
+        let kvh = h / group;
+        let qh = MatRef::from_row_major_slice_with_stride(&q[h * hd..], n, hd, nh * hd);
+        let kh = MatRef::from_row_major_slice_with_stride(&kc[kvh * hd..], len, hd, row);
+        let vh = MatRef::from_row_major_slice_with_stride(&vc[kvh * hd..], len, hd, row);
+        let mut s = vec![0f32; n * len];
+        faer::linalg::matmul::matmul(
+            MatMut::from_row_major_slice_mut(&mut s, n, len),
+            Accum::Replace,
+            qh,
+            kh.transpose(),
+            scale,
+            Par::Seq,
+        );
+        for (t, r) in s.chunks_exact_mut(len).enumerate() {
+            let visible = pos0 + t + 1;
+            let max = r[..visible].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            for v in r[..visible].iter_mut() {
+                *v -= max;
             }
-            let mut o = vec![0f32; n * hd];
-            faer::linalg::matmul::matmul(
-                MatMut::from_row_major_slice_mut(&mut o, n, hd),
-                Accum::Replace,
-                MatRef::from_row_major_slice(&s, n, len),
-                vh,
-                1.0f32,
-                Par::Seq,
-            );
-            o
-        })
-        .collect();
-    for (h, o) in heads.iter_mut().enumerate() {
+            exp_in_place(&mut r[..visible]);
+            let sum: f32 = r[..visible].iter().sum();
+            let inv = 1.0 / sum;
+            for v in r[..visible].iter_mut() {
+                *v *= inv;
+            }
+            r[visible..].fill(0.0);
+        }
+        let mut o = vec![0f32; n * hd];
+        faer::linalg::matmul::matmul(
+            MatMut::from_row_major_slice_mut(&mut o, n, hd),
+            Accum::Replace,
+            MatRef::from_row_major_slice(&s, n, len),
+            vh,
+            1.0f32,
+            Par::Seq,
+        );
+        o
+    };
+    let heads: Vec<Vec<f32>> = if n * len * hd * nh <= SEQUENTIAL * 4 {
+        (0..nh).map(head).collect()
+    } else {
+        (0..nh).into_par_iter().map(head).collect()
+    };
+    for (h, o) in heads.iter().enumerate() {
         for t in 0..n {
             out[(t * nh + h) * hd..(t * nh + h + 1) * hd].copy_from_slice(&o[t * hd..(t + 1) * hd]);
         }
