@@ -22,7 +22,7 @@ mod matmul;
 
 pub use act::QAct;
 pub use cpu::MAX_GEMV_TOKENS;
-pub use matmul::{batch_path, forward_group, BatchPath, QMatrix, WeightBytes};
+pub use matmul::{batch_path, faer_par, forward_group, BatchPath, QMatrix, WeightBytes};
 
 use quantkit_core::GgmlType;
 use quantkit_formats::Codec;

@@ -172,7 +172,7 @@ impl QMatrix {
             if let Ok(w) = bytemuck_f32(self.bytes()) {
                 let rhs = MatRef::from_column_major_slice(w, k, rows);
                 let dst = MatMut::from_row_major_slice_mut(y, n, rows);
-                faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, par());
+                faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer_par());
                 return;
             }
         }
@@ -207,7 +207,8 @@ fn bytemuck_f32(b: &[u8]) -> std::result::Result<&[f32], ()> {
     Ok(unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len() / 4) })
 }
 
-fn par() -> Par {
+/// faer's parallelism for the current rayon pool (sequential with one thread).
+pub fn faer_par() -> Par {
     let n = rayon::current_num_threads();
     if n > 1 {
         Par::rayon(n)

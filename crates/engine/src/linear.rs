@@ -1,7 +1,7 @@
 //! Linear layers behind one seam. [`QLinear`] runs a weight in its stored format through the fused
 //! kernels of `quantkit-kernels` (F32 included); [`DenseF32`] is the plain faer reference.
 
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, MatRef};
 
 /// `y[n × out] = x[n × in] · Wᵀ (+ b)`, row-major activations.
 pub trait Linear: Send + Sync {
@@ -20,15 +20,6 @@ pub struct DenseF32 {
     pub bias: Option<Vec<f32>>,
 }
 
-fn par() -> Par {
-    let n = rayon::current_num_threads();
-    if n > 1 {
-        Par::rayon(n)
-    } else {
-        Par::Seq
-    }
-}
-
 impl Linear for DenseF32 {
     fn in_features(&self) -> usize {
         self.cols
@@ -43,7 +34,7 @@ impl Linear for DenseF32 {
         // W is [out × in] row-major, so Wᵀ is the same memory read column-major.
         let rhs = MatRef::from_column_major_slice(&self.w[..], self.cols, self.rows);
         let dst = MatMut::from_row_major_slice_mut(y, n, self.rows);
-        faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, par());
+        faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, quantkit_kernels::faer_par());
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(self.rows) {
                 for (v, bb) in row.iter_mut().zip(b) {
