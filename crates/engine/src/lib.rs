@@ -1,9 +1,10 @@
 //! quantkit-engine: the measuring instrument. Every quality figure quantkit reports (perplexity,
 //! KL divergence) comes from this forward pass, which is tested against transformers and llama.cpp.
 //!
-//! * [`model`] — Llama-family forward pass (f32 reference math, rayon, faer GEMM), KV cache,
+//! * [`model`] — Llama-family forward pass (weights in their stored format or dequantized), KV cache,
 //!   chunked prefill, and the [`model::Observer`] seam for calibration.
-//! * [`linear`] — the [`linear::Linear`] trait: quantized kernels plug in here.
+//! * [`linear`] — the [`linear::Linear`] trait and [`linear::QLinear`], a weight in its stored
+//!   format run by `quantkit-kernels`.
 //! * [`tokenizer`] — HF `tokenizers` from tokenizer.json or from GGUF metadata.
 //! * [`eval`] — perplexity (llama-perplexity's method and the sliding-window HF method), KL
 //!   divergence against saved base logits, greedy/temperature generation.

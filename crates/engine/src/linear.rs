@@ -1,7 +1,5 @@
-//! Linear layers behind one seam. [`QLinear`] runs a weight in its stored format through the fused
-//! kernels of `quantkit-kernels` (F32 included); [`DenseF32`] is the plain faer reference.
-
-use faer::{Accum, MatMut, MatRef};
+//! Linear layers behind one seam. [`QLinear`] runs a weight in its stored format (F32 included;
+//! f32 batches go straight to faer's GEMM) through the fused kernels of `quantkit-kernels`.
 
 /// `y[n × out] = x[n × in] · Wᵀ (+ b)`, row-major activations.
 pub trait Linear: Send + Sync {
@@ -9,40 +7,6 @@ pub trait Linear: Send + Sync {
     fn out_features(&self) -> usize;
     /// `x` holds `n` rows of `in_features`, `y` gets `n` rows of `out_features` (overwritten).
     fn forward(&self, x: &[f32], n: usize, y: &mut [f32]);
-}
-
-/// A dense f32 weight `[out × in]` (GGUF row order) with an optional bias.
-#[derive(Debug)]
-pub struct DenseF32 {
-    pub w: std::sync::Arc<Vec<f32>>,
-    pub rows: usize,
-    pub cols: usize,
-    pub bias: Option<Vec<f32>>,
-}
-
-impl Linear for DenseF32 {
-    fn in_features(&self) -> usize {
-        self.cols
-    }
-    fn out_features(&self) -> usize {
-        self.rows
-    }
-    fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        debug_assert_eq!(x.len(), n * self.cols);
-        debug_assert_eq!(y.len(), n * self.rows);
-        let lhs = MatRef::from_row_major_slice(x, n, self.cols);
-        // W is [out × in] row-major, so Wᵀ is the same memory read column-major.
-        let rhs = MatRef::from_column_major_slice(&self.w[..], self.cols, self.rows);
-        let dst = MatMut::from_row_major_slice_mut(y, n, self.rows);
-        faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, quantkit_kernels::faer_par());
-        if let Some(b) = &self.bias {
-            for row in y.chunks_exact_mut(self.rows) {
-                for (v, bb) in row.iter_mut().zip(b) {
-                    *v += bb;
-                }
-            }
-        }
-    }
 }
 
 /// A weight in its stored format (a GGUF tensor's bytes, usually memory-mapped) plus an optional
@@ -92,19 +56,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dense_matches_a_naive_product() {
-        let (n, k, m) = (5, 37, 11);
-        let x: Vec<f32> = (0..n * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+    fn f32_linear_matches_a_naive_product() {
+        let (k, m) = (37, 11);
         let w: Vec<f32> = (0..m * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
         let b: Vec<f32> = (0..m).map(|i| i as f32 * 0.25).collect();
-        let l = DenseF32 { w: std::sync::Arc::new(w.clone()), rows: m, cols: k, bias: Some(b.clone()) };
-        let mut y = vec![0f32; n * m];
-        l.forward(&x, n, &mut y);
-        for i in 0..n {
-            for j in 0..m {
-                let want: f64 =
-                    (0..k).map(|c| x[i * k + c] as f64 * w[j * k + c] as f64).sum::<f64>() + b[j] as f64;
-                assert!((y[i * m + j] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{i},{j}");
+        let bytes = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let m_ = quantkit_kernels::QMatrix::new(
+            quantkit_core::GgmlType::F32,
+            m,
+            k,
+            quantkit_kernels::WeightBytes::owned(bytes),
+        )
+        .expect("matrix");
+        let l = QLinear { m: m_, bias: Some(b.clone()) };
+        // 5 tokens take the GEMV path, 13 the GEMM path.
+        for n in [5, 13] {
+            let x: Vec<f32> = (0..n * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+            let mut y = vec![0f32; n * m];
+            l.forward(&x, n, &mut y);
+            for i in 0..n {
+                for j in 0..m {
+                    let want: f64 =
+                        (0..k).map(|c| x[i * k + c] as f64 * w[j * k + c] as f64).sum::<f64>() + b[j] as f64;
+                    assert!((y[i * m + j] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{n}: {i},{j}");
+                }
             }
         }
     }

@@ -49,6 +49,13 @@ struct Layer {
     down: QLinear,
 }
 
+impl Layer {
+    /// The seven projections, in file order.
+    fn linears(&self) -> [&QLinear; 7] {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+    }
+}
+
 /// How weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightMode {
@@ -254,23 +261,16 @@ impl Model {
     /// embedding row): what decode speed is bounded by.
     pub fn weight_bytes_per_token(&self) -> u64 {
         let lin = |l: &QLinear| l.m.bytes().len() as u64;
-        let layers: u64 = self
-            .layers
-            .iter()
-            .map(|l| lin(&l.q) + lin(&l.k) + lin(&l.v) + lin(&l.o) + lin(&l.gate) + lin(&l.up) + lin(&l.down))
-            .sum();
+        let layers: u64 = self.layers.iter().flat_map(Layer::linears).map(lin).sum();
         layers + lin(&self.lm_head) + self.embed.row_bytes as u64
     }
 
     /// Weight types and how many matrices use each (for reports).
     pub fn weight_types(&self) -> Vec<(String, usize)> {
         let mut m = std::collections::BTreeMap::<String, usize>::new();
-        for l in &self.layers {
-            for x in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
-                *m.entry(x.m.ty.name().to_string()).or_default() += 1;
-            }
+        for x in self.layers.iter().flat_map(Layer::linears).chain([&self.lm_head]) {
+            *m.entry(x.m.ty.name().to_string()).or_default() += 1;
         }
-        *m.entry(self.lm_head.m.ty.name().to_string()).or_default() += 1;
         m.into_iter().collect()
     }
 

@@ -7,6 +7,77 @@
 use crate::act::QAct;
 use crate::decode::{FloatDecode, Half8, IntChunk, IntDecode, CHUNK, GROUP};
 
+/// The entry points of one instruction set: the generic drivers instantiated with its dot product
+/// and f16 conversion, under its `#[target_feature]` attribute (none for the scalar reference).
+/// The function-pointer table in `lib.rs` points at these.
+macro_rules! entry_points {
+    ([$($attr:meta),*], $dot:ty, $half:ty, $int:ident, $float:ident, $ideq:ident, $fdeq:ident, $qact:ident) => {
+        /// # Safety
+        /// The CPU must support the instruction set; see `int_gemv`.
+        $(#[$attr])*
+        pub(crate) unsafe fn $int<D: crate::decode::IntDecode>(
+            w: &[u8],
+            row_bytes: usize,
+            k: usize,
+            acts: &[QAct],
+            y: *mut f32,
+            ys: usize,
+            rows: usize,
+        ) {
+            // SAFETY: forwarded.
+            unsafe { super::int_gemv::<D, $dot, $half>(w, row_bytes, k, acts, y, ys, rows) }
+        }
+        /// # Safety
+        /// The CPU must support the instruction set; see `float_gemv`.
+        $(#[$attr])*
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn $float<D: crate::decode::FloatDecode>(
+            w: &[u8],
+            row_bytes: usize,
+            k: usize,
+            x: &[f32],
+            n: usize,
+            y: *mut f32,
+            ys: usize,
+            rows: usize,
+        ) {
+            // SAFETY: forwarded.
+            unsafe { super::float_gemv::<D, $dot>(w, row_bytes, k, x, n, y, ys, rows) }
+        }
+        /// # Safety
+        /// The CPU must support the instruction set.
+        $(#[$attr])*
+        pub(crate) unsafe fn $ideq<D: crate::decode::IntDecode>(
+            w: &[u8],
+            row_bytes: usize,
+            k: usize,
+            rows: usize,
+            out: &mut [f32],
+        ) {
+            super::int_dequant::<D, $half>(w, row_bytes, k, rows, out)
+        }
+        /// # Safety
+        /// The CPU must support the instruction set.
+        $(#[$attr])*
+        pub(crate) unsafe fn $fdeq<D: crate::decode::FloatDecode>(
+            w: &[u8],
+            row_bytes: usize,
+            k: usize,
+            rows: usize,
+            out: &mut [f32],
+        ) {
+            super::float_dequant::<D>(w, row_bytes, k, rows, out)
+        }
+        /// # Safety
+        /// The CPU must support the instruction set.
+        $(#[$attr])*
+        pub(crate) unsafe fn $qact(x: &[f32], k: usize, out: &mut [QAct]) {
+            super::quantize_acts(x, k, out)
+        }
+    };
+}
+pub(crate) use entry_points;
+
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

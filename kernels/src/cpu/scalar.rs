@@ -44,66 +44,14 @@ impl FloatDot for Scalar {
     }
 }
 
-/// Scalar entry points (the reference kernels).
-///
-/// # Safety
-/// See `int_gemv`.
-pub(crate) unsafe fn int_gemv<D: crate::decode::IntDecode>(
-    w: &[u8],
-    row_bytes: usize,
-    k: usize,
-    acts: &[QAct],
-    y: *mut f32,
-    ys: usize,
-    rows: usize,
-) {
-    // SAFETY: forwarded; the scalar dot needs no CPU feature.
-    unsafe { super::int_gemv::<D, Scalar, crate::decode::SoftHalf>(w, row_bytes, k, acts, y, ys, rows) }
-}
-
-/// # Safety
-/// See `float_gemv`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn float_gemv<D: crate::decode::FloatDecode>(
-    w: &[u8],
-    row_bytes: usize,
-    k: usize,
-    x: &[f32],
-    n: usize,
-    y: *mut f32,
-    ys: usize,
-    rows: usize,
-) {
-    // SAFETY: forwarded.
-    unsafe { super::float_gemv::<D, Scalar>(w, row_bytes, k, x, n, y, ys, rows) }
-}
-
-/// # Safety
-/// None beyond the slice bounds (kept `unsafe` to share the function-pointer type).
-pub(crate) unsafe fn int_dequant<D: crate::decode::IntDecode>(
-    w: &[u8],
-    row_bytes: usize,
-    k: usize,
-    rows: usize,
-    out: &mut [f32],
-) {
-    super::int_dequant::<D, crate::decode::SoftHalf>(w, row_bytes, k, rows, out)
-}
-
-/// # Safety
-/// As `int_dequant`.
-pub(crate) unsafe fn float_dequant<D: crate::decode::FloatDecode>(
-    w: &[u8],
-    row_bytes: usize,
-    k: usize,
-    rows: usize,
-    out: &mut [f32],
-) {
-    super::float_dequant::<D>(w, row_bytes, k, rows, out)
-}
-
-/// # Safety
-/// As `int_dequant`.
-pub(crate) unsafe fn quantize_acts(x: &[f32], k: usize, out: &mut [QAct]) {
-    super::quantize_acts(x, k, out)
-}
+// The reference kernels: the generic drivers with the scalar dot and the portable f16 conversion.
+super::entry_points!(
+    [],
+    Scalar,
+    crate::decode::SoftHalf,
+    int_gemv,
+    float_gemv,
+    int_dequant,
+    float_dequant,
+    quantize_acts
+);

@@ -179,76 +179,10 @@ impl FloatDot for Avx2 {
     }
 }
 
-macro_rules! entry_points {
-    ($feat:literal, $dot:ty, $int:ident, $float:ident, $ideq:ident, $fdeq:ident, $qact:ident) => {
-        /// # Safety
-        /// The CPU must support the target features; see `int_gemv`.
-        #[target_feature(enable = $feat)]
-        pub(crate) unsafe fn $int<D: crate::decode::IntDecode>(
-            w: &[u8],
-            row_bytes: usize,
-            k: usize,
-            acts: &[QAct],
-            y: *mut f32,
-            ys: usize,
-            rows: usize,
-        ) {
-            // SAFETY: forwarded.
-            unsafe { super::int_gemv::<D, $dot, crate::decode::F16c>(w, row_bytes, k, acts, y, ys, rows) }
-        }
-        /// # Safety
-        /// The CPU must support the target features; see `float_gemv`.
-        #[target_feature(enable = $feat)]
-        #[allow(clippy::too_many_arguments)]
-        pub(crate) unsafe fn $float<D: crate::decode::FloatDecode>(
-            w: &[u8],
-            row_bytes: usize,
-            k: usize,
-            x: &[f32],
-            n: usize,
-            y: *mut f32,
-            ys: usize,
-            rows: usize,
-        ) {
-            // SAFETY: forwarded.
-            unsafe { super::float_gemv::<D, $dot>(w, row_bytes, k, x, n, y, ys, rows) }
-        }
-        /// # Safety
-        /// The CPU must support the target features.
-        #[target_feature(enable = $feat)]
-        pub(crate) unsafe fn $ideq<D: crate::decode::IntDecode>(
-            w: &[u8],
-            row_bytes: usize,
-            k: usize,
-            rows: usize,
-            out: &mut [f32],
-        ) {
-            super::int_dequant::<D, crate::decode::F16c>(w, row_bytes, k, rows, out)
-        }
-        /// # Safety
-        /// The CPU must support the target features.
-        #[target_feature(enable = $feat)]
-        pub(crate) unsafe fn $fdeq<D: crate::decode::FloatDecode>(
-            w: &[u8],
-            row_bytes: usize,
-            k: usize,
-            rows: usize,
-            out: &mut [f32],
-        ) {
-            super::float_dequant::<D>(w, row_bytes, k, rows, out)
-        }
-        /// # Safety
-        /// The CPU must support the target features.
-        #[target_feature(enable = $feat)]
-        pub(crate) unsafe fn $qact(x: &[f32], k: usize, out: &mut [QAct]) {
-            super::quantize_acts(x, k, out)
-        }
-    };
-}
-
 entry_points!(
-    "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c",
+    [target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")],
     Avx512,
+    crate::decode::F16c,
     int_gemv_avx512,
     float_gemv_avx512,
     int_dequant_avx512,
@@ -256,8 +190,9 @@ entry_points!(
     quantize_acts_avx512
 );
 entry_points!(
-    "avx2,fma,f16c",
+    [target_feature(enable = "avx2,fma,f16c")],
     Avx2,
+    crate::decode::F16c,
     int_gemv_avx2,
     float_gemv_avx2,
     int_dequant_avx2,
