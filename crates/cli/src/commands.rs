@@ -136,7 +136,7 @@ pub fn convert(ctx: &Ctx, a: &ConvertArgs) -> Result<()> {
         return dry_run(ctx, &src, &recipe, imatrix.is_some());
     }
     let output = a.output.as_ref().ok_or_else(|| Error::Invalid("-o/--output is required".into()))?;
-    let opts = ConvertOptions { recipe, tokenizer_pre: a.tokenizer_pre.clone(), imatrix };
+    let opts = ConvertOptions { recipe, tokenizer_pre: a.tokenizer_pre.clone(), imatrix, overrides: Default::default() };
     let total: u64 = src.tensors()?.iter().map(|t| t.numel()).sum();
     let pb = bar(ctx.progress, total, "converting", false);
     let report = run_convert(&src, output, &opts, &|done, _| pb.set_position(done))?;
@@ -429,7 +429,8 @@ fn inspect_hf(ctx: &Ctx, p: &Path) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// The .gguf file to export.
+    /// The .gguf file to export, or an HF folder (GPTQ / AWQ / compressed-tensors checkpoints are
+    /// read dequantized).
     pub input: PathBuf,
     /// Output folder (must not exist unless --force).
     #[arg(long, short)]
@@ -458,7 +459,20 @@ pub fn export_hf(ctx: &Ctx, a: &ExportArgs) -> Result<()> {
     };
     let pb = bar(ctx.progress, 0, "exporting", true);
     let t0 = std::time::Instant::now();
-    let report = run_export(&a.input, &a.output, &opts, &|done| pb.set_position(done))?;
+    // An HF folder (e.g. a GPTQ/AWQ/compressed-tensors checkpoint, read dequantized): through an
+    // exact F32 GGUF in a temporary folder beside the output.
+    let report = if a.input.is_dir() {
+        let parent = a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new().prefix(".quantkit-export-").tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
+        let gguf = tmp.path().join("f32.gguf");
+        let src = ModelSource::open(&a.input)?;
+        let recipe = Recipe::named("f32")?;
+        run_convert(&src, &gguf, &ConvertOptions { recipe, tokenizer_pre: None, imatrix: None, overrides: Default::default() }, &|_, _| {})?;
+        let opts = ExportOptions { tokenizer_from: Some(opts.tokenizer_from.clone().unwrap_or_else(|| a.input.clone())), ..opts };
+        run_export(&gguf, &a.output, &opts, &|done| pb.set_position(done))?
+    } else {
+        run_export(&a.input, &a.output, &opts, &|done| pb.set_position(done))?
+    };
     pb.finish_and_clear();
     if ctx.json {
         let mut j = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;

@@ -5,6 +5,7 @@ mod bench;
 mod commands;
 mod eval;
 mod progress;
+mod quantize;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,8 @@ Examples:
   quantkit convert model-f16.gguf --type q4_0 -o model-q4_0.gguf
   quantkit inspect model-q4_0.gguf
   quantkit inspect ./SmolLM2-135M-Instruct --json
+  # Calibrated: GPTQ into a GPTQ checkpoint and a GPTQ-improved Q4_K_M GGUF
+  quantkit quantize ./SmolLM2-135M-Instruct --method gptq --calib corpus.txt --format gptq --format gguf:q4_k_m -o out/
   # GGUF → HF folder (dequantized, q/k permutation undone)
   quantkit export-hf model.gguf -o ./model-hf --dtype bf16";
 
@@ -60,6 +63,22 @@ quantkit convert ./model -t q2_k --dry-run"
         after_help = "Example:\n  quantkit inspect model.gguf --json | jq '.tensors[] | select(.type==\"f16\")'"
     )]
     Inspect(commands::InspectArgs),
+    /// Calibrated quantization: RTN, GPTQ or AWQ into GGUF, GPTQ v1/v2, AWQ and compressed-tensors.
+    #[command(
+        long_about = "Calibrated quantization. A calibration text is sampled once (seeded), the model runs layer by\n\
+layer through the engine, and each linear layer is quantized with its input statistics (GPTQ's\n\
+Hessian, AWQ's activation scales); quantized layers feed the next (true-sequential). Integer\n\
+formats (gptq, gptq-v2, awq, compressed-tensors) share one quantization; each gguf:<mix> gets\n\
+GPTQ on the mix's own types (k-quant scales searched inside GPTQ's column loop), or with\n\
+--method rtn an imatrix from the calibration text. OUT/report.json has the per-layer output\n\
+errors ‖WX − QX‖² of the method and of RTN.",
+        after_help = "Examples:\n  quantkit quantize ./SmolLM2 --method gptq --bits 4 --group 128 --calib tinyshakespeare.txt \\\n      \
+--format gptq --format compressed-tensors -o out/\n  \
+quantkit quantize ./SmolLM2 --method gptq --calib corpus/ --format gguf:q4_k_m -o out/\n  \
+quantkit quantize ./SmolLM2 --method awq --calib corpus.txt --format awq -o out/ --preset quick\n  \
+quantkit quantize ./SmolLM2 --method rtn --calib corpus.txt --format gguf:q4_k_m --imatrix -o out/"
+    )]
+    Quantize(quantize::QuantizeArgs),
     /// Dequantize a GGUF into a Hugging Face folder (safetensors + config + tokenizer).
     #[command(
         name = "export-hf",
@@ -115,6 +134,7 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Convert(a) => commands::convert(&ctx, a),
         Command::Inspect(a) => commands::inspect(&ctx, a),
+        Command::Quantize(a) => quantize::quantize(&ctx, a),
         Command::ExportHf(a) => commands::export_hf(&ctx, a),
         Command::Ppl(a) => eval::ppl(&ctx, a),
         Command::Generate(a) => eval::generate(&ctx, a),

@@ -9,10 +9,12 @@
 //! * [`eval`] — perplexity (llama-perplexity's method and the sliding-window HF method), KL
 //!   divergence against saved base logits, greedy/temperature generation.
 
+pub mod calib;
 pub mod eval;
 pub mod linear;
 pub mod model;
 pub mod tokenizer;
 
+pub use calib::{BlockHook, BlockWeights, Proj};
 pub use model::{KvCache, Model, Observer, Site, WeightMode};
 pub use tokenizer::Tokenizer;

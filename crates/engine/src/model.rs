@@ -19,7 +19,7 @@ use quantkit_kernels::{QMatrix, WeightBytes};
 use crate::linear::{forward_group, Linear, QLinear};
 
 /// Where an [`Observer`] sees activations: the input of each group of linear layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Site {
     /// Input of attn_q, attn_k and attn_v (the normed hidden state).
     AttnIn,
@@ -37,22 +37,25 @@ pub trait Observer: Send {
     fn observe(&mut self, layer: usize, site: Site, x: &[f32], n_tokens: usize);
 }
 
-struct Layer {
-    attn_norm: Vec<f32>,
-    q: QLinear,
-    k: QLinear,
-    v: QLinear,
-    o: QLinear,
-    ffn_norm: Vec<f32>,
-    gate: QLinear,
-    up: QLinear,
-    down: QLinear,
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Vec<f32>,
+    pub(crate) q: QLinear,
+    pub(crate) k: QLinear,
+    pub(crate) v: QLinear,
+    pub(crate) o: QLinear,
+    pub(crate) ffn_norm: Vec<f32>,
+    pub(crate) gate: QLinear,
+    pub(crate) up: QLinear,
+    pub(crate) down: QLinear,
 }
 
 impl Layer {
     /// The seven projections, in file order.
-    fn linears(&self) -> [&QLinear; 7] {
+    pub(crate) fn linears(&self) -> [&QLinear; 7] {
         [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+    }
+    pub(crate) fn linears_mut(&mut self) -> [&mut QLinear; 7] {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.o, &mut self.gate, &mut self.up, &mut self.down]
     }
 }
 
@@ -72,8 +75,8 @@ pub enum WeightMode {
 pub struct Model {
     pub cfg: ModelConfig,
     /// Token embeddings `[vocab × hidden]` in their stored format (rows dequantized on lookup).
-    embed: QMatrix,
-    layers: Vec<Layer>,
+    pub(crate) embed: QMatrix,
+    pub(crate) layers: Vec<Layer>,
     norm: Vec<f32>,
     lm_head: QLinear,
     mode: WeightMode,
@@ -115,7 +118,7 @@ impl KvCache {
     }
 }
 
-fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+pub(crate) fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     let one = |(o, xr): (&mut [f32], &[f32])| {
         let ss: f64 = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum();
@@ -283,7 +286,7 @@ impl Model {
 
     /// cos/sin of every rotated pair at positions `pos0..pos0 + n` (computed once per call, shared
     /// by all layers and heads).
-    fn rope_table(&self, pos0: usize, n: usize) -> Vec<(f32, f32)> {
+    pub(crate) fn rope_table(&self, pos0: usize, n: usize) -> Vec<(f32, f32)> {
         let half = self.inv_freq.len();
         let mut t = Vec::with_capacity(n * half);
         for p in pos0..pos0 + n {
@@ -295,7 +298,7 @@ impl Model {
         t
     }
 
-    fn rope(&self, x: &mut [f32], n_heads: usize, table: &[(f32, f32)]) {
+    pub(crate) fn rope(&self, x: &mut [f32], n_heads: usize, table: &[(f32, f32)]) {
         let hd = self.cfg.head_dim as usize;
         let half = hd / 2;
         let one = |(t, row): (usize, &mut [f32])| {
@@ -394,22 +397,7 @@ impl Model {
                 o.observe(li, Site::FfnIn, &xn, n);
             }
             forward_group(&[&l.gate, &l.up], &xn, n, &mut [&mut g, &mut u]);
-            let swiglu = |(gc, uc): (&mut [f32], &[f32])| {
-                let mut e = [0f32; 4096];
-                let e = &mut e[..gc.len()];
-                for (ei, gi) in e.iter_mut().zip(gc.iter()) {
-                    *ei = -gi;
-                }
-                exp_in_place(e);
-                for ((gi, ui), ei) in gc.iter_mut().zip(uc).zip(e.iter()) {
-                    *gi = *gi / (1.0 + ei) * ui;
-                }
-            };
-            if g.len() <= SEQUENTIAL {
-                g.chunks_mut(4096).zip(u.chunks(4096)).for_each(swiglu);
-            } else {
-                g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(swiglu);
-            }
+            swiglu(&mut g, &u);
             if let Some(o) = observer.as_deref_mut() {
                 o.observe(li, Site::FfnDownIn, &g, n);
             }
@@ -431,19 +419,39 @@ impl Model {
     }
 }
 
+/// `g ← silu(g)·u`, element-wise.
+pub(crate) fn swiglu(g: &mut [f32], u: &[f32]) {
+    let one = |(gc, uc): (&mut [f32], &[f32])| {
+        let mut e = [0f32; 4096];
+        let e = &mut e[..gc.len()];
+        for (ei, gi) in e.iter_mut().zip(gc.iter()) {
+            *ei = -gi;
+        }
+        exp_in_place(e);
+        for ((gi, ui), ei) in gc.iter_mut().zip(uc).zip(e.iter()) {
+            *gi = *gi / (1.0 + ei) * ui;
+        }
+    };
+    if g.len() <= SEQUENTIAL {
+        g.chunks_mut(4096).zip(u.chunks(4096)).for_each(one);
+    } else {
+        g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(one);
+    }
+}
+
 #[derive(Clone, Copy)]
-struct Dims {
-    n: usize,
-    pos0: usize,
-    nh: usize,
-    nkv: usize,
-    hd: usize,
-    scale: f32,
+pub(crate) struct Dims {
+    pub(crate) n: usize,
+    pub(crate) pos0: usize,
+    pub(crate) nh: usize,
+    pub(crate) nkv: usize,
+    pub(crate) hd: usize,
+    pub(crate) scale: f32,
 }
 
 /// Causal grouped-query attention of `n` new positions over `pos0 + n` cached ones, per head as
 /// two GEMMs (scores = Q·Kᵀ, out = softmax(scores)·V) through faer.
-fn attention(q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32], d: Dims) {
+pub(crate) fn attention(q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32], d: Dims) {
     use faer::{Accum, MatMut, MatRef, Par};
     let Dims { n, pos0, nh, nkv, hd, scale } = d;
     let len = pos0 + n;

@@ -19,6 +19,10 @@ pub struct HfCheckpoint {
     shards: Vec<SafetensorsFile>,
     /// tensor name → shard index
     locations: BTreeMap<String, usize>,
+    /// GPTQ / AWQ / compressed-tensors checkpoints: how the packed tensors read.
+    pub quant: Option<crate::qcheckpoint::QuantLayout>,
+    /// Tensor names as presented: packed modules appear as their dequantized `<m>.weight`.
+    visible: BTreeMap<String, Option<(usize, usize)>>,
 }
 
 pub(crate) fn read_json(path: &Path, kind: &'static str) -> Result<Json> {
@@ -105,16 +109,42 @@ impl HfCheckpoint {
                 dir.display()
             )));
         }
-        Ok(Self { dir, config, raw_config, shards, locations })
+        let quant = crate::qcheckpoint::QuantLayout::from_config(&raw_config, &config_path)?;
+        let mut me = Self { dir, config, raw_config, shards, locations, quant, visible: BTreeMap::new() };
+        me.visible = match &me.quant {
+            Some(q) => q.visible_names(&me)?,
+            None => me.locations.keys().map(|k| (k.clone(), None)).collect(),
+        };
+        Ok(me)
     }
 
-    /// Tensor names, sorted.
+    /// Tensor names, sorted (a packed module shows as its `<m>.weight`).
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.locations.keys().map(String::as_str)
+        self.visible.keys().map(String::as_str)
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.locations.contains_key(name)
+        self.visible.contains_key(name)
+    }
+
+    /// The stored tensor names (packed components included).
+    pub fn stored_names(&self) -> impl Iterator<Item = &str> {
+        self.locations.keys().map(String::as_str)
+    }
+
+    /// The raw bytes and (dtype, shape) of a stored tensor.
+    pub fn raw(&self, name: &str) -> Result<(&[u8], String, Vec<usize>)> {
+        let s = self.shard(name)?;
+        let info = s.info(name).ok_or_else(|| Error::MissingTensor {
+            path: s.path().to_path_buf(),
+            tensor: name.into(),
+            hint: String::new(),
+        })?;
+        Ok((s.data(name)?, format!("{:?}", info.dtype), info.shape.clone()))
+    }
+
+    fn packed(&self, name: &str) -> Option<(usize, usize)> {
+        self.visible.get(name).copied().flatten()
     }
 
     fn shard(&self, name: &str) -> Result<&SafetensorsFile> {
@@ -127,6 +157,9 @@ impl HfCheckpoint {
 
     /// Row-major shape and dtype name of a tensor.
     pub fn shape(&self, name: &str) -> Result<(Vec<usize>, String)> {
+        if let Some((r, c)) = self.packed(name) {
+            return Ok((vec![r, c], "F32".into()));
+        }
         let s = self.shard(name)?;
         let info = s.info(name).ok_or_else(|| Error::MissingTensor {
             path: s.path().to_path_buf(),
@@ -137,10 +170,17 @@ impl HfCheckpoint {
     }
 
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        if let (Some(q), Some(_)) = (&self.quant, self.packed(name)) {
+            return q.dequantize(self, name.trim_end_matches(".weight"));
+        }
         self.shard(name)?.read_f32(name)
     }
 
     pub fn read_f32_range(&self, name: &str, start: usize, end: usize) -> Result<Vec<f32>> {
+        if self.packed(name).is_some() {
+            let all = self.read_f32(name)?;
+            return all.get(start..end).map(<[f32]>::to_vec).ok_or_else(|| Error::bad_tensor(name, "range out of bounds"));
+        }
         self.shard(name)?.read_f32_range(name, start, end)
     }
 

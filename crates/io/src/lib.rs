@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod hf;
 pub mod imatrix;
 pub mod names;
+pub mod qcheckpoint;
 pub mod safetensors;
 pub mod source;
 pub mod vocab;

@@ -1,5 +1,6 @@
 //! The conversion pipeline: any [`ModelSource`] → GGUF, streamed one tensor at a time.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,6 +21,17 @@ pub struct ConvertOptions {
     pub tokenizer_pre: Option<String>,
     /// Importance matrix for the weighted quantizers (llama-quantize's `--imatrix`).
     pub imatrix: Option<Imatrix>,
+    /// Tensors produced elsewhere (calibrated quantizers), by GGUF name.
+    pub overrides: BTreeMap<String, TensorOverride>,
+}
+
+/// A tensor's data from elsewhere than the source.
+#[derive(Debug, Clone)]
+pub enum TensorOverride {
+    /// Already encoded in the plan's type (e.g. GPTQ on a GGUF grid).
+    Encoded { ty: GgmlType, bytes: Vec<u8> },
+    /// New f32 values (e.g. AWQ-folded), quantized as planned.
+    Values(Vec<f32>),
 }
 
 /// What a conversion did.
@@ -122,6 +134,7 @@ pub fn convert(
     b.header()?;
 
     let total: u64 = tensors.iter().map(|t| t.numel()).sum();
+    let sizes: Vec<u64> = b.tensors.iter().map(|t| t.size().unwrap_or(0)).collect();
     let mut done = 0u64;
     let mut out = AtomicFile::create(dest)?;
     let output_bytes = b.write(
@@ -129,6 +142,26 @@ pub fn convert(
         |i, sink| {
             let t = &tensors[i];
             let (row_len, rows) = (t.row_len(), t.rows());
+            match opts.overrides.get(&t.name) {
+                Some(TensorOverride::Encoded { ty, bytes }) => {
+                    if *ty != plans[i].ty || bytes.len() as u64 != sizes[i] {
+                        return Err(Error::bad_tensor(&t.name, format!("precomputed {ty} data does not match the plan ({})", plans[i].ty)));
+                    }
+                    sink(bytes)?;
+                    done += t.numel();
+                    progress(done, total);
+                    return Ok(());
+                }
+                Some(TensorOverride::Values(v)) => {
+                    let bytes = quantize_parallel(plans[i].ty, v, row_len, weights[i].as_deref())
+                        .map_err(|e| Error::bad_tensor(&t.name, e.to_string()))?;
+                    sink(&bytes)?;
+                    done += t.numel();
+                    progress(done, total);
+                    return Ok(());
+                }
+                None => {}
+            }
             let step = (CHUNK_VALUES / row_len).max(1);
             for r0 in (0..rows).step_by(step) {
                 let r1 = (r0 + step).min(rows);

@@ -1,0 +1,141 @@
+//! Input statistics of one linear group, accumulated sample by sample.
+
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// `Σ x xᵀ`, `Σ |x|` and `Σ x²` over every observed row of a group's input.
+///
+/// Each sample's `XᵀX` is one f32 GEMM (rows summed in f32 within a sample) added into f64
+/// accumulators in sample order, so the result is the same for any thread count.
+#[derive(Debug, Clone)]
+pub struct SiteStats {
+    pub dim: usize,
+    /// Row-major `dim × dim`.
+    pub xtx: Vec<f64>,
+    pub abs_sum: Vec<f64>,
+    pub sq_sum: Vec<f64>,
+    pub rows: u64,
+    /// Whether `xtx` is accumulated (AWQ-only or imatrix-only runs may skip it).
+    pub with_xtx: bool,
+    scratch: Vec<f32>,
+}
+
+impl SiteStats {
+    pub fn new(dim: usize, with_xtx: bool) -> Self {
+        SiteStats {
+            dim,
+            xtx: if with_xtx { vec![0.0; dim * dim] } else { vec![] },
+            abs_sum: vec![0.0; dim],
+            sq_sum: vec![0.0; dim],
+            rows: 0,
+            with_xtx,
+            scratch: vec![],
+        }
+    }
+
+    /// Add `rows` rows of `dim` values.
+    pub fn add(&mut self, x: &[f32], rows: usize) {
+        let d = self.dim;
+        debug_assert_eq!(x.len(), rows * d);
+        for r in x.chunks_exact(d) {
+            for ((a, s), v) in self.abs_sum.iter_mut().zip(self.sq_sum.iter_mut()).zip(r) {
+                *a += v.abs() as f64;
+                *s += (*v as f64) * (*v as f64);
+            }
+        }
+        self.rows += rows as u64;
+        if !self.with_xtx {
+            return;
+        }
+        self.scratch.resize(d * d, 0.0);
+        let xm = MatRef::from_row_major_slice(x, rows, d);
+        faer::linalg::matmul::matmul(
+            MatMut::from_row_major_slice_mut(&mut self.scratch, d, d),
+            Accum::Replace,
+            xm.transpose(),
+            xm,
+            1.0f32,
+            par(),
+        );
+        for (a, b) in self.xtx.iter_mut().zip(&self.scratch) {
+            *a += *b as f64;
+        }
+    }
+
+    /// GPTQ's Hessian `2/n Σ x xᵀ`.
+    pub fn hessian(&self) -> Vec<f64> {
+        let f = 2.0 / self.rows.max(1) as f64;
+        self.xtx.iter().map(|v| v * f).collect()
+    }
+
+    /// Mean |x| per channel (AWQ's activation statistic).
+    pub fn mean_abs(&self) -> Vec<f64> {
+        let n = self.rows.max(1) as f64;
+        self.abs_sum.iter().map(|v| v / n).collect()
+    }
+
+    /// Mean x² per channel (the imatrix value llama-quantize uses).
+    pub fn mean_sq(&self) -> Vec<f64> {
+        let n = self.rows.max(1) as f64;
+        self.sq_sum.iter().map(|v| v / n).collect()
+    }
+}
+
+fn par() -> Par {
+    match rayon::current_num_threads() {
+        0 | 1 => Par::Seq,
+        n => Par::rayon(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn accumulates_the_exact_gram_matrix() {
+        let d = 37;
+        let mut st = SiteStats::new(d, true);
+        let a = data(11 * d, 1);
+        let b = data(5 * d, 2);
+        st.add(&a, 11);
+        st.add(&b, 5);
+        assert_eq!(st.rows, 16);
+        let all: Vec<f32> = a.iter().chain(&b).copied().collect();
+        for i in 0..d {
+            for j in 0..d {
+                let want: f64 = all.chunks(d).map(|r| r[i] as f64 * r[j] as f64).sum();
+                assert!((st.xtx[i * d + j] - want).abs() < 1e-4, "{i},{j}");
+            }
+            let sq: f64 = all.chunks(d).map(|r| (r[i] as f64).powi(2)).sum();
+            assert!((st.sq_sum[i] - sq).abs() < 1e-9);
+            assert!((st.hessian()[i * d + i] - 2.0 * sq / 16.0).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn gram_matrix_does_not_depend_on_the_thread_count() {
+        let d = 300;
+        let x = data(512 * d, 3);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            pool.install(|| {
+                let mut st = SiteStats::new(d, true);
+                st.add(&x, 512);
+                st.xtx
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
+    }
+}

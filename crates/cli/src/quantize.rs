@@ -1,0 +1,164 @@
+//! `quantkit quantize`: calibrated quantization (RTN, GPTQ, AWQ) into GGUF and integer checkpoints.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use clap::Args;
+use indicatif::ProgressBar;
+use quantkit_core::{Error, Result};
+use quantkit_quant::awq::AwqConfig;
+use quantkit_quant::calibrated::Method;
+use quantkit_quant::gptq::GptqConfig;
+use quantkit_quant::quantize::{quantize as run, CalibOptions, OutFormat, Progress, QuantizeOptions};
+use serde_json::json;
+
+use crate::commands::{peak_rss_mb, Ctx};
+use crate::progress::bar;
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// HF checkpoint folder or GGUF file.
+    pub model: PathBuf,
+    /// Output folder: one entry per format (gptq/, gptq-v2/, awq/, compressed-tensors/,
+    /// model-<MIX>.gguf) plus report.json.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// rtn, gptq or awq.
+    #[arg(long, default_value = "gptq")]
+    pub method: String,
+    /// gptq, gptq-v2, awq, compressed-tensors or gguf:<type or mix> (repeat for several; they
+    /// share the calibration samples, and the integer ones share one quantization).
+    #[arg(long = "format", short = 'f', required = true)]
+    pub formats: Vec<String>,
+    /// Bits per weight of the integer grid (2, 3, 4, 8).
+    #[arg(long, default_value_t = 4)]
+    pub bits: u32,
+    /// Group size along the input (-1: one group per output channel).
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
+    pub group: i64,
+    /// Asymmetric grid (a zero point per group). Default: symmetric for rtn/gptq, asymmetric for awq.
+    #[arg(long, conflicts_with = "sym")]
+    pub asym: bool,
+    /// Symmetric grid.
+    #[arg(long)]
+    pub sym: bool,
+    /// GPTQ: quantize columns by decreasing Hessian diagonal (desc_act, with g_idx).
+    #[arg(long)]
+    pub act_order: bool,
+    /// GPTQ with --act-order: group parameters fixed up front in column order (g_idx monotone;
+    /// needed for awq/compressed-tensors outputs).
+    #[arg(long)]
+    pub static_groups: bool,
+    /// GPTQ damping, a fraction of the mean Hessian diagonal (raised ×10 until Cholesky succeeds).
+    #[arg(long, default_value_t = 0.01)]
+    pub damp: f64,
+    /// GPTQ lazy-batch block size.
+    #[arg(long, default_value_t = 128)]
+    pub block: usize,
+    /// Calibration text: a file, a folder of text files, or `self` (sampled from the model).
+    /// Never the evaluation text.
+    #[arg(long)]
+    pub calib: Option<String>,
+    /// Calibration sequences.
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Tokens per calibration sequence.
+    #[arg(long)]
+    pub seqlen: Option<usize>,
+    /// `default` (128 × 512, GPTQ's usual) or `quick` (32 × 256).
+    #[arg(long, default_value = "default")]
+    pub preset: String,
+    /// Seed of the calibration sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the calibration's imatrix (OUT/imatrix.gguf, llama.cpp's format).
+    #[arg(long)]
+    pub imatrix: bool,
+}
+
+struct Bars {
+    enabled: bool,
+    bar: Mutex<ProgressBar>,
+}
+
+impl Progress for Bars {
+    fn stage(&self, name: &str, total: u64) {
+        let mut b = self.bar.lock().unwrap_or_else(|e| e.into_inner());
+        b.finish_and_clear();
+        *b = bar(self.enabled, total, name, false);
+    }
+    fn tick(&self, done: u64) {
+        self.bar.lock().unwrap_or_else(|e| e.into_inner()).set_position(done);
+    }
+}
+
+pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
+    let method: Method = a.method.parse()?;
+    let formats = a.formats.iter().map(|f| OutFormat::parse(f)).collect::<Result<Vec<_>>>()?;
+    let (ds, dl) = match a.preset.as_str() {
+        "default" => (128, 512),
+        "quick" => (32, 256),
+        p => return Err(Error::Invalid(format!("unknown preset {p:?} (default, quick)"))),
+    };
+    let calib = a.calib.as_ref().map(|c| CalibOptions {
+        corpus: if c == "self" { None } else { Some(PathBuf::from(c)) },
+        samples: a.samples.unwrap_or(ds),
+        seqlen: a.seqlen.unwrap_or(dl),
+        seed: a.seed,
+    });
+    let group = match a.group {
+        g if g <= 0 => None,
+        g => Some(g as usize),
+    };
+    let opts = QuantizeOptions {
+        method,
+        bits: a.bits,
+        group,
+        sym: if a.asym { false } else if a.sym { true } else { method != Method::Awq },
+        gptq: GptqConfig { block: a.block, damp: a.damp, act_order: a.act_order, static_groups: a.static_groups },
+        awq: AwqConfig::default(),
+        formats,
+        calib,
+        write_imatrix: a.imatrix,
+    };
+    let bars = Bars { enabled: ctx.progress, bar: Mutex::new(ProgressBar::hidden()) };
+    let report = run(&a.model, &a.output, &opts, &bars)?;
+    bars.bar.lock().unwrap_or_else(|e| e.into_inner()).finish_and_clear();
+    if ctx.json {
+        let mut j = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;
+        j["peak_rss_mb"] = json!(peak_rss_mb());
+        println!("{}", serde_json::to_string_pretty(&j).map_err(|e| Error::Invalid(e.to_string()))?);
+        return Ok(());
+    }
+    if let Some(m) = &report.calibration {
+        println!(
+            "calibration: {} × {} tokens from {} (seed {}), {:.1} s",
+            m.samples,
+            m.seqlen,
+            m.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the model itself".into()),
+            m.seed,
+            report.calibration_seconds
+        );
+    }
+    for p in &report.passes {
+        println!(
+            "{:>14}: {} layers in {:.1} s; mean relative output error {:.3e} ({:?}) vs {:.3e} (RTN)",
+            p.target,
+            p.layers.len(),
+            p.seconds,
+            p.mean_rel_error,
+            report.method,
+            p.mean_rel_error_rtn
+        );
+    }
+    for o in &report.outputs {
+        println!("wrote {} ({}, {:.1} MB)", o.path.display(), o.format, o.bytes as f64 / 1e6);
+    }
+    println!(
+        "done in {:.1} s, peak RSS {:.0} MB; per-layer errors in {}",
+        report.seconds,
+        peak_rss_mb().unwrap_or(0.0),
+        report.out.join("report.json").display()
+    );
+    Ok(())
+}

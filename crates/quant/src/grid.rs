@@ -1,0 +1,190 @@
+//! Quantization grids for the calibrated quantizers: where a weight may land.
+//!
+//! A grid chooses its parameters at the start of each column group from the values the group has
+//! *then* (GPTQ updates the later columns as it goes) and rounds one value at a time. Two
+//! families: [`IntGrid`] (the integer group-affine grid of GPTQ/AWQ checkpoints: `w = s·(q − z)`,
+//! fp16 `s`, unsigned `q` of `bits`, one `(s, z)` per row and group) and
+//! [`crate::gguf_grid::GgufGrid`] (every GGUF integer type, block by block).
+
+use half::f16;
+
+/// Integer group-affine quantization, as GPTQ/AutoGPTQ define it: per row and group,
+/// `xmin = min(x, 0)`, `xmax = max(x, 0)`; symmetric: `xmax = max(|xmin|, xmax)`, `xmin = −xmax`,
+/// `z = 2^(bits−1)`; `s = (xmax − xmin)/(2^bits − 1)` rounded to fp16 (what is stored, so the
+/// rounding GPTQ feeds back is the file's); asymmetric `z = round(−xmin/s)` clamped to
+/// `[zero_min, 2^bits − 1]`. `q = clamp(round(x/s) + z, 0, 2^bits − 1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct IntGrid {
+    pub bits: u32,
+    pub sym: bool,
+    /// Columns per group (the last one may be shorter); `None`: one group per row.
+    pub group: Option<usize>,
+    /// Smallest zero point: 1 when the output is GPTQ v1 (which stores `z − 1` and cannot hold 0).
+    pub zero_min: u8,
+}
+
+/// One row-group's parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IntParams {
+    /// An fp16 value, held as f32.
+    pub scale: f32,
+    pub zero: u8,
+}
+
+impl IntGrid {
+    pub fn maxq(&self) -> u32 {
+        (1u32 << self.bits) - 1
+    }
+
+    /// Group size for `cols` columns.
+    pub fn group_size(&self, cols: usize) -> usize {
+        self.group.unwrap_or(cols).min(cols).max(1)
+    }
+
+    pub fn groups(&self, cols: usize) -> usize {
+        cols.div_ceil(self.group_size(cols))
+    }
+
+    /// Parameters from a group's values. `clip` ∈ (0, 1] is AWQ's clipping: values are first
+    /// clamped to `±clip·max|x|` (AutoAWQ `_compute_best_clip`).
+    pub fn params(&self, x: &[f32], clip: f32) -> IntParams {
+        let maxq = self.maxq() as f32;
+        let mut lo = x.iter().fold(0f32, |a, &b| a.min(b));
+        let mut hi = x.iter().fold(0f32, |a, &b| a.max(b));
+        if clip < 1.0 {
+            let m = hi.max(-lo) * clip;
+            lo = lo.max(-m);
+            hi = hi.min(m);
+        }
+        if self.sym {
+            hi = hi.max(-lo);
+            if lo < 0.0 {
+                lo = -hi;
+            }
+        }
+        if lo == 0.0 && hi == 0.0 {
+            lo = -1.0;
+            hi = 1.0;
+        }
+        let mut scale = f16::from_f32((hi - lo) / maxq).to_f32();
+        if !(scale > 0.0) || !scale.is_finite() {
+            // Below fp16's smallest subnormal (or beyond its range): the nearest usable step.
+            scale = if (hi - lo) / maxq > 1.0 { f16::MAX.to_f32() } else { f16::from_bits(1).to_f32() };
+        }
+        let zero = if self.sym {
+            1u32 << (self.bits - 1)
+        } else {
+            ((-lo / scale).round() as i64).clamp(self.zero_min as i64, maxq as i64) as u32
+        };
+        IntParams { scale, zero: zero as u8 }
+    }
+
+    /// The code of `x`.
+    #[inline]
+    pub fn code(&self, p: IntParams, x: f32) -> u8 {
+        let q = (x / p.scale).round() + p.zero as f32;
+        q.clamp(0.0, self.maxq() as f32) as u8
+    }
+
+    /// The value of a code (exact: an fp16 scale times a small integer).
+    #[inline]
+    pub fn value(p: IntParams, q: u8) -> f32 {
+        p.scale * (q as f32 - p.zero as f32)
+    }
+}
+
+/// A whole matrix on an [`IntGrid`]: codes per weight, parameters per row and group, and the
+/// group of every input column (`g_idx`; not monotone after act-order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntMatrix {
+    pub grid: IntGrid,
+    pub rows: usize,
+    pub cols: usize,
+    /// Row-major `rows × cols`.
+    pub codes: Vec<u8>,
+    /// Row-major `rows × groups`.
+    pub params: Vec<IntParams>,
+    pub g_idx: Vec<u32>,
+}
+
+impl IntMatrix {
+    pub fn groups(&self) -> usize {
+        self.params.len() / self.rows.max(1)
+    }
+
+    /// The dequantized matrix, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let ng = self.groups();
+        let mut out = vec![0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            let p = &self.params[r * ng..(r + 1) * ng];
+            for c in 0..self.cols {
+                out[r * self.cols + c] = IntGrid::value(p[self.g_idx[c] as usize], self.codes[r * self.cols + c]);
+            }
+        }
+        out
+    }
+
+    /// Round to nearest, no calibration: each row-group's parameters from its values, each value
+    /// to its nearest code. `clip[r·groups + g]` (AWQ) shrinks a group's range.
+    pub fn rtn(grid: IntGrid, w: &[f32], rows: usize, cols: usize, clip: Option<&[f32]>) -> IntMatrix {
+        let gs = grid.group_size(cols);
+        let ng = grid.groups(cols);
+        let mut codes = vec![0u8; rows * cols];
+        let mut params = Vec::with_capacity(rows * ng);
+        for r in 0..rows {
+            let row = &w[r * cols..(r + 1) * cols];
+            for (g, chunk) in row.chunks(gs).enumerate() {
+                let p = grid.params(chunk, clip.map(|c| c[r * ng + g]).unwrap_or(1.0));
+                for (i, &x) in chunk.iter().enumerate() {
+                    codes[r * cols + g * gs + i] = grid.code(p, x);
+                }
+                params.push(p);
+            }
+        }
+        let g_idx = (0..cols).map(|c| (c / gs) as u32).collect();
+        IntMatrix { grid, rows, cols, codes, params, g_idx }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symmetric_and_asymmetric_params_follow_gptq() {
+        let g = IntGrid { bits: 4, sym: true, group: Some(4), zero_min: 0 };
+        let p = g.params(&[-1.0, 0.5, 0.25, 0.75], 1.0);
+        assert_eq!(p.zero, 8);
+        assert_eq!(p.scale, f16::from_f32(2.0 / 15.0).to_f32());
+        assert_eq!(g.code(p, -1.0), 0);
+        assert_eq!(g.code(p, 1.0), 15); // 7.5 steps rounds to 8 → clamped
+        let a = IntGrid { bits: 3, sym: false, group: None, zero_min: 0 };
+        let p = a.params(&[0.5, 1.5, 2.0], 1.0);
+        // xmin clamps to 0 → zero 0, scale 2/7
+        assert_eq!(p.zero, 0);
+        assert_eq!(a.code(p, 2.0), 7);
+        let v1 = IntGrid { zero_min: 1, ..a };
+        assert_eq!(v1.params(&[0.5, 1.5, 2.0], 1.0).zero, 1);
+        // An all-zero group still gets a usable step.
+        let z = g.params(&[0.0; 4], 1.0);
+        assert!(z.scale > 0.0);
+        assert_eq!(IntGrid::value(z, g.code(z, 0.0)), 0.0);
+    }
+
+    #[test]
+    fn rtn_round_trips_grid_values_and_handles_a_ragged_group() {
+        let grid = IntGrid { bits: 4, sym: false, group: Some(4), zero_min: 0 };
+        let w: Vec<f32> = (0..2 * 6).map(|i| (i as f32 * 0.37).sin()).collect();
+        let m = IntMatrix::rtn(grid, &w, 2, 6, None);
+        assert_eq!(m.groups(), 2);
+        assert_eq!(m.g_idx, vec![0, 0, 0, 0, 1, 1]);
+        let d = m.dequantize();
+        for (a, b) in w.iter().zip(&d) {
+            assert!((a - b).abs() <= 0.5 * 2.0 / 15.0 + 1e-3, "{a} {b}");
+        }
+        // Quantizing the dequantized matrix again changes nothing.
+        let again = IntMatrix::rtn(grid, &d, 2, 6, None);
+        assert_eq!(again.dequantize(), d);
+    }
+}
