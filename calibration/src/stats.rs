@@ -1,5 +1,6 @@
 //! Input statistics of one linear group, accumulated sample by sample.
 
+use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, MatMut, MatRef, Par};
 
 /// `Σ x xᵀ`, `Σ |x|` and `Σ x²` over every observed row of a group's input.
@@ -48,16 +49,26 @@ impl SiteStats {
         }
         self.scratch.resize(d * d, 0.0);
         let xm = MatRef::from_row_major_slice(x, rows, d);
-        faer::linalg::matmul::matmul(
+        // XᵀX is symmetric: compute the lower triangle (half the work) and mirror it.
+        faer::linalg::matmul::triangular::matmul(
             MatMut::from_row_major_slice_mut(&mut self.scratch, d, d),
+            BlockStructure::TriangularLower,
             Accum::Replace,
             xm.transpose(),
+            BlockStructure::Rectangular,
             xm,
+            BlockStructure::Rectangular,
             1.0f32,
             par(),
         );
-        for (a, b) in self.xtx.iter_mut().zip(&self.scratch) {
-            *a += *b as f64;
+        for i in 0..d {
+            for j in 0..=i {
+                let v = self.scratch[i * d + j] as f64;
+                self.xtx[i * d + j] += v;
+                if i != j {
+                    self.xtx[j * d + i] += v;
+                }
+            }
         }
     }
 

@@ -1,0 +1,123 @@
+//! `quantkit quantize` end to end on stories260K: calibrated GPTQ/AWQ/RTN into every format,
+//! determinism across thread counts, the report, reading the checkpoints back, bad input.
+
+mod common;
+
+use common::*;
+
+fn calib() -> std::path::PathBuf {
+    shared().join("data/tinyshakespeare/input.txt")
+}
+
+fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut v = vec![];
+    for e in walk(dir) {
+        if e.file_name().map(|n| n != "report.json").unwrap_or(false) {
+            v.push((e.strip_prefix(dir).expect("inside").display().to_string(), std::fs::read(&e).expect("read")));
+        }
+    }
+    v.sort();
+    v
+}
+
+fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(d).expect("dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn gptq_outputs_are_identical_with_one_or_two_threads() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let run = |threads: &str, out: &std::path::Path| {
+        ok(&[
+            &"--threads", &threads, &"quantize", &stories(), &"--method", &"gptq", &"--bits", &"4", &"--group", &"32",
+            &"--act-order", &"--calib", &calib(), &"--samples", &"8", &"--seqlen", &"64", &"--seed", &"3",
+            &"--format", &"gptq", &"--format", &"gguf:q4_k_m", &"--imatrix", &"-o", &out,
+        ]);
+    };
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    run("1", &a);
+    run("2", &b);
+    let (fa, fb) = (files(&a), files(&b));
+    assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
+    for ((n, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(x == y, "{n} differs between 1 and 2 threads");
+    }
+    assert!(fa.iter().any(|f| f.0 == "model-Q4_K_M.gguf"));
+    assert!(fa.iter().any(|f| f.0 == "imatrix.gguf"));
+}
+
+#[test]
+fn report_shows_gptq_and_awq_beating_rtn_and_checkpoints_read_back() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    for (method, extra) in [("gptq", "--sym"), ("awq", "--asym")] {
+        let out = t.path().join(method);
+        let o = ok(&[
+            &"quantize", &stories(), &"--method", &method, &"--bits", &"3", &"--group", &"32", &extra, &"--calib", &calib(),
+            &"--samples", &"8", &"--seqlen", &"64", &"--format", &"compressed-tensors", &"-o", &out, &"--json",
+        ]);
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let pass = &j["passes"][0];
+        let layers = pass["layers"].as_array().expect("layers");
+        assert!(!layers.is_empty());
+        let (m, r) = (pass["mean_rel_error"].as_f64().expect("m"), pass["mean_rel_error_rtn"].as_f64().expect("r"));
+        assert!(m < r, "{method}: {m} vs RTN {r}");
+        if method == "gptq" {
+            // GPTQ minimises exactly this error: no layer may be worse than RTN by much.
+            for l in layers {
+                let (e, er) = (l["error"].as_f64().expect("e"), l["error_rtn"].as_f64().expect("er"));
+                assert!(e <= er * 1.05, "{l}");
+            }
+        }
+        assert_eq!(j["calibration"]["samples"], 8);
+        assert!(j["calibration"]["sha256"].as_str().expect("sha").len() == 64);
+        // The checkpoint reads back through the engine (dequantized) and scores close to the model.
+        let ppl = |m: &dyn AsRef<std::ffi::OsStr>| -> f64 {
+            let o = ok(&[&"ppl", m, &"--text", &calib(), &"--ctx", &"128", &"--chunks", &"4", &"--json"]);
+            let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+            j["ppl"].as_f64().expect("ppl")
+        };
+        let (base, q) = (ppl(&stories()), ppl(&out.join("compressed-tensors")));
+        assert!(q.is_finite() && q < base * 1.5, "{method}: {q} vs {base}");
+    }
+}
+
+#[test]
+fn quantize_refuses_bad_requests_without_leaving_files() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let out = t.path().join("o");
+    fails_with(&[&"quantize", &stories(), &"--method", &"gptq", &"--format", &"gptq", &"-o", &out], &["--calib"]);
+    fails_with(
+        &[&"quantize", &stories(), &"--method", &"rtn", &"--bits", &"3", &"--format", &"awq", &"-o", &out],
+        &["AWQ", "4-bit"],
+    );
+    fails_with(
+        &[&"quantize", &stories(), &"--method", &"gptq", &"--act-order", &"--calib", &calib(), &"--format", &"awq", &"-o", &out],
+        &["static-groups"],
+    );
+    fails_with(&[&"quantize", &stories(), &"--method", &"rtn", &"--format", &"zip", &"-o", &out], &["unknown format"]);
+    let empty = t.path().join("empty.txt");
+    std::fs::write(&empty, "  \n").expect("write");
+    fails_with(
+        &[&"quantize", &stories(), &"--method", &"gptq", &"--calib", &empty, &"--format", &"gptq", &"-o", &out],
+        &["empty"],
+    );
+    assert!(!out.join("gptq").exists());
+}
