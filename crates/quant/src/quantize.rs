@@ -325,7 +325,9 @@ pub fn quantize(model_path: &Path, out: &Path, opts: &QuantizeOptions, progress:
             if opts.method != Method::Rtn {
                 passes.push(pass_report(label, secs, &r));
             }
-            imatrix = Some(to_imatrix(&r, manifest.as_ref(), &out.join("imatrix.gguf")));
+            // Recorded in the GGUF by name only (as written by --imatrix): the file stays independent
+            // of the output folder's location.
+            imatrix = Some(to_imatrix(&r, manifest.as_ref(), Path::new("imatrix.gguf")));
             for (k, q) in r.quantized {
                 if let Quantized::Gguf { ty, bytes, .. } = q {
                     overrides.insert(k, TensorOverride::Encoded { ty, bytes });
