@@ -13,7 +13,10 @@ fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let mut v = vec![];
     for e in walk(dir) {
         if e.file_name().map(|n| n != "report.json").unwrap_or(false) {
-            v.push((e.strip_prefix(dir).expect("inside").display().to_string(), std::fs::read(&e).expect("read")));
+            v.push((
+                e.strip_prefix(dir).expect("inside").display().to_string(),
+                std::fs::read(&e).expect("read"),
+            ));
         }
     }
     v.sort();
@@ -41,9 +44,32 @@ fn gptq_outputs_are_identical_with_one_or_two_threads() {
     let t = tempfile::tempdir().expect("tmp");
     let run = |threads: &str, out: &std::path::Path| {
         ok(&[
-            &"--threads", &threads, &"quantize", &stories(), &"--method", &"gptq", &"--bits", &"4", &"--group", &"32",
-            &"--act-order", &"--calib", &calib(), &"--samples", &"8", &"--seqlen", &"64", &"--seed", &"3",
-            &"--format", &"gptq", &"--format", &"gguf:q4_k_m", &"--imatrix", &"-o", &out,
+            &"--threads",
+            &threads,
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"gptq",
+            &"--bits",
+            &"4",
+            &"--group",
+            &"32",
+            &"--act-order",
+            &"--calib",
+            &calib(),
+            &"--samples",
+            &"8",
+            &"--seqlen",
+            &"64",
+            &"--seed",
+            &"3",
+            &"--format",
+            &"gptq",
+            &"--format",
+            &"gguf:q4_k_m",
+            &"--imatrix",
+            &"-o",
+            &out,
         ]);
     };
     let (a, b) = (t.path().join("a"), t.path().join("b"));
@@ -67,14 +93,33 @@ fn report_shows_gptq_and_awq_beating_rtn_and_checkpoints_read_back() {
     for (method, extra) in [("gptq", "--sym"), ("awq", "--asym")] {
         let out = t.path().join(method);
         let o = ok(&[
-            &"quantize", &stories(), &"--method", &method, &"--bits", &"3", &"--group", &"32", &extra, &"--calib", &calib(),
-            &"--samples", &"8", &"--seqlen", &"64", &"--format", &"compressed-tensors", &"-o", &out, &"--json",
+            &"quantize",
+            &stories(),
+            &"--method",
+            &method,
+            &"--bits",
+            &"3",
+            &"--group",
+            &"32",
+            &extra,
+            &"--calib",
+            &calib(),
+            &"--samples",
+            &"8",
+            &"--seqlen",
+            &"64",
+            &"--format",
+            &"compressed-tensors",
+            &"-o",
+            &out,
+            &"--json",
         ]);
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
         let pass = &j["passes"][0];
         let layers = pass["layers"].as_array().expect("layers");
         assert!(!layers.is_empty());
-        let (m, r) = (pass["mean_rel_error"].as_f64().expect("m"), pass["mean_rel_error_rtn"].as_f64().expect("r"));
+        let (m, r) =
+            (pass["mean_rel_error"].as_f64().expect("m"), pass["mean_rel_error_rtn"].as_f64().expect("r"));
         assert!(m < r, "{method}: {m} vs RTN {r}");
         if method == "gptq" {
             // GPTQ minimises exactly this error: no layer may be worse than RTN by much.
@@ -103,20 +148,49 @@ fn quantize_refuses_bad_requests_without_leaving_files() {
     }
     let t = tempfile::tempdir().expect("tmp");
     let out = t.path().join("o");
-    fails_with(&[&"quantize", &stories(), &"--method", &"gptq", &"--format", &"gptq", &"-o", &out], &["--calib"]);
+    fails_with(
+        &[&"quantize", &stories(), &"--method", &"gptq", &"--format", &"gptq", &"-o", &out],
+        &["--calib"],
+    );
     fails_with(
         &[&"quantize", &stories(), &"--method", &"rtn", &"--bits", &"3", &"--format", &"awq", &"-o", &out],
         &["AWQ", "4-bit"],
     );
     fails_with(
-        &[&"quantize", &stories(), &"--method", &"gptq", &"--act-order", &"--calib", &calib(), &"--format", &"awq", &"-o", &out],
+        &[
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"gptq",
+            &"--act-order",
+            &"--calib",
+            &calib(),
+            &"--format",
+            &"awq",
+            &"-o",
+            &out,
+        ],
         &["static-groups"],
     );
-    fails_with(&[&"quantize", &stories(), &"--method", &"rtn", &"--format", &"zip", &"-o", &out], &["unknown format"]);
+    fails_with(
+        &[&"quantize", &stories(), &"--method", &"rtn", &"--format", &"zip", &"-o", &out],
+        &["unknown format"],
+    );
     let empty = t.path().join("empty.txt");
     std::fs::write(&empty, "  \n").expect("write");
     fails_with(
-        &[&"quantize", &stories(), &"--method", &"gptq", &"--calib", &empty, &"--format", &"gptq", &"-o", &out],
+        &[
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"gptq",
+            &"--calib",
+            &empty,
+            &"--format",
+            &"gptq",
+            &"-o",
+            &out,
+        ],
         &["empty"],
     );
     assert!(!out.join("gptq").exists());

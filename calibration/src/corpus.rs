@@ -94,7 +94,12 @@ pub fn read_corpus(path: &Path) -> Result<(String, Vec<PathBuf>, String)> {
         }
         hasher.update(&bytes);
         let s = String::from_utf8(bytes).map_err(|e| {
-            Error::malformed(f, "calibration text", format!("byte {}", e.utf8_error().valid_up_to()), "is not valid UTF-8")
+            Error::malformed(
+                f,
+                "calibration text",
+                format!("byte {}", e.utf8_error().valid_up_to()),
+                "is not valid UTF-8",
+            )
         })?;
         text.push_str(&s);
     }
@@ -178,7 +183,14 @@ pub fn sample_model(
         let mut seq = vec![first];
         while seq.len() < seqlen {
             // No stop token: an EOS is kept and generation goes on past it.
-            let more = quantkit_engine::eval::generate(model, &seq, seqlen - seq.len(), 1.0, s ^ seq.len() as u64, None)?;
+            let more = quantkit_engine::eval::generate(
+                model,
+                &seq,
+                seqlen - seq.len(),
+                1.0,
+                s ^ seq.len() as u64,
+                None,
+            )?;
             if more.is_empty() {
                 break;
             }
@@ -205,7 +217,9 @@ pub fn sample_model(
 
 fn check_sizes(n: usize, seqlen: usize) -> Result<()> {
     if n == 0 || seqlen < 2 {
-        return Err(Error::Invalid(format!("calibration needs samples ≥ 1 and seqlen ≥ 2 (got {n} × {seqlen})")));
+        return Err(Error::Invalid(format!(
+            "calibration needs samples ≥ 1 and seqlen ≥ 2 (got {n} × {seqlen})"
+        )));
     }
     Ok(())
 }

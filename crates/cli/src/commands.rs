@@ -136,7 +136,12 @@ pub fn convert(ctx: &Ctx, a: &ConvertArgs) -> Result<()> {
         return dry_run(ctx, &src, &recipe, imatrix.is_some());
     }
     let output = a.output.as_ref().ok_or_else(|| Error::Invalid("-o/--output is required".into()))?;
-    let opts = ConvertOptions { recipe, tokenizer_pre: a.tokenizer_pre.clone(), imatrix, overrides: Default::default() };
+    let opts = ConvertOptions {
+        recipe,
+        tokenizer_pre: a.tokenizer_pre.clone(),
+        imatrix,
+        overrides: Default::default(),
+    };
     let total: u64 = src.tensors()?.iter().map(|t| t.numel()).sum();
     let pb = bar(ctx.progress, total, "converting", false);
     let report = run_convert(&src, output, &opts, &|done, _| pb.set_position(done))?;
@@ -463,12 +468,23 @@ pub fn export_hf(ctx: &Ctx, a: &ExportArgs) -> Result<()> {
     // exact F32 GGUF in a temporary folder beside the output.
     let report = if a.input.is_dir() {
         let parent = a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let tmp = tempfile::Builder::new().prefix(".quantkit-export-").tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".quantkit-export-")
+            .tempdir_in(parent)
+            .map_err(|e| Error::io(parent, e))?;
         let gguf = tmp.path().join("f32.gguf");
         let src = ModelSource::open(&a.input)?;
         let recipe = Recipe::named("f32")?;
-        run_convert(&src, &gguf, &ConvertOptions { recipe, tokenizer_pre: None, imatrix: None, overrides: Default::default() }, &|_, _| {})?;
-        let opts = ExportOptions { tokenizer_from: Some(opts.tokenizer_from.clone().unwrap_or_else(|| a.input.clone())), ..opts };
+        run_convert(
+            &src,
+            &gguf,
+            &ConvertOptions { recipe, tokenizer_pre: None, imatrix: None, overrides: Default::default() },
+            &|_, _| {},
+        )?;
+        let opts = ExportOptions {
+            tokenizer_from: Some(opts.tokenizer_from.clone().unwrap_or_else(|| a.input.clone())),
+            ..opts
+        };
         run_export(&gguf, &a.output, &opts, &|done| pb.set_position(done))?
     } else {
         run_export(&a.input, &a.output, &opts, &|done| pb.set_position(done))?

@@ -114,8 +114,19 @@ pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
         method,
         bits: a.bits,
         group,
-        sym: if a.asym { false } else if a.sym { true } else { method != Method::Awq },
-        gptq: GptqConfig { block: a.block, damp: a.damp, act_order: a.act_order, static_groups: a.static_groups },
+        sym: if a.asym {
+            false
+        } else if a.sym {
+            true
+        } else {
+            method != Method::Awq
+        },
+        gptq: GptqConfig {
+            block: a.block,
+            damp: a.damp,
+            act_order: a.act_order,
+            static_groups: a.static_groups,
+        },
         awq: AwqConfig::default(),
         formats,
         calib,

@@ -201,7 +201,10 @@ impl Model {
         for (i, q) in l.linears_mut().into_iter().enumerate() {
             let (r, c) = bw.shape[i];
             if (r, c) != (q.m.rows, q.m.cols) || bw.w[i].len() != r * c {
-                return Err(Error::Invalid(format!("block {li}: {} has the wrong shape", Proj::ALL[i].gguf())));
+                return Err(Error::Invalid(format!(
+                    "block {li}: {} has the wrong shape",
+                    Proj::ALL[i].gguf()
+                )));
             }
             *q = f32_linear(r, c, &bw.w[i], q.bias.take())?;
         }
@@ -249,7 +252,8 @@ impl Model {
         let table = self.rope_table(0, t);
         let dims = Dims { n: t, pos0: 0, nh, nkv, hd, scale: 1.0 / (hd as f32).sqrt() };
         let mut xn = vec![0f32; t * h];
-        let (mut q, mut k, mut v) = (vec![0f32; t * nh * hd], vec![0f32; t * nkv * hd], vec![0f32; t * nkv * hd]);
+        let (mut q, mut k, mut v) =
+            (vec![0f32; t * nh * hd], vec![0f32; t * nkv * hd], vec![0f32; t * nkv * hd]);
         let mut ctx = vec![0f32; samples * t * nh * hd];
         let mut hres = vec![0f32; samples * t * h];
         let mut tmp = vec![0f32; t * h];
@@ -257,7 +261,13 @@ impl Model {
         let mut bw = self.block_weights(li);
 
         // q/k/v, RoPE and attention of one sequence into `out`.
-        let attend = |m: &Model, xs: &[f32], xn: &mut [f32], q: &mut Vec<f32>, k: &mut Vec<f32>, v: &mut Vec<f32>, out: &mut [f32]| {
+        let attend = |m: &Model,
+                      xs: &[f32],
+                      xn: &mut [f32],
+                      q: &mut Vec<f32>,
+                      k: &mut Vec<f32>,
+                      v: &mut Vec<f32>,
+                      out: &mut [f32]| {
             let l = &m.layers[li];
             rmsnorm(xs, &l.attn_norm, eps, xn);
             forward_group(&[&l.q, &l.k, &l.v], xn, t, &mut [&mut q[..], &mut k[..], &mut v[..]]);
@@ -336,7 +346,13 @@ impl Model {
         Ok(())
     }
 
-    fn update(&mut self, li: usize, site: Site, bw: &mut BlockWeights, hook: &mut dyn BlockHook) -> Result<()> {
+    fn update(
+        &mut self,
+        li: usize,
+        site: Site,
+        bw: &mut BlockWeights,
+        hook: &mut dyn BlockHook,
+    ) -> Result<()> {
         let before = bw.clone();
         hook.update(li, site, bw)?;
         if *bw != before {
@@ -354,7 +370,7 @@ mod tests {
     fn proj_and_site_tables_agree() {
         for s in Site::ALL {
             for p in s.projs() {
-                assert_eq!(p.site(), *s);
+                assert_eq!(p.site(), s);
             }
         }
         let n: usize = Site::ALL.iter().map(|s| s.projs().len()).sum();

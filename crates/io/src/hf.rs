@@ -179,7 +179,10 @@ impl HfCheckpoint {
     pub fn read_f32_range(&self, name: &str, start: usize, end: usize) -> Result<Vec<f32>> {
         if self.packed(name).is_some() {
             let all = self.read_f32(name)?;
-            return all.get(start..end).map(<[f32]>::to_vec).ok_or_else(|| Error::bad_tensor(name, "range out of bounds"));
+            return all
+                .get(start..end)
+                .map(<[f32]>::to_vec)
+                .ok_or_else(|| Error::bad_tensor(name, "range out of bounds"));
         }
         self.shard(name)?.read_f32_range(name, start, end)
     }

@@ -16,9 +16,19 @@ use crate::hf::HfCheckpoint;
 #[derive(Debug, Clone, PartialEq)]
 pub enum QuantLayout {
     /// `v1`: zeros stored minus one (AutoGPTQ); otherwise GPTQModel's v2.
-    Gptq { bits: u32, group: Option<usize>, v1: bool },
-    Awq { bits: u32 },
-    CompressedTensors { bits: u32, sym: bool, group: Option<usize> },
+    Gptq {
+        bits: u32,
+        group: Option<usize>,
+        v1: bool,
+    },
+    Awq {
+        bits: u32,
+    },
+    CompressedTensors {
+        bits: u32,
+        sym: bool,
+        group: Option<usize>,
+    },
 }
 
 fn bad(path: &Path, what: impl Into<String>) -> Error {
@@ -40,7 +50,11 @@ impl QuantLayout {
         Ok(Some(match method {
             "gptq" => {
                 let fmt = q.get("checkpoint_format").and_then(Json::as_str).unwrap_or("gptq");
-                QuantLayout::Gptq { bits: bits(q.get("bits"))?, group: group(q.get("group_size")), v1: fmt != "gptq_v2" }
+                QuantLayout::Gptq {
+                    bits: bits(q.get("bits"))?,
+                    group: group(q.get("group_size")),
+                    v1: fmt != "gptq_v2",
+                }
             }
             "awq" => {
                 let version = q.get("version").and_then(Json::as_str).unwrap_or("gemm").to_lowercase();
@@ -52,13 +66,22 @@ impl QuantLayout {
             "compressed-tensors" => {
                 let fmt = q.get("format").and_then(Json::as_str).unwrap_or("");
                 if fmt != "pack-quantized" {
-                    return Err(Error::Unsupported(format!("compressed-tensors format {fmt:?} (only pack-quantized)")));
+                    return Err(Error::Unsupported(format!(
+                        "compressed-tensors format {fmt:?} (only pack-quantized)"
+                    )));
                 }
-                let groups = q.get("config_groups").and_then(Json::as_object).ok_or_else(|| bad(path, "no config_groups"))?;
+                let groups = q
+                    .get("config_groups")
+                    .and_then(Json::as_object)
+                    .ok_or_else(|| bad(path, "no config_groups"))?;
                 if groups.len() != 1 {
                     return Err(Error::Unsupported("compressed-tensors with several config groups".into()));
                 }
-                let w = groups.values().next().and_then(|g| g.get("weights")).ok_or_else(|| bad(path, "no weights scheme"))?;
+                let w = groups
+                    .values()
+                    .next()
+                    .and_then(|g| g.get("weights"))
+                    .ok_or_else(|| bad(path, "no weights scheme"))?;
                 QuantLayout::CompressedTensors {
                     bits: bits(w.get("num_bits"))?,
                     sym: w.get("symmetric").and_then(Json::as_bool).unwrap_or(true),
@@ -74,9 +97,10 @@ impl QuantLayout {
         match self {
             QuantLayout::Gptq { .. } => ("qweight", &["qweight", "qzeros", "scales", "g_idx"]),
             QuantLayout::Awq { .. } => ("qweight", &["qweight", "qzeros", "scales"]),
-            QuantLayout::CompressedTensors { .. } => {
-                ("weight_packed", &["weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx"])
-            }
+            QuantLayout::CompressedTensors { .. } => (
+                "weight_packed",
+                &["weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx"],
+            ),
         }
     }
 
@@ -113,7 +137,8 @@ impl QuantLayout {
                 if dt != "I64" || s != [2] {
                     return Err(err(format!("weight_shape is {dt} {s:?}, expected I64 [2]")));
                 }
-                let v: Vec<i64> = b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+                let v: Vec<i64> =
+                    b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
                 if v[0] <= 0 || v[1] <= 0 || v[0] as usize != qs[0] {
                     return Err(err(format!("weight_shape {v:?} does not match weight_packed {qs:?}")));
                 }
@@ -140,8 +165,14 @@ impl QuantLayout {
             }
             match dt.as_str() {
                 "F16" => Ok(b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
-                "BF16" => Ok(b.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()),
-                "F32" => Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()),
+                "BF16" => Ok(b
+                    .chunks_exact(2)
+                    .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                    .collect()),
+                "F32" => Ok(b
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect()),
                 _ => Err(Error::bad_tensor(&name(p), format!("dtype {dt} (F16, BF16 or F32 expected)"))),
             }
         };
@@ -160,7 +191,10 @@ impl QuantLayout {
             QuantLayout::Gptq { bits, group, v1 } => {
                 let b = *bits as usize;
                 if cols * b % 32 != 0 || rows * b % 32 != 0 {
-                    return Err(Error::bad_tensor(&name("qweight"), format!("{rows}×{cols} cannot be packed at {bits} bits")));
+                    return Err(Error::bad_tensor(
+                        &name("qweight"),
+                        format!("{rows}×{cols} cannot be packed at {bits} bits"),
+                    ));
                 }
                 let qw = ints("qweight", &[cols * b / 32, rows])?;
                 let g_idx: Vec<usize> = match h.raw(&name("g_idx")) {
@@ -170,7 +204,10 @@ impl QuantLayout {
                 let ng = g_idx.iter().max().map(|g| g + 1).unwrap_or(1);
                 let (_, _, zs) = h.raw(&name("qzeros"))?;
                 if zs.first().copied().unwrap_or(0) < ng {
-                    return Err(Error::bad_tensor(&name("g_idx"), format!("refers to group {} of {:?}", ng - 1, zs)));
+                    return Err(Error::bad_tensor(
+                        &name("g_idx"),
+                        format!("refers to group {} of {:?}", ng - 1, zs),
+                    ));
                 }
                 let ng = zs[0];
                 let qz = ints("qzeros", &[ng, rows * b / 32])?;
@@ -187,7 +224,10 @@ impl QuantLayout {
             }
             QuantLayout::Awq { bits } => {
                 if *bits != 4 || rows % 8 != 0 {
-                    return Err(Error::bad_tensor(&name("qweight"), format!("AWQ GEMM {bits}-bit {rows}×{cols}")));
+                    return Err(Error::bad_tensor(
+                        &name("qweight"),
+                        format!("AWQ GEMM {bits}-bit {rows}×{cols}"),
+                    ));
                 }
                 const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
                 let qw = ints("qweight", &[cols, rows / 8])?;
@@ -218,12 +258,19 @@ impl QuantLayout {
                 let nw = (cols * b).div_ceil(32);
                 let gs = group.unwrap_or(cols);
                 if cols % gs != 0 {
-                    return Err(Error::bad_tensor(&name("weight_packed"), format!("{cols} inputs are not whole groups of {gs}")));
+                    return Err(Error::bad_tensor(
+                        &name("weight_packed"),
+                        format!("{cols} inputs are not whole groups of {gs}"),
+                    ));
                 }
                 let ng = cols / gs;
                 let qw = ints("weight_packed", &[rows, nw])?;
                 let sc = floats("weight_scale", &[rows, ng])?;
-                let zp: Option<Vec<u32>> = if *sym { None } else { Some(ints("weight_zero_point", &[(rows * b).div_ceil(32), ng])?) };
+                let zp: Option<Vec<u32>> = if *sym {
+                    None
+                } else {
+                    Some(ints("weight_zero_point", &[(rows * b).div_ceil(32), ng])?)
+                };
                 let mid = 1u32 << (bits - 1);
                 for o in 0..rows {
                     for i in 0..cols {

@@ -87,7 +87,14 @@ pub fn search_scale(
 
 /// Per row and group, the clip ratio (1, 1 − 1/n, …) with the least output error on the group's
 /// block of `xtx`. Returns `rows × groups` ratios for [`IntMatrix::rtn`].
-pub fn search_clip(w: &[f32], rows: usize, cols: usize, xtx: &[f64], grid: IntGrid, cfg: AwqConfig) -> Vec<f32> {
+pub fn search_clip(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    xtx: &[f64],
+    grid: IntGrid,
+    cfg: AwqConfig,
+) -> Vec<f32> {
     let gs = grid.group_size(cols);
     let ng = grid.groups(cols);
     let steps = ((cfg.max_shrink * cfg.n_grid as f32) as usize).max(1);
@@ -167,8 +174,22 @@ mod tests {
         let clip = search_clip(&w, rows, cols, &xtx, grid, AwqConfig::default());
         assert_eq!(clip.len(), rows * 2);
         assert!(clip.iter().all(|&c| (0.5..=1.0).contains(&c)));
-        let e_clip = output_error(&w, &IntMatrix::rtn(grid, &w, rows, cols, Some(&clip)).dequantize(), rows, cols, &xtx, tokens as u64);
-        let e_plain = output_error(&w, &IntMatrix::rtn(grid, &w, rows, cols, None).dequantize(), rows, cols, &xtx, tokens as u64);
+        let e_clip = output_error(
+            &w,
+            &IntMatrix::rtn(grid, &w, rows, cols, Some(&clip)).dequantize(),
+            rows,
+            cols,
+            &xtx,
+            tokens as u64,
+        );
+        let e_plain = output_error(
+            &w,
+            &IntMatrix::rtn(grid, &w, rows, cols, None).dequantize(),
+            rows,
+            cols,
+            &xtx,
+            tokens as u64,
+        );
         assert!(e_clip <= e_plain, "{e_clip} {e_plain}");
     }
 }

@@ -141,7 +141,15 @@ impl Calibrator {
         }
     }
 
-    fn rtn_of(&self, layer: usize, p: Proj, w: &[f32], rows: usize, cols: usize, imp: Option<&[f32]>) -> Result<Quantized> {
+    fn rtn_of(
+        &self,
+        layer: usize,
+        p: Proj,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        imp: Option<&[f32]>,
+    ) -> Result<Quantized> {
         Ok(match &self.target {
             Target::Int { grid, .. } => Quantized::Int(IntMatrix::rtn(*grid, w, rows, cols, None)),
             Target::Gguf { types } => {
@@ -210,10 +218,13 @@ impl Calibrator {
     /// AWQ: search and fold the input scale of `site` (when a preceding operation can absorb it).
     fn awq_scale(&mut self, layer: usize, site: Site, bw: &mut BlockWeights) -> Result<()> {
         let Target::Int { grid, .. } = &self.target else {
-            return Err(Error::Unsupported("AWQ writes integer checkpoints (gptq, gptq-v2, awq, compressed-tensors)".into()));
+            return Err(Error::Unsupported(
+                "AWQ writes integer checkpoints (gptq, gptq-v2, awq, compressed-tensors)".into(),
+            ));
         };
         let grid = *grid;
-        let projs: Vec<Proj> = site.projs().iter().copied().filter(|&p| self.storage(layer, p).is_some()).collect();
+        let projs: Vec<Proj> =
+            site.projs().iter().copied().filter(|&p| self.storage(layer, p).is_some()).collect();
         for &p in &projs {
             self.originals.insert(p, (bw.get(p).to_vec(), self.stats[&site].clone()));
         }
@@ -278,12 +289,23 @@ impl Calibrator {
             let (rows, cols) = bw.shape(p);
             let st = &self.stats[&p.site()];
             let w = bw.get(p).to_vec();
-            let clip = if matches!(p, Proj::Q | Proj::K) { None } else { Some(search_clip(&w, rows, cols, &st.xtx, grid, self.awq)) };
+            let clip = if matches!(p, Proj::Q | Proj::K) {
+                None
+            } else {
+                Some(search_clip(&w, rows, cols, &st.xtx, grid, self.awq))
+            };
             let m = IntMatrix::rtn(grid, &w, rows, cols, clip.as_deref());
             let deq = m.dequantize();
             let err = output_error(&w, &deq, rows, cols, &st.xtx, st.rows);
             let (ow, ost) = &self.originals[&p];
-            let err_rtn = output_error(ow, &IntMatrix::rtn(grid, ow, rows, cols, None).dequantize(), rows, cols, &ost.xtx, ost.rows);
+            let err_rtn = output_error(
+                ow,
+                &IntMatrix::rtn(grid, ow, rows, cols, None).dequantize(),
+                rows,
+                cols,
+                &ost.xtx,
+                ost.rows,
+            );
             let energy = output_energy(ow, rows, cols, &ost.xtx, ost.rows).max(f64::MIN_POSITIVE);
             bw.set(p, deq)?;
             self.result.layers.push(LayerReport {
@@ -315,7 +337,9 @@ impl BlockHook for Calibrator {
     }
 
     fn update(&mut self, layer: usize, site: Site, bw: &mut BlockWeights) -> Result<()> {
-        let st = self.stats.get(&site).ok_or_else(|| Error::Invalid(format!("layer {layer}: no calibration rows reached {}", site.name())))?;
+        let st = self.stats.get(&site).ok_or_else(|| {
+            Error::Invalid(format!("layer {layer}: no calibration rows reached {}", site.name()))
+        })?;
         for &p in site.projs() {
             self.result.imatrix.insert(name(layer, p), (st.sq_sum.clone(), st.rows));
         }

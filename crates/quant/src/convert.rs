@@ -145,7 +145,10 @@ pub fn convert(
             match opts.overrides.get(&t.name) {
                 Some(TensorOverride::Encoded { ty, bytes }) => {
                     if *ty != plans[i].ty || bytes.len() as u64 != sizes[i] {
-                        return Err(Error::bad_tensor(&t.name, format!("precomputed {ty} data does not match the plan ({})", plans[i].ty)));
+                        return Err(Error::bad_tensor(
+                            &t.name,
+                            format!("precomputed {ty} data does not match the plan ({})", plans[i].ty),
+                        ));
                     }
                     sink(bytes)?;
                     done += t.numel();

@@ -52,7 +52,12 @@ pub enum Grid {
 pub enum Quantized {
     Int(IntMatrix),
     /// Row-major GGUF bytes of `ty`.
-    Gguf { ty: GgmlType, rows: usize, cols: usize, bytes: Vec<u8> },
+    Gguf {
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: Vec<u8>,
+    },
 }
 
 impl Quantized {
@@ -90,16 +95,26 @@ pub fn gptq(
     cfg: GptqConfig,
 ) -> Result<GptqOutcome> {
     if w.len() != rows * cols || h.len() != cols * cols {
-        return Err(Error::Invalid(format!("GPTQ: {rows}×{cols} weight with {} values, Hessian of {}", w.len(), h.len())));
+        return Err(Error::Invalid(format!(
+            "GPTQ: {rows}×{cols} weight with {} values, Hessian of {}",
+            w.len(),
+            h.len()
+        )));
     }
     let gs = match grid {
         Grid::Int(g) => g.group_size(cols),
         Grid::Gguf(g) => {
             if cfg.act_order {
-                return Err(Error::Unsupported("act-order with a GGUF grid (GGUF cannot store a column permutation)".into()));
+                return Err(Error::Unsupported(
+                    "act-order with a GGUF grid (GGUF cannot store a column permutation)".into(),
+                ));
             }
             if cols % g.block() != 0 {
-                return Err(Error::Invalid(format!("{cols} columns are not whole {} blocks of {}", g.ty, g.block())));
+                return Err(Error::Invalid(format!(
+                    "{cols} columns are not whole {} blocks of {}",
+                    g.ty,
+                    g.block()
+                )));
             }
             g.block()
         }
@@ -145,7 +160,9 @@ pub fn gptq(
             })
         });
         match attempt {
-            Some(u) if u.iter().all(|v| v.is_finite()) && (0..cols).all(|i| u[i * cols + i] > 0.0) => break u,
+            Some(u) if u.iter().all(|v| v.is_finite()) && (0..cols).all(|i| u[i * cols + i] > 0.0) => {
+                break u
+            }
             _ => {
                 tries += 1;
                 if tries > 8 || !lambda.is_finite() {
@@ -231,24 +248,26 @@ pub fn gptq(
             let mut bytes = vec![0u8; rows * rb];
             let mut wp = wp;
             let (bs, bb) = (g.block(), g.block_bytes());
-            wp.par_chunks_mut(ROW_CHUNK * cols).zip(bytes.par_chunks_mut(ROW_CHUNK * rb)).for_each(|(wc, bc)| {
-                let n = wc.len() / cols;
-                let mut chunks = vec![IntChunk::default(); n];
-                column_loop(wc, n, cols, &u, block, |wc, i| {
-                    let (blk, j) = (i / bs, i % bs);
-                    for r in 0..n {
-                        let out = &mut bc[r * rb + blk * bb..r * rb + (blk + 1) * bb];
-                        if j == 0 {
-                            let x = &wc[r * cols + i..r * cols + i + bs];
-                            let qw = impp.as_ref().map(|v| &v[i..i + bs]);
-                            g.start_block(x, qw, out, &mut chunks[r]);
+            wp.par_chunks_mut(ROW_CHUNK * cols).zip(bytes.par_chunks_mut(ROW_CHUNK * rb)).for_each(
+                |(wc, bc)| {
+                    let n = wc.len() / cols;
+                    let mut chunks = vec![IntChunk::default(); n];
+                    column_loop(wc, n, cols, &u, block, |wc, i| {
+                        let (blk, j) = (i / bs, i % bs);
+                        for r in 0..n {
+                            let out = &mut bc[r * rb + blk * bb..r * rb + (blk + 1) * bb];
+                            if j == 0 {
+                                let x = &wc[r * cols + i..r * cols + i + bs];
+                                let qw = impp.as_ref().map(|v| &v[i..i + bs]);
+                                g.start_block(x, qw, out, &mut chunks[r]);
+                            }
+                            let (code, v) = g.round(&chunks[r], j, wc[r * cols + i]);
+                            g.set_code(out, j, code);
+                            wc[r * cols + i] = v;
                         }
-                        let (code, v) = g.round(&chunks[r], j, wc[r * cols + i]);
-                        g.set_code(out, j, code);
-                        wc[r * cols + i] = v;
-                    }
-                });
-            });
+                    });
+                },
+            );
             Quantized::Gguf { ty: g.ty, rows, cols, bytes }
         }
     };
@@ -259,7 +278,14 @@ pub fn gptq(
 /// `quant(wc, i)` replaces column `i` of every row by its quantized value; the error
 /// `(w − q)/U[i][i]` is fed into the rest of the block at once and into the columns after the block
 /// by one GEMM per block.
-fn column_loop(wc: &mut [f32], n: usize, cols: usize, u: &[f32], block: usize, mut quant: impl FnMut(&mut [f32], usize)) {
+fn column_loop(
+    wc: &mut [f32],
+    n: usize,
+    cols: usize,
+    u: &[f32],
+    block: usize,
+    mut quant: impl FnMut(&mut [f32], usize),
+) {
     let mut err = vec![0f32; n * block];
     let mut b0 = 0;
     while b0 < cols {
@@ -374,26 +400,42 @@ mod tests {
         let w = lcg(rows * cols, 5);
         let (xtx, _) = inputs(tokens, cols);
         let h: Vec<f64> = xtx.iter().map(|v| v * 2.0 / tokens as f64).collect();
-        for (bits, sym, group, act) in [(4, true, Some(32), false), (3, false, Some(64), true), (2, false, None, false), (8, true, Some(128), true)] {
+        for (bits, sym, group, act) in [
+            (4, true, Some(32), false),
+            (3, false, Some(64), true),
+            (2, false, None, false),
+            (8, true, Some(128), true),
+        ] {
             let g = IntGrid { bits, sym, group, zero_min: 0 };
             let cfg = GptqConfig { act_order: act, ..Default::default() };
             let out = gptq(&w, rows, cols, &h, None, Grid::Int(g), cfg).expect("gptq");
             let q = out.q.dequantize().expect("deq");
             let rtn = IntMatrix::rtn(g, &w, rows, cols, None).dequantize();
-            let (eg, er) = (output_error(&w, &q, rows, cols, &xtx, tokens as u64), output_error(&w, &rtn, rows, cols, &xtx, tokens as u64));
+            let (eg, er) = (
+                output_error(&w, &q, rows, cols, &xtx, tokens as u64),
+                output_error(&w, &rtn, rows, cols, &xtx, tokens as u64),
+            );
             assert!(eg < er * 0.95, "{bits} bits sym {sym} group {group:?} act {act}: gptq {eg} rtn {er}");
             // Every value is on the grid: re-deriving codes from the stored parameters is exact.
             let Quantized::Int(m) = &out.q else { panic!() };
             if act {
-                assert!(m.g_idx.windows(2).any(|p| p[0] > p[1]) || group.is_none(), "act-order g_idx is permuted");
+                assert!(
+                    m.g_idx.windows(2).any(|p| p[0] > p[1]) || group.is_none(),
+                    "act-order g_idx is permuted"
+                );
             }
         }
         for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_0, GgmlType::Q3_K] {
             let g = GgufGrid::new(ty).expect("grid");
             let out = gptq(&w, rows, cols, &h, None, Grid::Gguf(g), GptqConfig::default()).expect("gptq");
             let q = out.q.dequantize().expect("deq");
-            let rtn = quantkit_formats::dequantize(ty, &quantkit_formats::quantize(ty, &w, cols).expect("q"), cols).expect("d");
-            let (eg, er) = (output_error(&w, &q, rows, cols, &xtx, tokens as u64), output_error(&w, &rtn, rows, cols, &xtx, tokens as u64));
+            let rtn =
+                quantkit_formats::dequantize(ty, &quantkit_formats::quantize(ty, &w, cols).expect("q"), cols)
+                    .expect("d");
+            let (eg, er) = (
+                output_error(&w, &q, rows, cols, &xtx, tokens as u64),
+                output_error(&w, &rtn, rows, cols, &xtx, tokens as u64),
+            );
             assert!(eg < er * 0.95, "{ty}: gptq {eg} rtn {er}");
         }
     }
@@ -407,12 +449,12 @@ mod tests {
         let g = IntGrid { bits: 4, sym: false, group: Some(32), zero_min: 0 };
         let cfg = GptqConfig { act_order: true, static_groups: true, ..Default::default() };
         let run = |threads| {
-            rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool").install(|| {
-                match gptq(&w, rows, cols, &h, None, Grid::Int(g), cfg).expect("gptq").q {
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool").install(
+                || match gptq(&w, rows, cols, &h, None, Grid::Int(g), cfg).expect("gptq").q {
                     Quantized::Int(m) => m,
                     _ => unreachable!(),
-                }
-            })
+                },
+            )
         };
         let a = run(1);
         assert!(a.g_idx.windows(2).all(|p| p[0] <= p[1]));
@@ -424,7 +466,8 @@ mod tests {
         let (rows, cols) = (4, 32);
         let w = lcg(rows * cols, 7);
         // Rank-1 Hessian with two dead inputs.
-        let v: Vec<f64> = (0..cols).map(|i| if i == 3 || i == 9 { 0.0 } else { 1.0 + i as f64 * 0.1 }).collect();
+        let v: Vec<f64> =
+            (0..cols).map(|i| if i == 3 || i == 9 { 0.0 } else { 1.0 + i as f64 * 0.1 }).collect();
         let h: Vec<f64> = (0..cols * cols).map(|k| v[k / cols] * v[k % cols]).collect();
         let g = IntGrid { bits: 4, sym: true, group: Some(16), zero_min: 0 };
         let out = gptq(&w, rows, cols, &h, None, Grid::Int(g), GptqConfig::default()).expect("gptq");

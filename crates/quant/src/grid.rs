@@ -119,7 +119,8 @@ impl IntMatrix {
         for r in 0..self.rows {
             let p = &self.params[r * ng..(r + 1) * ng];
             for c in 0..self.cols {
-                out[r * self.cols + c] = IntGrid::value(p[self.g_idx[c] as usize], self.codes[r * self.cols + c]);
+                out[r * self.cols + c] =
+                    IntGrid::value(p[self.g_idx[c] as usize], self.codes[r * self.cols + c]);
             }
         }
         out

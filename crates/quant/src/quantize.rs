@@ -128,12 +128,17 @@ fn to_imatrix(r: &PassResult, manifest: Option<&Manifest>, path: &Path) -> Imatr
     let entries = r
         .imatrix
         .iter()
-        .map(|(k, (sums, rows))| (k.clone(), Entry { sums: sums.iter().map(|&v| v as f32).collect(), counts: vec![*rows as f32] }))
+        .map(|(k, (sums, rows))| {
+            (k.clone(), Entry { sums: sums.iter().map(|&v| v as f32).collect(), counts: vec![*rows as f32] })
+        })
         .collect();
     Imatrix {
         path: path.to_path_buf(),
         entries,
-        datasets: manifest.and_then(|m| m.path.as_ref()).map(|p| vec![p.display().to_string()]).unwrap_or_default(),
+        datasets: manifest
+            .and_then(|m| m.path.as_ref())
+            .map(|p| vec![p.display().to_string()])
+            .unwrap_or_default(),
         chunk_count: manifest.map(|m| m.samples as u32).unwrap_or(0),
         chunk_size: manifest.map(|m| m.seqlen as u32).unwrap_or(0),
         legacy: false,
@@ -155,13 +160,16 @@ fn dir_bytes(p: &Path) -> u64 {
     if p.is_file() {
         return std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     }
-    std::fs::read_dir(p)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| dir_bytes(&e.path())).sum())
-        .unwrap_or(0)
+    std::fs::read_dir(p).map(|rd| rd.filter_map(|e| e.ok()).map(|e| dir_bytes(&e.path())).sum()).unwrap_or(0)
 }
 
 /// Run the whole job: calibrate, quantize, write every format into `out` (a folder).
-pub fn quantize(model_path: &Path, out: &Path, opts: &QuantizeOptions, progress: &dyn Progress) -> Result<QuantizeReport> {
+pub fn quantize(
+    model_path: &Path,
+    out: &Path,
+    opts: &QuantizeOptions,
+    progress: &dyn Progress,
+) -> Result<QuantizeReport> {
     let start = Instant::now();
     if opts.formats.is_empty() {
         return Err(Error::Invalid("no --format given".into()));
@@ -179,15 +187,18 @@ pub fn quantize(model_path: &Path, out: &Path, opts: &QuantizeOptions, progress:
         return Err(Error::Invalid(format!("{} is a file; -o names an output folder", out.display())));
     }
     let src = ModelSource::open(model_path)?;
-    let int_formats: Vec<IntFormat> = opts
-        .formats
-        .iter()
-        .filter_map(|f| if let OutFormat::Int(i) = f { Some(*i) } else { None })
-        .collect();
+    let int_formats: Vec<IntFormat> =
+        opts.formats.iter().filter_map(|f| if let OutFormat::Int(i) = f { Some(*i) } else { None }).collect();
     if int_formats.contains(&IntFormat::Awq) && opts.bits != 4 {
-        return Err(Error::Unsupported(format!("AWQ GEMM checkpoints hold 4-bit weights, not {}", opts.bits)));
+        return Err(Error::Unsupported(format!(
+            "AWQ GEMM checkpoints hold 4-bit weights, not {}",
+            opts.bits
+        )));
     }
-    if opts.gptq.act_order && !opts.gptq.static_groups && int_formats.iter().any(|f| matches!(f, IntFormat::Awq | IntFormat::CompressedTensors)) {
+    if opts.gptq.act_order
+        && !opts.gptq.static_groups
+        && int_formats.iter().any(|f| matches!(f, IntFormat::Awq | IntFormat::CompressedTensors))
+    {
         return Err(Error::Unsupported(
             "act-order without --static-groups needs g_idx, which awq and compressed-tensors files do not have".into(),
         ));
@@ -253,8 +264,14 @@ pub fn quantize(model_path: &Path, out: &Path, opts: &QuantizeOptions, progress:
             group: opts.group,
             zero_min: if int_formats.contains(&IntFormat::GptqV1) && !opts.sym { 1 } else { 0 },
         };
-        let label = format!("int{} {}", opts.bits, opts.group.map(|g| format!("g{g}")).unwrap_or_else(|| "per-channel".into()));
-        let (quantized, floats): (BTreeMap<String, IntMatrix>, BTreeMap<String, Vec<f32>>) = if samples.is_some() {
+        let label = format!(
+            "int{} {}",
+            opts.bits,
+            opts.group.map(|g| format!("g{g}")).unwrap_or_else(|| "per-channel".into())
+        );
+        let (quantized, floats): (BTreeMap<String, IntMatrix>, BTreeMap<String, Vec<f32>>) = if samples
+            .is_some()
+        {
             let (r, secs) = run_pass(Target::Int { grid, skip: skip.clone() }, &label)?;
             write_imatrix(&r)?;
             passes.push(pass_report(label.clone(), secs, &r));
@@ -273,7 +290,10 @@ pub fn quantize(model_path: &Path, out: &Path, opts: &QuantizeOptions, progress:
                 if is_linear && t.name.starts_with("blk.") && !skip.contains(&t.name) {
                     let w = src.read(t)?;
                     if let Some(i) = w.iter().position(|v| !v.is_finite()) {
-                        return Err(Error::bad_tensor(&t.name, format!("value {} at index {i} is not finite", w[i])));
+                        return Err(Error::bad_tensor(
+                            &t.name,
+                            format!("value {} at index {i} is not finite", w[i]),
+                        ));
                     }
                     q.insert(t.name.clone(), IntMatrix::rtn(grid, &w, t.rows(), t.row_len(), None));
                 }
@@ -306,20 +326,30 @@ pub fn quantize(model_path: &Path, out: &Path, opts: &QuantizeOptions, progress:
         let mut overrides = BTreeMap::new();
         let mut imatrix = None;
         if samples.is_some() {
-            let target = match opts.method {
-                Method::Rtn => Target::Stats,
-                Method::Gptq => Target::Gguf {
-                    types: plans
-                        .iter()
-                        .filter(|p| p.name.starts_with("blk.") && Proj::ALL.iter().any(|q| p.name.ends_with(&format!(".{}.weight", q.gguf()))))
-                        .map(|p| (p.name.clone(), p.ty))
-                        .collect::<BTreeMap<String, GgmlType>>(),
-                },
-                Method::Awq => {
-                    return Err(Error::Unsupported("AWQ into GGUF (use gguf with --method gptq or rtn, or an integer format with awq)".into()))
-                }
-            };
-            let label = format!("gguf:{mix}{}", if opts.gptq.act_order && opts.method == Method::Gptq { " (no act-order)" } else { "" });
+            let target =
+                match opts.method {
+                    Method::Rtn => Target::Stats,
+                    Method::Gptq => Target::Gguf {
+                        types: plans
+                            .iter()
+                            .filter(|p| {
+                                p.name.starts_with("blk.")
+                                    && Proj::ALL
+                                        .iter()
+                                        .any(|q| p.name.ends_with(&format!(".{}.weight", q.gguf())))
+                            })
+                            .map(|p| (p.name.clone(), p.ty))
+                            .collect::<BTreeMap<String, GgmlType>>(),
+                    },
+                    Method::Awq => return Err(Error::Unsupported(
+                        "AWQ into GGUF (use gguf with --method gptq or rtn, or an integer format with awq)"
+                            .into(),
+                    )),
+                };
+            let label = format!(
+                "gguf:{mix}{}",
+                if opts.gptq.act_order && opts.method == Method::Gptq { " (no act-order)" } else { "" }
+            );
             let (r, secs) = run_pass(target, &label)?;
             write_imatrix(&r)?;
             if opts.method != Method::Rtn {
@@ -335,7 +365,12 @@ pub fn quantize(model_path: &Path, out: &Path, opts: &QuantizeOptions, progress:
             }
         }
         progress.stage(&format!("gguf:{mix}"), 1);
-        let rep = convert(&src, &dest, &ConvertOptions { recipe, tokenizer_pre: None, imatrix, overrides }, &|_, _| {})?;
+        let rep = convert(
+            &src,
+            &dest,
+            &ConvertOptions { recipe, tokenizer_pre: None, imatrix, overrides },
+            &|_, _| {},
+        )?;
         progress.tick(1);
         outputs.push(OutputReport {
             format: format!("gguf:{mix}"),

@@ -93,7 +93,9 @@ pub fn skipped(src: &ModelSource, formats: &[IntFormat], bits: u32) -> Result<Ve
             }
         }
     }
-    Ok((0..cfg.num_layers).flat_map(|l| skip_kinds.iter().map(move |p| format!("blk.{l}.{}.weight", p.gguf()))).collect())
+    Ok((0..cfg.num_layers)
+        .flat_map(|l| skip_kinds.iter().map(move |p| format!("blk.{l}.{}.weight", p.gguf())))
+        .collect())
 }
 
 /// Bits `bits` wide values into little-endian u32 words at bit `i·bits` (straddling words).
@@ -184,19 +186,29 @@ fn pack(fmt: IntFormat, m: &IntMatrix, prefix: &str, file_group: Option<usize>) 
                 }
             }
             let mask = m.grid.maxq();
-            let zero = |z: u8| if fmt == IntFormat::GptqV1 { (z as u32).wrapping_sub(1) & mask } else { z as u32 };
+            let zero =
+                |z: u8| if fmt == IntFormat::GptqV1 { (z as u32).wrapping_sub(1) & mask } else { z as u32 };
             let mut qzeros = vec![];
             for g in 0..ng {
                 qzeros.extend(bitstream((0..rows).map(|o| zero(m.params[o * ng + g].zero)), rows, bits));
             }
             vec![
                 out(format!("{prefix}.qweight"), Dtype::I32, vec![nw, rows], i32_bytes(&qweight)),
-                out(format!("{prefix}.qzeros"), Dtype::I32, vec![ng, rows * bits as usize / 32], i32_bytes(&qzeros)),
+                out(
+                    format!("{prefix}.qzeros"),
+                    Dtype::I32,
+                    vec![ng, rows * bits as usize / 32],
+                    i32_bytes(&qzeros),
+                ),
                 out(
                     format!("{prefix}.scales"),
                     Dtype::F16,
                     vec![ng, rows],
-                    f16_bytes((0..ng).flat_map(|g| (0..rows).map(move |o| (g, o))).map(|(g, o)| m.params[o * ng + g].scale)),
+                    f16_bytes(
+                        (0..ng)
+                            .flat_map(|g| (0..rows).map(move |o| (g, o)))
+                            .map(|(g, o)| m.params[o * ng + g].scale),
+                    ),
                 ),
                 out(format!("{prefix}.g_idx"), Dtype::I32, vec![cols], i32_bytes(&m.g_idx)),
             ]
@@ -206,7 +218,9 @@ fn pack(fmt: IntFormat, m: &IntMatrix, prefix: &str, file_group: Option<usize>) 
             let ng = m.groups();
             const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
             let pack8 = |get: &dyn Fn(usize) -> u32| -> Vec<u32> {
-                (0..rows / 8).map(|c| (0..8).fold(0u32, |w, j| w | (get(8 * c + ORDER[j]) << (4 * j)))).collect()
+                (0..rows / 8)
+                    .map(|c| (0..8).fold(0u32, |w, j| w | (get(8 * c + ORDER[j]) << (4 * j))))
+                    .collect()
             };
             let mut qweight = vec![];
             for i in 0..cols {
@@ -223,7 +237,11 @@ fn pack(fmt: IntFormat, m: &IntMatrix, prefix: &str, file_group: Option<usize>) 
                     format!("{prefix}.scales"),
                     Dtype::F16,
                     vec![ng, rows],
-                    f16_bytes((0..ng).flat_map(|g| (0..rows).map(move |o| (g, o))).map(|(g, o)| m.params[o * ng + g].scale)),
+                    f16_bytes(
+                        (0..ng)
+                            .flat_map(|g| (0..rows).map(move |o| (g, o)))
+                            .map(|(g, o)| m.params[o * ng + g].scale),
+                    ),
                 ),
             ]
         }
@@ -237,7 +255,12 @@ fn pack(fmt: IntFormat, m: &IntMatrix, prefix: &str, file_group: Option<usize>) 
             }
             let mut v = vec![
                 out(format!("{prefix}.weight_packed"), Dtype::I32, vec![rows, nw], i32_bytes(&packed)),
-                out(format!("{prefix}.weight_scale"), Dtype::F32, vec![rows, ng], f32_bytes(m.params.iter().map(|p| p.scale))),
+                out(
+                    format!("{prefix}.weight_scale"),
+                    Dtype::F32,
+                    vec![rows, ng],
+                    f32_bytes(m.params.iter().map(|p| p.scale)),
+                ),
                 out(
                     format!("{prefix}.weight_shape"),
                     Dtype::I64,
@@ -285,9 +308,16 @@ pub fn write_int_checkpoint(
     dest: &Path,
 ) -> Result<WriteReport> {
     let cfg = src.config();
-    let grid = quantized.values().next().map(|m| m.grid).ok_or_else(|| Error::Invalid("nothing was quantized".into()))?;
+    let grid = quantized
+        .values()
+        .next()
+        .map(|m| m.grid)
+        .ok_or_else(|| Error::Invalid("nothing was quantized".into()))?;
     if fmt == IntFormat::Awq && grid.bits != 4 {
-        return Err(Error::Unsupported(format!("AWQ GEMM checkpoints hold 4-bit weights, not {}", grid.bits)));
+        return Err(Error::Unsupported(format!(
+            "AWQ GEMM checkpoints hold 4-bit weights, not {}",
+            grid.bits
+        )));
     }
     let non_monotone = quantized.values().any(|m| m.g_idx.windows(2).any(|p| p[0] > p[1]));
     if non_monotone && matches!(fmt, IntFormat::Awq | IntFormat::CompressedTensors) {
@@ -304,7 +334,8 @@ pub fn write_int_checkpoint(
     for t in &tensors {
         let hf = names::gguf_to_hf(&t.name)
             .ok_or_else(|| Error::Unsupported(format!("tensor '{}' has no Hugging Face name", t.name)))?;
-        let heads = if cfg.arch.permutes_qk() { names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads) } else { None };
+        let heads =
+            if cfg.arch.permutes_qk() { names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads) } else { None };
         let (rows, cols) = (t.rows(), t.row_len());
         if let Some(m) = quantized.get(&t.name) {
             let order: Vec<usize> = match heads {
@@ -335,7 +366,12 @@ pub fn write_int_checkpoint(
     outs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
 
     let group_json = |g: Option<usize>| g.map(|g| json!(g)).unwrap_or(json!(-1));
-    let rel = |m: &str| m.split_once(".layers.").and_then(|(_, r)| r.split_once('.')).map(|(_, r)| r.to_string()).unwrap_or_default();
+    let rel = |m: &str| {
+        m.split_once(".layers.")
+            .and_then(|(_, r)| r.split_once('.'))
+            .map(|(_, r)| r.to_string())
+            .unwrap_or_default()
+    };
     let mut kinds: Vec<String> = skipped_modules.iter().map(|m| rel(m)).collect();
     kinds.sort();
     kinds.dedup();
@@ -428,7 +464,11 @@ pub fn write_int_checkpoint(
         format: fmt,
         dir: dest.to_path_buf(),
         bytes,
-        file_group_size: if matches!(fmt, IntFormat::GptqV1 | IntFormat::GptqV2) { grid.group } else { file_group },
+        file_group_size: if matches!(fmt, IntFormat::GptqV1 | IntFormat::GptqV2) {
+            grid.group
+        } else {
+            file_group
+        },
         skipped_modules: kinds,
     })
 }
@@ -449,7 +489,12 @@ fn write_json(path: &Path, v: &Json) -> Result<()> {
 pub fn copy_tokenizer(src: &ModelSource, dir: &Path) -> Result<()> {
     match src {
         ModelSource::Hf(hf) => {
-            for n in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+            for n in [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "generation_config.json",
+            ] {
                 let p = hf.dir.join(n);
                 if p.is_file() {
                     std::fs::copy(&p, dir.join(n)).map_err(|e| Error::io(&p, e))?;
