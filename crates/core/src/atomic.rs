@@ -134,3 +134,59 @@ mod tests {
         assert!(err.to_string().contains("does not exist"), "{err}");
     }
 }
+
+/// A folder built beside its destination and renamed into place, the folder counterpart of
+/// [`AtomicFile`]: until [`AtomicDir::commit`] the destination is untouched; dropping an uncommitted
+/// `AtomicDir` removes the temporary folder. Committing over an existing folder moves the old one
+/// aside first and removes it after the rename.
+#[derive(Debug)]
+pub struct AtomicDir {
+    dest: PathBuf,
+    tmp: PathBuf,
+    done: bool,
+}
+
+impl AtomicDir {
+    /// Start building `dest`. Its parent must exist.
+    pub fn create(dest: impl AsRef<Path>) -> Result<Self> {
+        let dest = dest.as_ref().to_path_buf();
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+        let tmp = parent.join(format!(".{name}.quantkit-tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(AtomicDir { dest, tmp, done: false })
+    }
+
+    /// Where to write the folder's files.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Rename the finished folder to its destination.
+    pub fn commit(mut self) -> Result<()> {
+        let dest = &self.dest;
+        if dest.exists() {
+            let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let old = dest.with_file_name(format!(".{name}.quantkit-old-{}", std::process::id()));
+            std::fs::rename(dest, &old).map_err(|e| Error::io(dest, e))?;
+            std::fs::rename(&self.tmp, dest).map_err(|e| Error::io(dest, e))?;
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&self.tmp, dest).map_err(|e| Error::io(dest, e))?;
+        }
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicDir {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}

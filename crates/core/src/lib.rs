@@ -13,7 +13,7 @@ mod atomic;
 mod dtype;
 mod error;
 
-pub use atomic::AtomicFile;
+pub use atomic::{AtomicDir, AtomicFile};
 pub use dtype::{GgmlType, LlamaFileType};
 pub use error::{Error, Result};
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use quantkit_core::{Error, GgmlType, Result};
+use quantkit_core::{AtomicDir, Error, GgmlType, Result};
 use safetensors::Dtype;
 
 use crate::config::ModelConfig;
@@ -121,11 +121,8 @@ pub fn export_hf(
             dest.display()
         )));
     }
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
-    let tmp = parent.join(format!(".{name}.quantkit-tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let guard = TempDir(tmp.clone());
+    let staged = AtomicDir::create(dest)?;
+    let tmp = staged.path();
 
     let elem = st_dtype.bitsize() / 8;
     let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
@@ -204,15 +201,7 @@ pub fn export_hf(
         write_file(&tmp.join(n), bytes)?;
     }
 
-    if dest.exists() {
-        let old = parent.join(format!(".{name}.quantkit-old-{}", std::process::id()));
-        std::fs::rename(dest, &old).map_err(|e| Error::io(dest, e))?;
-        std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
-    }
-    std::mem::forget(guard);
+    staged.commit()?;
     Ok(ExportReport {
         dir: dest.to_path_buf(),
         tensors: plan.len(),
@@ -222,20 +211,15 @@ pub fn export_hf(
     })
 }
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn pretty(v: &serde_json::Value) -> Result<Vec<u8>> {
+/// Pretty-printed JSON with a final newline.
+pub fn pretty(v: &serde_json::Value) -> Result<Vec<u8>> {
     let mut b = serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?;
     b.push(b'\n');
     Ok(b)
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Write a whole file atomically.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = quantkit_core::AtomicFile::create(path)?;
     f.write_all(bytes)?;
     f.commit()

@@ -134,13 +134,19 @@ impl HfCheckpoint {
 
     /// The raw bytes and (dtype, shape) of a stored tensor.
     pub fn raw(&self, name: &str) -> Result<(&[u8], String, Vec<usize>)> {
+        let (s, info) = self.info(name)?;
+        Ok((s.data(name)?, format!("{:?}", info.dtype), info.shape.clone()))
+    }
+
+    /// A stored tensor's shard and header entry.
+    fn info(&self, name: &str) -> Result<(&SafetensorsFile, &::safetensors::tensor::TensorInfo)> {
         let s = self.shard(name)?;
         let info = s.info(name).ok_or_else(|| Error::MissingTensor {
             path: s.path().to_path_buf(),
             tensor: name.into(),
             hint: String::new(),
         })?;
-        Ok((s.data(name)?, format!("{:?}", info.dtype), info.shape.clone()))
+        Ok((s, info))
     }
 
     fn packed(&self, name: &str) -> Option<(usize, usize)> {
@@ -160,12 +166,7 @@ impl HfCheckpoint {
         if let Some((r, c)) = self.packed(name) {
             return Ok((vec![r, c], "F32".into()));
         }
-        let s = self.shard(name)?;
-        let info = s.info(name).ok_or_else(|| Error::MissingTensor {
-            path: s.path().to_path_buf(),
-            tensor: name.into(),
-            hint: String::new(),
-        })?;
+        let (_, info) = self.info(name)?;
         Ok((info.shape.clone(), format!("{:?}", info.dtype)))
     }
 

@@ -125,7 +125,7 @@ impl QuantLayout {
     /// `(out, in)` of a packed module.
     fn shape(&self, h: &HfCheckpoint, m: &str) -> Result<(usize, usize)> {
         let (_, _, qs) = h.raw(&format!("{m}.{}", self.components().0))?;
-        let err = |msg: String| Error::bad_tensor(&format!("{m}.{}", self.components().0), msg);
+        let err = |msg: String| Error::bad_tensor(format!("{m}.{}", self.components().0), msg);
         if qs.len() != 2 {
             return Err(err(format!("shape {qs:?} is not 2-D")));
         }
@@ -154,14 +154,14 @@ impl QuantLayout {
         let ints = |p: &str, want: &[usize]| -> Result<Vec<u32>> {
             let (b, dt, s) = h.raw(&name(p))?;
             if dt != "I32" || s != want {
-                return Err(Error::bad_tensor(&name(p), format!("is {dt} {s:?}, expected I32 {want:?}")));
+                return Err(Error::bad_tensor(name(p), format!("is {dt} {s:?}, expected I32 {want:?}")));
             }
             Ok(b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
         };
         let floats = |p: &str, want: &[usize]| -> Result<Vec<f32>> {
             let (b, dt, s) = h.raw(&name(p))?;
             if s != want {
-                return Err(Error::bad_tensor(&name(p), format!("shape {s:?}, expected {want:?}")));
+                return Err(Error::bad_tensor(name(p), format!("shape {s:?}, expected {want:?}")));
             }
             match dt.as_str() {
                 "F16" => Ok(b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
@@ -173,7 +173,7 @@ impl QuantLayout {
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
                     .collect()),
-                _ => Err(Error::bad_tensor(&name(p), format!("dtype {dt} (F16, BF16 or F32 expected)"))),
+                _ => Err(Error::bad_tensor(name(p), format!("dtype {dt} (F16, BF16 or F32 expected)"))),
             }
         };
         // Bits `bits` wide at bit `i·bits` of a little-endian word stream (`word(k)`).
@@ -192,7 +192,7 @@ impl QuantLayout {
                 let b = *bits as usize;
                 if cols * b % 32 != 0 || rows * b % 32 != 0 {
                     return Err(Error::bad_tensor(
-                        &name("qweight"),
+                        name("qweight"),
                         format!("{rows}×{cols} cannot be packed at {bits} bits"),
                     ));
                 }
@@ -205,7 +205,7 @@ impl QuantLayout {
                 let (_, _, zs) = h.raw(&name("qzeros"))?;
                 if zs.first().copied().unwrap_or(0) < ng {
                     return Err(Error::bad_tensor(
-                        &name("g_idx"),
+                        name("g_idx"),
                         format!("refers to group {} of {:?}", ng - 1, zs),
                     ));
                 }
@@ -225,24 +225,23 @@ impl QuantLayout {
             QuantLayout::Awq { bits } => {
                 if *bits != 4 || rows % 8 != 0 {
                     return Err(Error::bad_tensor(
-                        &name("qweight"),
+                        name("qweight"),
                         format!("AWQ GEMM {bits}-bit {rows}×{cols}"),
                     ));
                 }
-                const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+                // Output 8c + k sits in nibble REVERSE[k] of word c (packing order [0,2,4,6,1,3,5,7]).
+                const REVERSE: [usize; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
                 let qw = ints("qweight", &[cols, rows / 8])?;
                 let (_, _, zs) = h.raw(&name("qzeros"))?;
                 let ng = zs.first().copied().unwrap_or(0);
                 if ng == 0 || cols % ng != 0 {
-                    return Err(Error::bad_tensor(&name("qzeros"), format!("{ng} groups for {cols} inputs")));
+                    return Err(Error::bad_tensor(name("qzeros"), format!("{ng} groups for {cols} inputs")));
                 }
                 let gs = cols / ng;
                 let qz = ints("qzeros", &[ng, rows / 8])?;
                 let sc = floats("scales", &[ng, rows])?;
                 let get = |words: &[u32], base: usize, o: usize| -> u32 {
-                    let (c, k) = (o / 8, o % 8);
-                    let j = ORDER.iter().position(|&x| x == k).expect("a permutation");
-                    (words[base + c] >> (4 * j)) & 15
+                    (words[base + o / 8] >> (4 * REVERSE[o % 8])) & 15
                 };
                 for o in 0..rows {
                     for i in 0..cols {
@@ -259,7 +258,7 @@ impl QuantLayout {
                 let gs = group.unwrap_or(cols);
                 if cols % gs != 0 {
                     return Err(Error::bad_tensor(
-                        &name("weight_packed"),
+                        name("weight_packed"),
                         format!("{cols} inputs are not whole groups of {gs}"),
                     ));
                 }

@@ -189,7 +189,7 @@ impl Calibrator {
         let (q, deq, damp, dead) = if self.method == Method::Gptq {
             let h = st.hessian();
             let out = gptq(&w, rows, cols, &h, Some(&imp), self.grid_of(layer, p)?, self.gptq)
-                .map_err(|e| Error::bad_tensor(&name(layer, p), e.to_string()))?;
+                .map_err(|e| Error::bad_tensor(name(layer, p), e.to_string()))?;
             let d = out.q.dequantize()?;
             (out.q, d, Some(out.damp), Some(out.dead))
         } else {

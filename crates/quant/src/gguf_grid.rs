@@ -16,9 +16,12 @@ use quantkit_kernels::decode::{self, IntChunk, IntDecode, SoftHalf};
 pub struct GgufGrid {
     pub ty: GgmlType,
     codec: &'static quantkit_formats::Codec,
-    decode: fn(&[u8], usize, &mut IntChunk),
+    decode: DecodeFn,
     maxq: u8,
 }
+
+/// A format's chunk decoder.
+type DecodeFn = fn(&[u8], usize, &mut IntChunk);
 
 fn dec<D: IntDecode>(src: &[u8], n: usize, out: &mut IntChunk) {
     D::decode::<SoftHalf>(src, n, out)
@@ -28,7 +31,7 @@ impl GgufGrid {
     /// The grid of `ty`, or an error for float types and types without a decoder.
     pub fn new(ty: GgmlType) -> Result<Self> {
         use GgmlType as T;
-        let (decode, maxq): (fn(&[u8], usize, &mut IntChunk), u8) = match ty {
+        let (decode, maxq): (DecodeFn, u8) = match ty {
             T::Q4_0 => (dec::<decode::Q4_0>, 15),
             T::Q4_1 => (dec::<decode::Q4_1>, 15),
             T::Q5_0 => (dec::<decode::Q5_0>, 31),

@@ -67,7 +67,7 @@ impl IntGrid {
             hi = 1.0;
         }
         let mut scale = f16::from_f32((hi - lo) / maxq).to_f32();
-        if !(scale > 0.0) || !scale.is_finite() {
+        if scale.is_nan() || scale <= 0.0 || !scale.is_finite() {
             // Below fp16's smallest subnormal (or beyond its range): the nearest usable step.
             scale = if (hi - lo) / maxq > 1.0 { f16::MAX.to_f32() } else { f16::from_bits(1).to_f32() };
         }

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use half::f16;
-use quantkit_core::{Error, Result};
+use quantkit_core::{AtomicDir, Error, Result};
 use quantkit_engine::Proj;
 use quantkit_io::names;
 use quantkit_io::safetensors::{write_safetensors, StTensorSpec};
@@ -171,6 +171,13 @@ fn out(name: String, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) -> Out {
     Out { spec: StTensorSpec { name, dtype, shape }, bytes }
 }
 
+/// `<prefix>.scales`: fp16 `[groups, out]` (GPTQ and AWQ store scales group-major).
+fn scales_by_group(m: &IntMatrix, prefix: &str) -> Out {
+    let (rows, ng) = (m.rows, m.groups());
+    let v = (0..ng).flat_map(|g| (0..rows).map(move |o| m.params[o * ng + g].scale));
+    out(format!("{prefix}.scales"), Dtype::F16, vec![ng, rows], f16_bytes(v))
+}
+
 /// Pack one matrix (HF row order) in `fmt`, under the HF module prefix `m`.
 fn pack(fmt: IntFormat, m: &IntMatrix, prefix: &str, file_group: Option<usize>) -> Vec<Out> {
     let (rows, cols, bits) = (m.rows, m.cols, m.grid.bits);
@@ -200,16 +207,7 @@ fn pack(fmt: IntFormat, m: &IntMatrix, prefix: &str, file_group: Option<usize>) 
                     vec![ng, rows * bits as usize / 32],
                     i32_bytes(&qzeros),
                 ),
-                out(
-                    format!("{prefix}.scales"),
-                    Dtype::F16,
-                    vec![ng, rows],
-                    f16_bytes(
-                        (0..ng)
-                            .flat_map(|g| (0..rows).map(move |o| (g, o)))
-                            .map(|(g, o)| m.params[o * ng + g].scale),
-                    ),
-                ),
+                scales_by_group(m, prefix),
                 out(format!("{prefix}.g_idx"), Dtype::I32, vec![cols], i32_bytes(&m.g_idx)),
             ]
         }
@@ -233,16 +231,7 @@ fn pack(fmt: IntFormat, m: &IntMatrix, prefix: &str, file_group: Option<usize>) 
             vec![
                 out(format!("{prefix}.qweight"), Dtype::I32, vec![cols, rows / 8], i32_bytes(&qweight)),
                 out(format!("{prefix}.qzeros"), Dtype::I32, vec![ng, rows / 8], i32_bytes(&qzeros)),
-                out(
-                    format!("{prefix}.scales"),
-                    Dtype::F16,
-                    vec![ng, rows],
-                    f16_bytes(
-                        (0..ng)
-                            .flat_map(|g| (0..rows).map(move |o| (g, o)))
-                            .map(|(g, o)| m.params[o * ng + g].scale),
-                    ),
-                ),
+                scales_by_group(&m, prefix),
             ]
         }
         IntFormat::CompressedTensors => {
@@ -478,11 +467,7 @@ fn regex_escape(s: &str) -> String {
 }
 
 fn write_json(path: &Path, v: &Json) -> Result<()> {
-    let mut b = serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?;
-    b.push(b'\n');
-    let mut f = quantkit_core::AtomicFile::create(path)?;
-    f.write_all(&b)?;
-    f.commit()
+    quantkit_io::export::write_file(path, &quantkit_io::export::pretty(v)?)
 }
 
 /// Tokenizer files: copied from an HF folder, rebuilt from a GGUF's vocabulary.
@@ -511,28 +496,15 @@ pub fn copy_tokenizer(src: &ModelSource, dir: &Path) -> Result<()> {
     }
 }
 
-/// Build a folder beside `dest` and rename it into place (replacing an older one): a failure
-/// leaves nothing behind.
+/// Build a folder beside `dest` (its parent is created) and rename it into place, replacing an
+/// older one: a failure leaves nothing behind.
 pub fn write_dir(dest: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let tmp = parent.join(format!(".{name}.quantkit-tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    if let Err(e) = build(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    if dest.exists() {
-        let old = parent.join(format!(".{name}.quantkit-old-{}", std::process::id()));
-        std::fs::rename(dest, &old).map_err(|e| Error::io(dest, e))?;
-        std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
-    }
-    Ok(())
+    let staged = AtomicDir::create(dest)?;
+    build(staged.path())?;
+    staged.commit()
 }
 
 #[cfg(test)]
