@@ -9,33 +9,6 @@ fn calib() -> std::path::PathBuf {
     shared().join("data/tinyshakespeare/input.txt")
 }
 
-fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let mut v = vec![];
-    for e in walk(dir) {
-        if e.file_name().map(|n| n != "report.json").unwrap_or(false) {
-            v.push((
-                e.strip_prefix(dir).expect("inside").display().to_string(),
-                std::fs::read(&e).expect("read"),
-            ));
-        }
-    }
-    v.sort();
-    v
-}
-
-fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(d).expect("dir").flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn gptq_outputs_are_identical_with_one_or_two_threads() {
     if no_fixtures() {

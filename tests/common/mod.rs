@@ -81,3 +81,32 @@ pub fn sharded_stories(dir: &Path) -> (PathBuf, PathBuf) {
     ok(&[&"export-hf", &g, &"-o", &hf, &"--max-shard-mb", &"0"]);
     (g, hf)
 }
+
+/// Every file under `dir` but report.json (which holds times), with its bytes, sorted by path.
+pub fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut v = vec![];
+    for e in walk(dir) {
+        if e.file_name().map(|n| n != "report.json").unwrap_or(false) {
+            v.push((
+                e.strip_prefix(dir).expect("inside").display().to_string(),
+                std::fs::read(&e).expect("read"),
+            ));
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Every file under `d`, recursively.
+pub fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(d).expect("dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

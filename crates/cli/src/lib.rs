@@ -1,11 +1,15 @@
 //! The `quantkit` command line. Each subcommand is a thin layer over the library crates; every
 //! error is printed as one clear message (and as JSON with `--json`) with a non-zero exit code.
 
+mod batch;
 mod bench;
 mod commands;
 mod eval;
+mod jobs;
+mod plot;
 mod progress;
 mod quantize;
+mod sweep;
 
 use std::process::ExitCode;
 
@@ -112,6 +116,32 @@ machine's memory bandwidth (a STREAM triad and a read-only pass, measured in the
 quantkit bench model.gguf --json | jq .tg_tok_s"
     )]
     Bench(bench::BenchArgs),
+    /// Accuracy vs bits: quantize many recipes, score each against the base (PPL, KLD, same top
+    /// token), write a table and plots.
+    #[command(
+        long_about = "Quantize one model with many recipes and score each against the unquantized model on one text:\n\
+PPL ± error, KLD, same-top-token rate, file bytes, bits per weight, times. The base log-probabilities\n\
+are computed once; calibration samples are drawn once and the fp imatrix collected once (GGUF mixes\n\
+use it when --calib is given). Writes DIR/results.{csv,json,md}, DIR/plot.{svg,png} (PPL and KLD vs\n\
+bits per weight, Pareto front marked) and the quantized files under DIR/models/.\n\n\
+Recipes: a mix (q8_0, q6_k, q5_k_m, q4_k_m, q4_0, q3_k_m, q2_k, ...), gptq:<mix> (GPTQ-fed GGUF),\n\
+rtn|gptq|awq:<bits>:<group>[:sym|asym] (integer checkpoints), or a recipe .toml file\n\
+(`quantkit convert --type q4_k_m --print-recipe > my.toml`, then edit tensor_types).",
+        after_help = "Examples:\n  quantkit sweep ./SmolLM2 --recipes q8_0,q6_k,q4_k_m,q4_0,q3_k_m,q2_k --text wiki.test.raw --chunks 20 -o sweep/\n  \
+quantkit sweep ./SmolLM2 --recipes q4_k_m,gptq:q4_k_m,gptq:4:128,awq:4:128,my-mix.toml \\\n      --text wiki.test.raw --calib shakespeare.txt --samples 32 --seqlen 512 -o sweep/"
+    )]
+    Sweep(sweep::SweepArgs),
+    /// Unattended quantization jobs from a TOML file: quality gates, manifests, resume, shards.
+    #[command(
+        long_about = "Run the jobs of a TOML job file (models × recipes × outputs × quality gates), one line per job.\n\
+Each finished job leaves OUT/manifests/<job>.json (input hashes, recipe, tool version, metrics,\n\
+output sha256); a rerun skips jobs whose manifest and output are intact, so a killed run resumes.\n\
+Exit status 1 when any job errors or fails a gate (named on stderr and in OUT/report.json).\n\
+--shard I/N runs every N-th job (a CI matrix or a Kubernetes indexed Job); `batch merge` joins the\n\
+shards' manifests into one report. See docs/batch.md for the file format.",
+        after_help = "Examples:\n  quantkit batch jobs.toml\n  quantkit batch jobs.toml --shard 2/3 --out out-2\n  quantkit batch merge out-1 out-2 out-3 -o report.json"
+    )]
+    Batch(batch::BatchArgs),
 }
 
 /// Run the CLI and turn any error into a message and exit code 1.
@@ -140,6 +170,8 @@ pub fn main() -> ExitCode {
         Command::Generate(a) => eval::generate(&ctx, a),
         Command::Kld(a) => eval::kld(&ctx, a),
         Command::Bench(a) => bench::bench(&ctx, a),
+        Command::Sweep(a) => sweep::sweep(&ctx, a),
+        Command::Batch(a) => batch::batch(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,19 +1,17 @@
 //! `quantkit quantize`: calibrated quantization (RTN, GPTQ, AWQ) into GGUF and integer checkpoints.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use clap::Args;
-use indicatif::ProgressBar;
 use quantkit_core::{Error, Result};
 use quantkit_quant::awq::AwqConfig;
 use quantkit_quant::calibrated::Method;
 use quantkit_quant::gptq::GptqConfig;
-use quantkit_quant::quantize::{quantize as run, CalibOptions, OutFormat, Progress, QuantizeOptions};
+use quantkit_quant::quantize::{quantize as run, CalibOptions, OutFormat, QuantizeOptions};
 use serde_json::json;
 
 use crate::commands::{peak_rss_mb, Ctx};
-use crate::progress::bar;
+use crate::progress::StageBars;
 
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
@@ -76,22 +74,6 @@ pub struct QuantizeArgs {
     pub imatrix: bool,
 }
 
-struct Bars {
-    enabled: bool,
-    bar: Mutex<ProgressBar>,
-}
-
-impl Progress for Bars {
-    fn stage(&self, name: &str, total: u64) {
-        let mut b = self.bar.lock().unwrap_or_else(|e| e.into_inner());
-        b.finish_and_clear();
-        *b = bar(self.enabled, total, name, false);
-    }
-    fn tick(&self, done: u64) {
-        self.bar.lock().unwrap_or_else(|e| e.into_inner()).set_position(done);
-    }
-}
-
 pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
     let method: Method = a.method.parse()?;
     let formats = a.formats.iter().map(|f| OutFormat::parse(f)).collect::<Result<Vec<_>>>()?;
@@ -132,9 +114,9 @@ pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
         calib,
         write_imatrix: a.imatrix,
     };
-    let bars = Bars { enabled: ctx.progress, bar: Mutex::new(ProgressBar::hidden()) };
+    let bars = StageBars::new(ctx.progress);
     let report = run(&a.model, &a.output, &opts, &bars)?;
-    bars.bar.lock().unwrap_or_else(|e| e.into_inner()).finish_and_clear();
+    bars.clear();
     if ctx.json {
         let mut j = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;
         j["peak_rss_mb"] = json!(peak_rss_mb());

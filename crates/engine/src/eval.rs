@@ -155,8 +155,7 @@ pub fn perplexity(
     }
     let mean = nll / count.max(1) as f64;
     let ppl = mean.exp();
-    let var = nll2 / count.max(1) as f64 - mean * mean;
-    let err = if var > 0.0 && count > 1 { (var / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
+    let err = ppl_err(nll, nll2, count.max(1) as f64);
     let seconds = start.elapsed().as_secs_f64();
     Ok(PplReport {
         mode: o.mode,
@@ -371,6 +370,9 @@ pub struct KldReport {
     pub same_top_p: f64,
     pub ppl_base: f64,
     pub ppl: f64,
+    /// Standard error of `ppl` (llama-perplexity's: `ppl · sqrt(var(nll) / n)`); same for the base.
+    pub ppl_err: f64,
+    pub ppl_base_err: f64,
     /// Percentiles of Δp = p_model(correct token) − p_base(correct token).
     pub delta_p_percentiles: Vec<(f64, f64)>,
     pub rms_delta_p: f64,
@@ -392,6 +394,8 @@ struct KldAcc {
     same: usize,
     nll_b: f64,
     nll_m: f64,
+    nll_b2: f64,
+    nll_m2: f64,
     chunks: usize,
 }
 
@@ -413,6 +417,8 @@ impl KldAcc {
         let (lb_t, lm_t) = (base_lp[target], row[target] as f64 - lse);
         self.nll_b -= lb_t;
         self.nll_m -= lm_t;
+        self.nll_b2 += lb_t * lb_t;
+        self.nll_m2 += lm_t * lm_t;
         self.dps.push(lm_t.exp() - lb_t.exp());
         self.klds.push(kl.max(0.0));
     }
@@ -436,6 +442,8 @@ impl KldAcc {
             same_top_p: self.same as f64 / n,
             ppl_base: (self.nll_b / n).exp(),
             ppl: (self.nll_m / n).exp(),
+            ppl_err: ppl_err(self.nll_m, self.nll_m2, n),
+            ppl_base_err: ppl_err(self.nll_b, self.nll_b2, n),
             delta_p_percentiles: [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99]
                 .iter()
                 .map(|&q| (q * 100.0, percentile(&sd, q)))
@@ -443,6 +451,13 @@ impl KldAcc {
             rms_delta_p: rms_dp,
         }
     }
+}
+
+/// llama-perplexity's error of `exp(mean nll)` from the sum and sum of squares of the nll.
+fn ppl_err(sum: f64, sum2: f64, n: f64) -> f64 {
+    let mean = sum / n;
+    let var = (sum2 / n - mean * mean).max(0.0);
+    mean.exp() * (var / (n - 1.0).max(1.0)).sqrt()
 }
 
 fn same_vocab(base: usize, model: usize) -> Result<()> {

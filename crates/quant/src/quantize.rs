@@ -163,11 +163,61 @@ fn dir_bytes(p: &Path) -> u64 {
     std::fs::read_dir(p).map(|rd| rd.filter_map(|e| e.ok()).map(|e| dir_bytes(&e.path())).sum()).unwrap_or(0)
 }
 
+/// Calibration samples drawn once, to share between several [`quantize_with`] runs.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub samples: Samples,
+    pub manifest: Manifest,
+    /// Seconds spent drawing them.
+    pub seconds: f64,
+}
+
+/// Draw the calibration samples of `c` for the model at `src`.
+pub fn prepare_calibration(src: &ModelSource, c: &CalibOptions, progress: &dyn Progress) -> Result<Prepared> {
+    let t = Instant::now();
+    let tok = Tokenizer::for_source(src)?;
+    let (samples, manifest) = match &c.corpus {
+        Some(p) => corpus::sample_corpus(p, &tok, c.samples, c.seqlen, c.seed)?,
+        None => {
+            let model = Model::load_with(src, WeightMode::Native)?;
+            progress.stage("sampling", c.samples as u64);
+            corpus::sample_model(&model, &tok, c.samples, c.seqlen, c.seed, &|d, _| progress.tick(d))?
+        }
+    };
+    Ok(Prepared { samples, manifest, seconds: t.elapsed().as_secs_f64() })
+}
+
+/// The fp model's imatrix on `prep` (llama.cpp's `llama-imatrix`, from our calibration pass).
+/// `path` is what the imatrix records as its own file name.
+pub fn imatrix_pass(
+    src: &ModelSource,
+    prep: &Prepared,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<Imatrix> {
+    let mut model = Model::load_with(src, WeightMode::Dequantized)?;
+    let mut hook = Calibrator::new(Method::Rtn, Target::Stats, GptqConfig::default(), AwqConfig::default());
+    progress.stage("imatrix", (model.num_layers() * prep.samples.count() * 5) as u64);
+    quantkit_calibration::run(&mut model, &prep.samples, &mut hook, &|d, _| progress.tick(d))?;
+    Ok(to_imatrix(&hook.result, Some(&prep.manifest), path))
+}
+
 /// Run the whole job: calibrate, quantize, write every format into `out` (a folder).
 pub fn quantize(
     model_path: &Path,
     out: &Path,
     opts: &QuantizeOptions,
+    progress: &dyn Progress,
+) -> Result<QuantizeReport> {
+    quantize_with(model_path, out, opts, None, progress)
+}
+
+/// [`quantize`] with calibration samples already drawn (`prepared`; else drawn from `opts.calib`).
+pub fn quantize_with(
+    model_path: &Path,
+    out: &Path,
+    opts: &QuantizeOptions,
+    prepared: Option<&Prepared>,
     progress: &dyn Progress,
 ) -> Result<QuantizeReport> {
     let start = Instant::now();
@@ -177,7 +227,7 @@ pub fn quantize(
     if !(2..=8).contains(&opts.bits) {
         return Err(Error::Invalid(format!("--bits {} (2..8)", opts.bits)));
     }
-    if opts.method != Method::Rtn && opts.calib.is_none() {
+    if opts.method != Method::Rtn && opts.calib.is_none() && prepared.is_none() {
         return Err(Error::Invalid(format!(
             "{:?} needs calibration text: --calib FILE|FOLDER (or --calib self to sample from the model)",
             opts.method
@@ -206,23 +256,18 @@ pub fn quantize(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
     // Calibration samples, once.
-    let t_cal = Instant::now();
-    let (samples, manifest): (Option<Samples>, Option<Manifest>) = match &opts.calib {
-        Some(c) => {
-            let tok = Tokenizer::for_source(&src)?;
-            let (s, m) = match &c.corpus {
-                Some(p) => corpus::sample_corpus(p, &tok, c.samples, c.seqlen, c.seed)?,
-                None => {
-                    let model = Model::load_with(&src, WeightMode::Native)?;
-                    progress.stage("sampling", c.samples as u64);
-                    corpus::sample_model(&model, &tok, c.samples, c.seqlen, c.seed, &|d, _| progress.tick(d))?
-                }
-            };
-            (Some(s), Some(m))
+    let drawn;
+    let prepared: Option<&Prepared> = match (prepared, &opts.calib) {
+        (Some(p), _) => Some(p),
+        (None, Some(c)) => {
+            drawn = prepare_calibration(&src, c, progress)?;
+            Some(&drawn)
         }
-        None => (None, None),
+        (None, None) => None,
     };
-    let calibration_seconds = t_cal.elapsed().as_secs_f64();
+    let samples: Option<&Samples> = prepared.map(|p| &p.samples);
+    let manifest: Option<&Manifest> = prepared.map(|p| &p.manifest);
+    let calibration_seconds = prepared.map_or(0.0, |p| p.seconds);
     let info = QuantInfo {
         method: format!("{:?}", opts.method).to_lowercase(),
         act_order: opts.gptq.act_order,
@@ -231,7 +276,7 @@ pub fn quantize(
     };
     let run_pass = |target: Target, label: &str| -> Result<(PassResult, f64)> {
         let t0 = Instant::now();
-        let samples = samples.as_ref().expect("checked: calibration given");
+        let samples = samples.expect("checked: calibration given");
         let mut model = Model::load_with(&src, WeightMode::Dequantized)?;
         // GGUF stores no column permutation: act-order applies to the integer formats only.
         let gptq = match target {
@@ -249,7 +294,7 @@ pub fn quantize(
     let mut write_imatrix = |r: &PassResult| -> Result<()> {
         if opts.write_imatrix && !imatrix_written && !r.imatrix.is_empty() {
             let p = out.join("imatrix.gguf");
-            to_imatrix(r, manifest.as_ref(), &p).write_gguf(&p)?;
+            to_imatrix(r, manifest, &p).write_gguf(&p)?;
             imatrix_written = true;
         }
         Ok(())
@@ -357,7 +402,7 @@ pub fn quantize(
             }
             // Recorded in the GGUF by name only (as written by --imatrix): the file stays independent
             // of the output folder's location.
-            imatrix = Some(to_imatrix(&r, manifest.as_ref(), Path::new("imatrix.gguf")));
+            imatrix = Some(to_imatrix(&r, manifest, Path::new("imatrix.gguf")));
             for (k, q) in r.quantized {
                 if let Quantized::Gguf { ty, bytes, .. } = q {
                     overrides.insert(k, TensorOverride::Encoded { ty, bytes });
@@ -389,7 +434,7 @@ pub fn quantize(
         group_size: opts.group,
         sym: opts.sym,
         gptq: opts.gptq,
-        calibration: manifest,
+        calibration: manifest.cloned(),
         calibration_seconds,
         passes,
         outputs,

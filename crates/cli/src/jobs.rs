@@ -1,0 +1,438 @@
+//! What `sweep` and `batch` share: recipe strings, quantizing one recipe into one output (written
+//! whole or not at all), scoring it against base log-probabilities, and hashing inputs/outputs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use quantkit_core::{Error, Result};
+use quantkit_engine::eval::{base_logits, kld, BaseLogits, KldReport, PplMode, PplOptions};
+use quantkit_engine::tokenizer::read_text;
+use quantkit_engine::{Model, Tokenizer, WeightMode};
+use quantkit_io::imatrix::Imatrix;
+use quantkit_io::source::ModelSource;
+use quantkit_quant::awq::AwqConfig;
+use quantkit_quant::calibrated::Method;
+use quantkit_quant::convert::{convert, ConvertOptions};
+use quantkit_quant::gptq::GptqConfig;
+use quantkit_quant::quantize::{quantize_with, OutFormat, Prepared, Progress, QuantizeOptions};
+use quantkit_quant::recipe::Recipe;
+use quantkit_quant::writers::IntFormat;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// One recipe of a sweep or a batch job.
+///
+/// * `q4_k_m`, `q8_0`, … — a llama-quantize mix into GGUF (with the calibration's imatrix when
+///   calibration text is given);
+/// * `gptq:q4_k_m` — the same mix with GPTQ error feedback (needs calibration);
+/// * `rtn:4:128`, `gptq:4:128`, `awq:4:128`, optionally `:sym`/`:asym` — an integer checkpoint
+///   (GPTQ layout for rtn/gptq, AWQ GEMM for awq; group `-1` = per channel);
+/// * `path/to/recipe.toml` — a recipe file (`convert --print-recipe` writes one) into GGUF.
+#[derive(Debug, Clone)]
+pub enum Spec {
+    Gguf { recipe: Box<Recipe>, gptq: bool },
+    Int { method: Method, bits: u32, group: Option<usize>, sym: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct RecipeSpec {
+    /// As written by the user.
+    pub text: String,
+    pub spec: Spec,
+    /// The recipe file's text, when it is one (part of a batch job's identity).
+    pub file_text: Option<String>,
+}
+
+impl RecipeSpec {
+    /// Parse a recipe string; relative recipe files are looked up from `base`.
+    pub fn parse(s: &str, base: &Path) -> Result<Self> {
+        let t = s.trim();
+        if t.ends_with(".toml") {
+            let p = base.join(t);
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            let recipe: Recipe = toml::from_str(&text)
+                .map_err(|e| Error::Invalid(format!("{}: not a valid recipe: {e}", p.display())))?;
+            return Ok(RecipeSpec {
+                text: t.into(),
+                spec: Spec::Gguf { recipe: Box::new(recipe), gptq: false },
+                file_text: Some(text),
+            });
+        }
+        let parts: Vec<&str> = t.split(':').collect();
+        let spec = match parts.as_slice() {
+            [m, rest @ ..] if !rest.is_empty() && ["rtn", "gptq", "awq"].contains(m) => {
+                if rest.len() == 1 && rest[0].parse::<u32>().is_err() {
+                    if *m != "gptq" {
+                        return Err(Error::Invalid(format!(
+                            "recipe {t:?}: only gptq feeds GGUF mixes (gptq:<mix>), or use {m}:<bits>:<group>"
+                        )));
+                    }
+                    Spec::Gguf { recipe: Box::new(Recipe::named(rest[0])?), gptq: true }
+                } else {
+                    let method: Method = m.parse()?;
+                    let bits: u32 = rest[0]
+                        .parse()
+                        .map_err(|_| Error::Invalid(format!("recipe {t:?}: bits {:?} is not a number", rest[0])))?;
+                    if !(2..=8).contains(&bits) || (method == Method::Awq && bits != 4) {
+                        return Err(Error::Invalid(format!("recipe {t:?}: {bits} bits not supported here")));
+                    }
+                    let group = match rest.get(1) {
+                        None => Some(128),
+                        Some(g) => match g.parse::<i64>() {
+                            Ok(g) if g <= 0 => None,
+                            Ok(g) => Some(g as usize),
+                            Err(_) => return Err(Error::Invalid(format!("recipe {t:?}: group {g:?} is not a number"))),
+                        },
+                    };
+                    let sym = match rest.get(2).copied() {
+                        None => method != Method::Awq,
+                        Some("sym") => true,
+                        Some("asym") => false,
+                        Some(o) => return Err(Error::Invalid(format!("recipe {t:?}: {o:?} (sym or asym)"))),
+                    };
+                    if rest.len() > 3 {
+                        return Err(Error::Invalid(format!("recipe {t:?}: too many fields")));
+                    }
+                    Spec::Int { method, bits, group, sym }
+                }
+            }
+            [mix] => Spec::Gguf { recipe: Box::new(Recipe::named(mix)?), gptq: false },
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "recipe {t:?}: expected a mix (q4_k_m), gptq:<mix>, rtn|gptq|awq:<bits>:<group>[:sym|asym] or a .toml file"
+                )))
+            }
+        };
+        Ok(RecipeSpec { text: t.into(), spec, file_text: None })
+    }
+
+    /// A file-name-safe name (`q4_k_m`, `gptq-q4_k_m`, `gptq-4-128`, the TOML file's stem).
+    pub fn slug(&self) -> String {
+        let raw = if self.file_text.is_some() {
+            Path::new(&self.text).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+        } else {
+            self.text.to_lowercase().replace(':', "-")
+        };
+        raw.chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+            .collect()
+    }
+
+    pub fn needs_calibration(&self) -> bool {
+        match &self.spec {
+            Spec::Gguf { gptq, .. } => *gptq,
+            Spec::Int { method, .. } => *method != Method::Rtn,
+        }
+    }
+
+    /// Whether the output is a GGUF file (else a checkpoint folder).
+    pub fn is_gguf(&self) -> bool {
+        matches!(self.spec, Spec::Gguf { .. })
+    }
+
+    /// `gguf:Q4_K_M`, `gptq int4 g128`, …
+    pub fn format(&self) -> String {
+        match &self.spec {
+            Spec::Gguf { recipe, gptq } => {
+                format!("gguf:{}{}", recipe.mix.name, if *gptq { " (gptq)" } else { "" })
+            }
+            Spec::Int { method, bits, group, sym } => format!(
+                "{} int{bits} {}{}",
+                int_format(*method).dir_name(),
+                group.map(|g| format!("g{g}")).unwrap_or_else(|| "per-channel".into()),
+                if *sym { " sym" } else { " asym" }
+            ),
+        }
+    }
+}
+
+fn int_format(m: Method) -> IntFormat {
+    if m == Method::Awq {
+        IntFormat::Awq
+    } else {
+        IntFormat::GptqV1
+    }
+}
+
+/// What quantizing one recipe produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quantized {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub bits_per_weight: f64,
+    pub seconds: f64,
+    /// Mean relative layer error of the calibrated method and of RTN (calibrated recipes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_rel_error: Option<(f64, f64)>,
+}
+
+/// Everything a recipe may need besides the model.
+pub struct Shared<'a> {
+    pub prepared: Option<&'a Prepared>,
+    pub imatrix: Option<&'a Imatrix>,
+    pub gptq: GptqConfig,
+}
+
+/// Quantize `src` (at `model`) with `r` into `dest` (a `.gguf` file or a folder): written beside and
+/// renamed, so `dest` is either absent/old or complete.
+pub fn quantize_recipe(
+    model: &Path,
+    src: &ModelSource,
+    r: &RecipeSpec,
+    dest: &Path,
+    sh: &Shared,
+    progress: &dyn Progress,
+) -> Result<Quantized> {
+    let t0 = Instant::now();
+    if r.needs_calibration() && sh.prepared.is_none() {
+        return Err(Error::Invalid(format!("recipe {}: needs calibration text (calib)", r.text)));
+    }
+    let params: u64 = src.tensors()?.iter().map(|t| t.numel()).sum();
+    if let Some(p) = dest.parent() {
+        std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+    }
+    match &r.spec {
+        Spec::Gguf { recipe, gptq: false } => {
+            let opts = ConvertOptions {
+                recipe: (**recipe).clone(),
+                tokenizer_pre: None,
+                imatrix: sh.imatrix.cloned(),
+                overrides: Default::default(),
+            };
+            progress.stage(&format!("convert {}", r.text), params);
+            let rep = convert(src, dest, &opts, &|d, _| progress.tick(d))?;
+            Ok(Quantized {
+                path: dest.to_path_buf(),
+                bytes: rep.output_bytes,
+                bits_per_weight: rep.bits_per_weight,
+                seconds: t0.elapsed().as_secs_f64(),
+                mean_rel_error: None,
+            })
+        }
+        _ => {
+            let (opts, inner) = match &r.spec {
+                Spec::Gguf { recipe, .. } => (
+                    QuantizeOptions {
+                        method: Method::Gptq,
+                        bits: 4,
+                        group: Some(128),
+                        sym: true,
+                        gptq: sh.gptq,
+                        awq: AwqConfig::default(),
+                        formats: vec![OutFormat::Gguf(recipe.clone())],
+                        calib: None,
+                        write_imatrix: false,
+                    },
+                    format!("model-{}.gguf", recipe.mix.name),
+                ),
+                Spec::Int { method, bits, group, sym } => (
+                    QuantizeOptions {
+                        method: *method,
+                        bits: *bits,
+                        group: *group,
+                        sym: *sym,
+                        gptq: sh.gptq,
+                        awq: AwqConfig::default(),
+                        formats: vec![OutFormat::Int(int_format(*method))],
+                        calib: None,
+                        write_imatrix: false,
+                    },
+                    int_format(*method).dir_name().to_string(),
+                ),
+            };
+            // quantize writes a folder (the output plus its report): build it beside `dest`, then
+            // move the output into place and drop the rest.
+            let work = sibling(dest, ".work");
+            if work.exists() {
+                std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+            }
+            let rep = quantize_with(model, &work, &opts, sh.prepared, progress);
+            let rep = match rep {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&work);
+                    return Err(e);
+                }
+            };
+            let built = work.join(&inner);
+            replace(&built, dest)?;
+            let _ = std::fs::remove_dir_all(&work);
+            let bytes =
+                if dest.is_file() { file_len(dest) } else { file_len(&dest.join("model.safetensors")) };
+            let bpw = rep
+                .outputs
+                .first()
+                .and_then(|o| o.bits_per_weight)
+                .unwrap_or(bytes as f64 * 8.0 / params.max(1) as f64);
+            Ok(Quantized {
+                path: dest.to_path_buf(),
+                bytes,
+                bits_per_weight: bpw,
+                seconds: t0.elapsed().as_secs_f64(),
+                mean_rel_error: rep.passes.first().map(|p| (p.mean_rel_error, p.mean_rel_error_rtn)),
+            })
+        }
+    }
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// `dest` with `suffix` added to its file name (same folder, so a rename is atomic).
+pub fn sibling(dest: &Path, suffix: &str) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    dest.with_file_name(format!(".{name}{suffix}"))
+}
+
+/// Move a finished file or folder `built` to `dest`, replacing what is there. A folder replaces
+/// an old one through a rename of the old one aside first (two renames; never a half folder).
+pub fn replace(built: &Path, dest: &Path) -> Result<()> {
+    if built.is_dir() && dest.exists() {
+        let old = sibling(dest, ".old");
+        if old.exists() {
+            remove_any(&old)?;
+        }
+        std::fs::rename(dest, &old).map_err(|e| Error::io(dest, e))?;
+        std::fs::rename(built, dest).map_err(|e| Error::io(dest, e))?;
+        return remove_any(&old);
+    }
+    if dest.is_dir() {
+        remove_any(dest)?;
+    }
+    std::fs::rename(built, dest).map_err(|e| Error::io(dest, e))
+}
+
+fn remove_any(p: &Path) -> Result<()> {
+    let r = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+    r.map_err(|e| Error::io(p, e))
+}
+
+/// How outputs are scored.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalSettings {
+    pub text: PathBuf,
+    pub ctx: usize,
+    pub chunks: Option<usize>,
+}
+
+/// The base model's log-probabilities on the evaluation text (llama-perplexity's chunks).
+pub fn compute_base(model: &Path, e: &EvalSettings, progress: &dyn Progress) -> Result<BaseLogits> {
+    let src = ModelSource::open(model)?;
+    let tok = Tokenizer::for_source(&src)?;
+    let m = Model::load_with(&src, WeightMode::Native)?;
+    let text = read_text(&e.text)?;
+    let tokens = tok.encode(&text, tok.add_bos)?;
+    let o = PplOptions {
+        ctx: e.ctx,
+        chunks: e.chunks,
+        mode: PplMode::Llama,
+        stride: None,
+        bos: if tok.add_bos { tok.bos } else { None },
+    };
+    progress.stage("base logits", 0);
+    base_logits(&m, &tokens, &o, &|d, _| progress.tick(d as u64))
+}
+
+/// Score a quantized output against `base`.
+pub fn score(path: &Path, base: &BaseLogits, progress: &dyn Progress) -> Result<(KldReport, f64)> {
+    let t0 = Instant::now();
+    let src = ModelSource::open(path)?;
+    let m = Model::load_with(&src, WeightMode::Native)?;
+    progress.stage("scoring", 0);
+    let r = kld(&m, base, &|d, _| progress.tick(d as u64))?;
+    Ok((r, t0.elapsed().as_secs_f64()))
+}
+
+pub fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of a file, or of a folder (every file, sorted by relative path: `path\0sha256\n`).
+pub fn sha256_path(p: &Path) -> Result<String> {
+    if p.is_file() {
+        let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h).map_err(|e| Error::io(p, e))?;
+        return Ok(hex(&h.finalize()));
+    }
+    if !p.is_dir() {
+        return Err(Error::Invalid(format!("{} does not exist", p.display())));
+    }
+    let mut files = BTreeMap::new();
+    collect(p, p, &mut files)?;
+    let mut h = Sha256::new();
+    for (rel, abs) in files {
+        h.update(rel.as_bytes());
+        h.update([0]);
+        h.update(sha256_path(&abs)?.as_bytes());
+        h.update(b"\n");
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn collect(root: &Path, d: &Path, out: &mut BTreeMap<String, PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(d).map_err(|e| Error::io(d, e))? {
+        let p = e.map_err(|e| Error::io(d, e))?.path();
+        if p.is_dir() {
+            collect(root, &p, out)?;
+        } else {
+            let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().replace('\\', "/");
+            out.insert(rel, p);
+        }
+    }
+    Ok(())
+}
+
+/// sha256 of a model input: the GGUF file, or an HF folder's weights, config and tokenizer.
+pub fn sha256_model(p: &Path) -> Result<String> {
+    if p.is_file() {
+        return sha256_path(p);
+    }
+    let mut names: Vec<PathBuf> = std::fs::read_dir(p)
+        .map_err(|e| Error::io(p, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|f| {
+            let n = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            f.is_file() && (n.ends_with(".safetensors") || n.ends_with(".json") || n.ends_with(".model"))
+        })
+        .collect();
+    names.sort();
+    let mut h = Sha256::new();
+    for f in names {
+        h.update(f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default().as_bytes());
+        h.update([0]);
+        h.update(sha256_path(&f)?.as_bytes());
+        h.update(b"\n");
+    }
+    Ok(hex(&h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_strings_parse() {
+        let b = Path::new(".");
+        let r = RecipeSpec::parse("q4_k_m", b).expect("mix");
+        assert!(r.is_gguf() && !r.needs_calibration());
+        assert_eq!(r.slug(), "q4_k_m");
+        let r = RecipeSpec::parse("gptq:q4_k_m", b).expect("gptq gguf");
+        assert!(r.is_gguf() && r.needs_calibration());
+        assert_eq!(r.slug(), "gptq-q4_k_m");
+        let r = RecipeSpec::parse("gptq:4:128", b).expect("int");
+        assert!(matches!(r.spec, Spec::Int { method: Method::Gptq, bits: 4, group: Some(128), sym: true }));
+        let r = RecipeSpec::parse("awq:4:64", b).expect("awq");
+        assert!(matches!(r.spec, Spec::Int { method: Method::Awq, group: Some(64), sym: false, .. }));
+        let r = RecipeSpec::parse("rtn:3:-1:asym", b).expect("rtn");
+        assert!(matches!(r.spec, Spec::Int { method: Method::Rtn, bits: 3, group: None, sym: false }));
+        assert!(!r.needs_calibration());
+        for bad in
+            ["q9_z", "awq:3:128", "rtn:q4_k_m", "gptq:x:128", "gptq:4:128:maybe", "a:b:c:d:e", "missing.toml"]
+        {
+            assert!(RecipeSpec::parse(bad, b).is_err(), "{bad}");
+        }
+    }
+}
