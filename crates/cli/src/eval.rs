@@ -205,13 +205,7 @@ pub fn kld(ctx: &Ctx, a: &KldArgs) -> Result<()> {
         let text = read_text(text_path)?;
         let (bm, bt) = load(&a.base, a.weights)?;
         let tokens = bt.encode(&text, bt.add_bos)?;
-        let o = PplOptions {
-            ctx: a.ctx,
-            chunks: a.chunks,
-            mode: PplMode::Llama,
-            stride: None,
-            bos: if bt.add_bos { bt.bos } else { None },
-        };
+        let o = crate::jobs::llama_chunks(a.ctx, a.chunks, &bt);
         if let Some(p) = &a.save_base {
             let pb = bar(ctx.progress, 0, "base", false);
             base_logits(&bm, &tokens, &o, &|d, t| progress(&pb, d, t))?.write(p)?;

@@ -317,6 +317,17 @@ pub struct EvalSettings {
     pub chunks: Option<usize>,
 }
 
+/// llama-perplexity's scoring: chunks of `ctx`, BOS first when the model adds one.
+pub fn llama_chunks(ctx: usize, chunks: Option<usize>, tok: &Tokenizer) -> PplOptions {
+    PplOptions {
+        ctx,
+        chunks,
+        mode: PplMode::Llama,
+        stride: None,
+        bos: if tok.add_bos { tok.bos } else { None },
+    }
+}
+
 /// The base model's log-probabilities on the evaluation text (llama-perplexity's chunks).
 pub fn compute_base(model: &Path, e: &EvalSettings, progress: &dyn Progress) -> Result<BaseLogits> {
     let src = ModelSource::open(model)?;
@@ -324,13 +335,7 @@ pub fn compute_base(model: &Path, e: &EvalSettings, progress: &dyn Progress) -> 
     let m = Model::load_with(&src, WeightMode::Native)?;
     let text = read_text(&e.text)?;
     let tokens = tok.encode(&text, tok.add_bos)?;
-    let o = PplOptions {
-        ctx: e.ctx,
-        chunks: e.chunks,
-        mode: PplMode::Llama,
-        stride: None,
-        bos: if tok.add_bos { tok.bos } else { None },
-    };
+    let o = llama_chunks(e.ctx, e.chunks, &tok);
     progress.stage("base logits", 0);
     base_logits(&m, &tokens, &o, &|d, _| progress.tick(d as u64))
 }
