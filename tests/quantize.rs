@@ -130,22 +130,6 @@ fn quantize_refuses_bad_requests_without_leaving_files() {
         &["AWQ", "4-bit"],
     );
     fails_with(
-        &[
-            &"quantize",
-            &stories(),
-            &"--method",
-            &"gptq",
-            &"--act-order",
-            &"--calib",
-            &calib(),
-            &"--format",
-            &"awq",
-            &"-o",
-            &out,
-        ],
-        &["static-groups"],
-    );
-    fails_with(
         &[&"quantize", &stories(), &"--method", &"rtn", &"--format", &"zip", &"-o", &out],
         &["unknown format"],
     );

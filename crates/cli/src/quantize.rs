@@ -40,11 +40,17 @@ pub struct QuantizeArgs {
     /// Symmetric grid.
     #[arg(long)]
     pub sym: bool,
-    /// GPTQ: quantize columns by decreasing Hessian diagonal (desc_act, with g_idx).
-    #[arg(long)]
+    /// GPTQ into integer formats: quantize columns by decreasing Hessian diagonal (desc_act, with
+    /// g_idx). The default (as GPTQModel and llm-compressor); GGUF outputs always use column order
+    /// (GGUF stores no permutation).
+    #[arg(long, overrides_with = "no_act_order")]
     pub act_order: bool,
-    /// GPTQ with --act-order: group parameters fixed up front in column order (g_idx monotone;
-    /// needed for awq/compressed-tensors outputs).
+    /// GPTQ: plain column order.
+    #[arg(long)]
+    pub no_act_order: bool,
+    /// GPTQ with act-order: group parameters fixed up front in column order (g_idx monotone).
+    /// Chosen automatically when an awq or compressed-tensors output is requested (they store no
+    /// g_idx), as llm-compressor's `actorder="static"`.
     #[arg(long)]
     pub static_groups: bool,
     /// GPTQ damping, a fraction of the mean Hessian diagonal (raised ×10 until Cholesky succeeds).
@@ -106,8 +112,10 @@ pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
         gptq: GptqConfig {
             block: a.block,
             damp: a.damp,
-            act_order: a.act_order,
-            static_groups: a.static_groups,
+            act_order: !a.no_act_order,
+            static_groups: a.static_groups
+                || (!a.no_act_order
+                    && a.formats.iter().any(|f| f == "awq" || f == "compressed-tensors")),
         },
         awq: AwqConfig::default(),
         formats,

@@ -145,7 +145,7 @@ pub fn sweep(ctx: &Ctx, a: &SweepArgs) -> Result<()> {
     let shared = Shared {
         prepared: prepared.as_ref(),
         imatrix: imatrix.as_ref(),
-        gptq: GptqConfig { damp: a.damp, ..GptqConfig::default() },
+        gptq: GptqConfig { damp: a.damp, act_order: true, ..GptqConfig::default() },
     };
 
     let models = a.output.join("models");
