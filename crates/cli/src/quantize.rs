@@ -114,8 +114,7 @@ pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
             damp: a.damp,
             act_order: !a.no_act_order,
             static_groups: a.static_groups
-                || (!a.no_act_order
-                    && a.formats.iter().any(|f| f == "awq" || f == "compressed-tensors")),
+                || (!a.no_act_order && a.formats.iter().any(|f| f == "awq" || f == "compressed-tensors")),
         },
         awq: AwqConfig::default(),
         formats,

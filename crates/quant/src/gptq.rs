@@ -104,11 +104,6 @@ pub fn gptq(
     let gs = match grid {
         Grid::Int(g) => g.group_size(cols),
         Grid::Gguf(g) => {
-            if cfg.act_order {
-                return Err(Error::Unsupported(
-                    "act-order with a GGUF grid (GGUF cannot store a column permutation)".into(),
-                ));
-            }
             if cols % g.block() != 0 {
                 return Err(Error::Invalid(format!(
                     "{cols} columns are not whole {} blocks of {}",
@@ -248,9 +243,41 @@ pub fn gptq(
             let mut bytes = vec![0u8; rows * rb];
             let mut wp = wp;
             let (bs, bb) = (g.block(), g.block_bytes());
-            wp.par_chunks_mut(ROW_CHUNK * cols).zip(bytes.par_chunks_mut(ROW_CHUNK * rb)).for_each(
-                |(wc, bc)| {
+            let nb = cols / bs;
+            wp.par_chunks_mut(ROW_CHUNK * cols)
+                .zip(bytes.par_chunks_mut(ROW_CHUNK * rb))
+                .enumerate()
+                .for_each(|(ci, (wc, bc))| {
                     let n = wc.len() / cols;
+                    if cfg.act_order {
+                        // GGUF stores no permutation, so act-order runs with static blocks (as
+                        // llm-compressor's actorder="static"): every block's scales are chosen up
+                        // front from the original weights (the format's own weighted search), then
+                        // columns are rounded onto them in decreasing-Hessian order with error
+                        // feedback. Codes land at their original positions.
+                        let mut chunks = vec![IntChunk::default(); n * nb];
+                        for r in 0..n {
+                            let orig = &w[(ci * ROW_CHUNK + r) * cols..(ci * ROW_CHUNK + r + 1) * cols];
+                            for b in 0..nb {
+                                let x: Vec<f32> = (b * bs..(b + 1) * bs)
+                                    .map(|c| if dead[c] { 0.0 } else { orig[c] })
+                                    .collect();
+                                let qw = imp.map(|v| &v[b * bs..(b + 1) * bs]);
+                                let out = &mut bc[r * rb + b * bb..r * rb + (b + 1) * bb];
+                                g.start_block(&x, qw, out, &mut chunks[r * nb + b]);
+                            }
+                        }
+                        column_loop(wc, n, cols, &u, block, |wc, i| {
+                            let col = perm[i];
+                            let (blk, j) = (col / bs, col % bs);
+                            for r in 0..n {
+                                let (code, v) = g.round(&chunks[r * nb + blk], j, wc[r * cols + i]);
+                                g.set_code(&mut bc[r * rb + blk * bb..r * rb + (blk + 1) * bb], j, code);
+                                wc[r * cols + i] = v;
+                            }
+                        });
+                        return;
+                    }
                     let mut chunks = vec![IntChunk::default(); n];
                     column_loop(wc, n, cols, &u, block, |wc, i| {
                         let (blk, j) = (i / bs, i % bs);
@@ -266,8 +293,7 @@ pub fn gptq(
                             wc[r * cols + i] = v;
                         }
                     });
-                },
-            );
+                });
             Quantized::Gguf { ty: g.ty, rows, cols, bytes }
         }
     };
@@ -425,10 +451,23 @@ mod tests {
                 );
             }
         }
-        for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_0, GgmlType::Q3_K] {
+        for (ty, act) in [
+            (GgmlType::Q4_K, false),
+            (GgmlType::Q6_K, false),
+            (GgmlType::Q4_0, false),
+            (GgmlType::Q3_K, false),
+            (GgmlType::Q4_K, true),
+            (GgmlType::Q5_0, true),
+        ] {
             let g = GgufGrid::new(ty).expect("grid");
-            let out = gptq(&w, rows, cols, &h, None, Grid::Gguf(g), GptqConfig::default()).expect("gptq");
+            let cfg = GptqConfig { act_order: act, ..Default::default() };
+            let out = gptq(&w, rows, cols, &h, None, Grid::Gguf(g), cfg).expect("gptq");
             let q = out.q.dequantize().expect("deq");
+            if act {
+                // Static blocks: the scales are the plain quantizer's, only the codes differ.
+                let Quantized::Gguf { bytes, .. } = &out.q else { panic!("gguf") };
+                assert_eq!(bytes.len(), quantkit_formats::quantize(ty, &w, cols).expect("q").len());
+            }
             let rtn =
                 quantkit_formats::dequantize(ty, &quantkit_formats::quantize(ty, &w, cols).expect("q"), cols)
                     .expect("d");
@@ -436,7 +475,7 @@ mod tests {
                 output_error(&w, &q, rows, cols, &xtx, tokens as u64),
                 output_error(&w, &rtn, rows, cols, &xtx, tokens as u64),
             );
-            assert!(eg < er * 0.95, "{ty}: gptq {eg} rtn {er}");
+            assert!(eg < er * 0.95, "{ty} act {act}: gptq {eg} rtn {er}");
         }
     }
 

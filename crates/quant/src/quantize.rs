@@ -245,7 +245,8 @@ pub fn quantize_with(
             opts.bits
         )));
     }
-    if opts.gptq.act_order
+    if opts.method == Method::Gptq
+        && opts.gptq.act_order
         && !opts.gptq.static_groups
         && int_formats.iter().any(|f| matches!(f, IntFormat::Awq | IntFormat::CompressedTensors))
     {
@@ -278,9 +279,9 @@ pub fn quantize_with(
         let t0 = Instant::now();
         let samples = samples.expect("checked: calibration given");
         let mut model = Model::load_with(&src, WeightMode::Dequantized)?;
-        // GGUF stores no column permutation: act-order applies to the integer formats only.
+        // GGUF stores no column permutation: act-order there runs with static blocks (gptq.rs).
         let gptq = match target {
-            Target::Gguf { .. } => GptqConfig { act_order: false, static_groups: false, ..opts.gptq },
+            Target::Gguf { .. } => GptqConfig { static_groups: true, ..opts.gptq },
             _ => opts.gptq,
         };
         let mut hook = Calibrator::new(opts.method, target, gptq, opts.awq);
@@ -393,7 +394,11 @@ pub fn quantize_with(
                 };
             let label = format!(
                 "gguf:{mix}{}",
-                if opts.gptq.act_order && opts.method == Method::Gptq { " (no act-order)" } else { "" }
+                if opts.gptq.act_order && opts.method == Method::Gptq {
+                    " (act-order, static blocks)"
+                } else {
+                    ""
+                }
             );
             let (r, secs) = run_pass(target, &label)?;
             write_imatrix(&r)?;
