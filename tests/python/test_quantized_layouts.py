@@ -409,7 +409,7 @@ def original():
 RUNS = {
     "gptq4-act": ["--method", "gptq", "--bits", 4, "--group", 32, "--act-order", "--static-groups",
                   "--format", "gptq", "--format", "gptq-v2", "--format", "awq", "--format", "compressed-tensors"],
-    "gptq3": ["--method", "gptq", "--bits", 3, "--group", 32, "--format", "gptq", "--format", "gptq-v2"],
+    "gptq3": ["--method", "gptq", "--bits", 3, "--group", 32, "--no-act-order", "--format", "gptq", "--format", "gptq-v2"],
     "gptq4-asym": ["--method", "gptq", "--bits", 4, "--group", 32, "--asym",
                    "--format", "gptq", "--format", "gptq-v2", "--format", "awq", "--format", "compressed-tensors"],
     "rtn4": ["--method", "rtn", "--bits", 4, "--group", 32,
@@ -538,7 +538,8 @@ def test_quantize_layouts_match_export(runs, original, key):
         if fmt in ("gptq", "gptq-v2"):
             assert q["bits"] == RUNS[key][RUNS[key].index("--bits") + 1]
             assert q["sym"] == ("--asym" not in RUNS[key])
-            assert q["desc_act"] == ("--act-order" in RUNS[key])
+            # act-order is GPTQ's default (--no-act-order turns it off); RTN never reorders.
+            assert q["desc_act"] == (RUNS[key][1] == "gptq" and "--no-act-order" not in RUNS[key])
         # sanity: the quantized weights are near the originals (relative RMS error)
         limit = 0.35 if RUNS[key][RUNS[key].index("--bits") + 1] == 3 else 0.2
         for m in quantized:

@@ -271,8 +271,9 @@ pub fn quantize_with(
     let calibration_seconds = prepared.map_or(0.0, |p| p.seconds);
     let info = QuantInfo {
         method: format!("{:?}", opts.method).to_lowercase(),
-        act_order: opts.gptq.act_order,
-        static_groups: opts.gptq.static_groups,
+        // Only GPTQ reorders columns (RTN and AWQ record no act-order).
+        act_order: opts.method == Method::Gptq && opts.gptq.act_order,
+        static_groups: opts.method == Method::Gptq && opts.gptq.act_order && opts.gptq.static_groups,
         damp: opts.gptq.damp,
     };
     let run_pass = |target: Target, label: &str| -> Result<(PassResult, f64)> {
