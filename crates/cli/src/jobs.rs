@@ -256,7 +256,7 @@ pub fn quantize_recipe(
                 }
             };
             let built = work.join(&inner);
-            replace(&built, dest)?;
+            quantkit_core::replace_path(&built, dest)?;
             let _ = std::fs::remove_dir_all(&work);
             let bytes =
                 if dest.is_file() { file_len(dest) } else { file_len(&dest.join("model.safetensors")) };
@@ -284,29 +284,6 @@ fn file_len(p: &Path) -> u64 {
 pub fn sibling(dest: &Path, suffix: &str) -> PathBuf {
     let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
     dest.with_file_name(format!(".{name}{suffix}"))
-}
-
-/// Move a finished file or folder `built` to `dest`, replacing what is there. A folder replaces
-/// an old one through a rename of the old one aside first (two renames; never a half folder).
-pub fn replace(built: &Path, dest: &Path) -> Result<()> {
-    if built.is_dir() && dest.exists() {
-        let old = sibling(dest, ".old");
-        if old.exists() {
-            remove_any(&old)?;
-        }
-        std::fs::rename(dest, &old).map_err(|e| Error::io(dest, e))?;
-        std::fs::rename(built, dest).map_err(|e| Error::io(dest, e))?;
-        return remove_any(&old);
-    }
-    if dest.is_dir() {
-        remove_any(dest)?;
-    }
-    std::fs::rename(built, dest).map_err(|e| Error::io(dest, e))
-}
-
-fn remove_any(p: &Path) -> Result<()> {
-    let r = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
-    r.map_err(|e| Error::io(p, e))
 }
 
 /// How outputs are scored.
@@ -348,6 +325,13 @@ pub fn score(path: &Path, base: &BaseLogits, progress: &dyn Progress) -> Result<
     progress.stage("scoring", 0);
     let r = kld(&m, base, &|d, _| progress.tick(d as u64))?;
     Ok((r, t0.elapsed().as_secs_f64()))
+}
+
+/// Write `bytes` to `p` through a temp file and a rename (never a half file).
+pub fn write_atomic(p: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = quantkit_core::AtomicFile::create(p)?;
+    std::io::Write::write_all(&mut f, bytes).map_err(|e| Error::io(p, e))?;
+    f.commit()
 }
 
 pub fn hex(d: &[u8]) -> String {

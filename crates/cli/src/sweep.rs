@@ -14,7 +14,7 @@ use quantkit_quant::quantize::{imatrix_pass, prepare_calibration, CalibOptions};
 use serde::Serialize;
 
 use crate::commands::Ctx;
-use crate::jobs::{compute_base, quantize_recipe, score, EvalSettings, RecipeSpec, Shared};
+use crate::jobs::{compute_base, quantize_recipe, score, write_atomic, EvalSettings, RecipeSpec, Shared};
 use crate::plot;
 use crate::progress::StageBars;
 
@@ -217,12 +217,6 @@ pub fn sweep(ctx: &Ctx, a: &SweepArgs) -> Result<()> {
         println!("\nwrote {}/results.{{csv,json,md}} and plot.{{svg,png}}", a.output.display());
     }
     Ok(())
-}
-
-fn write_atomic(p: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = quantkit_core::AtomicFile::create(p)?;
-    std::io::Write::write_all(&mut f, bytes).map_err(|e| Error::io(p, e))?;
-    f.commit()
 }
 
 fn csv_field(s: &str) -> String {

@@ -168,19 +168,27 @@ impl AtomicDir {
 
     /// Rename the finished folder to its destination.
     pub fn commit(mut self) -> Result<()> {
-        let dest = &self.dest;
-        if dest.exists() {
-            let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let old = dest.with_file_name(format!(".{name}.quantkit-old-{}", std::process::id()));
-            std::fs::rename(dest, &old).map_err(|e| Error::io(dest, e))?;
-            std::fs::rename(&self.tmp, dest).map_err(|e| Error::io(dest, e))?;
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            std::fs::rename(&self.tmp, dest).map_err(|e| Error::io(dest, e))?;
-        }
+        replace_path(&self.tmp, &self.dest)?;
         self.done = true;
         Ok(())
     }
+}
+
+/// Move a finished file or folder `built` (in the same file system) to `dest`, replacing what is
+/// there. A file over a file is one atomic rename; when a folder is involved, the existing `dest`
+/// is renamed aside (`.<name>.quantkit-old-<pid>`) first and removed after the rename, so `dest` is
+/// at every moment either the old entry or the new one, never a mix.
+pub fn replace_path(built: &Path, dest: &Path) -> Result<()> {
+    if dest.exists() && (dest.is_dir() || built.is_dir()) {
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let old = dest.with_file_name(format!(".{name}.quantkit-old-{}", std::process::id()));
+        std::fs::rename(dest, &old).map_err(|e| Error::io(dest, e))?;
+        std::fs::rename(built, dest).map_err(|e| Error::io(dest, e))?;
+        let _ = if old.is_dir() { std::fs::remove_dir_all(&old) } else { std::fs::remove_file(&old) };
+    } else {
+        std::fs::rename(built, dest).map_err(|e| Error::io(dest, e))?;
+    }
+    Ok(())
 }
 
 impl Drop for AtomicDir {

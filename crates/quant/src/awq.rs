@@ -150,11 +150,8 @@ mod tests {
         let (rows, cols, tokens) = (16, 64, 200usize);
         // A few input channels carry 20× larger activations.
         let big = |c: usize| if c % 16 == 5 { 20.0 } else { 1.0 };
-        let mut s = 3u64;
-        let mut rnd = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut r = quantkit_calibration::corpus::Rng::new(3);
+        let mut rnd = || r.symmetric();
         let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
         let x: Vec<f32> = (0..tokens * cols).map(|k| rnd() * big(k % cols)).collect();
         let mut xtx = vec![0f64; cols * cols];
