@@ -18,14 +18,18 @@ use quantkit_engine::eval::BaseLogits;
 use quantkit_io::imatrix::Imatrix;
 use quantkit_io::source::ModelSource;
 use quantkit_quant::gptq::GptqConfig;
-use quantkit_quant::quantize::{imatrix_pass, prepare_calibration, CalibOptions, Prepared};
+use quantkit_quant::quantize::{imatrix_pass, prepare_calibration, Prepared};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+mod jobfile;
+
+use jobfile::{load_jobs, parse_shard, Gates, Job, Metrics};
+
 use crate::commands::Ctx;
 use crate::jobs::{
-    compute_base, hex, quantize_recipe, score, sha256_model, sha256_path, EvalSettings, RecipeSpec, Shared,
+    compute_base, hex, quantize_recipe, score, sha256_model, sha256_path, write_atomic, Shared,
 };
 use crate::progress::StageBars;
 
@@ -58,261 +62,6 @@ pub enum BatchCmd {
         #[arg(long, short)]
         output: PathBuf,
     },
-}
-
-/// Quality gates; a job fails when any set gate is not met.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Gates {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_kld: Option<f64>,
-    /// PPL / base PPL.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_ppl_ratio: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_ppl: Option<f64>,
-    /// Fraction (0–1) of positions where the top token matches the base's.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub min_same_top: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_bits_per_weight: Option<f64>,
-}
-
-impl Gates {
-    fn or(&self, d: &Gates) -> Gates {
-        Gates {
-            max_kld: self.max_kld.or(d.max_kld),
-            max_ppl_ratio: self.max_ppl_ratio.or(d.max_ppl_ratio),
-            max_ppl: self.max_ppl.or(d.max_ppl),
-            min_same_top: self.min_same_top.or(d.min_same_top),
-            max_bits_per_weight: self.max_bits_per_weight.or(d.max_bits_per_weight),
-        }
-    }
-
-    /// The failed gates, as `metric value > limit`.
-    fn check(&self, m: &Metrics, bpw: f64) -> Vec<String> {
-        let mut f = vec![];
-        let mut max = |name: &str, v: f64, lim: Option<f64>| {
-            if let Some(l) = lim {
-                if v.is_nan() || v > l {
-                    f.push(format!("{name} {v:.6} > max_{name} {l}"));
-                }
-            }
-        };
-        max("kld", m.kld, self.max_kld);
-        max("ppl_ratio", m.ppl_ratio, self.max_ppl_ratio);
-        max("ppl", m.ppl, self.max_ppl);
-        max("bits_per_weight", bpw, self.max_bits_per_weight);
-        if let Some(l) = self.min_same_top {
-            if m.same_top_p.is_nan() || m.same_top_p < l {
-                f.push(format!("same_top {:.6} < min_same_top {l}", m.same_top_p));
-            }
-        }
-        f
-    }
-}
-
-/// Settings a job may take from `[defaults]` or set itself.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    text: Option<PathBuf>,
-    ctx: Option<usize>,
-    chunks: Option<usize>,
-    calib: Option<PathBuf>,
-    samples: Option<usize>,
-    seqlen: Option<usize>,
-    seed: Option<u64>,
-    damp: Option<f64>,
-    #[serde(default)]
-    gates: Gates,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JobEntry {
-    name: String,
-    model: String,
-    recipe: String,
-    /// Output path under the output folder (default `<name>.gguf` or `<name>/`).
-    output: Option<String>,
-    #[serde(flatten)]
-    settings: Settings,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MatrixEntry {
-    models: Vec<String>,
-    recipes: Vec<String>,
-    #[serde(flatten)]
-    settings: Settings,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JobFile {
-    out: Option<PathBuf>,
-    #[serde(default)]
-    defaults: Settings,
-    #[serde(default)]
-    job: Vec<JobEntry>,
-    #[serde(default)]
-    matrix: Vec<MatrixEntry>,
-}
-
-/// A job with everything resolved.
-#[derive(Debug)]
-struct Job {
-    index: usize,
-    name: String,
-    /// As written in the job file (the report shows this).
-    model_text: String,
-    model: PathBuf,
-    recipe: RecipeSpec,
-    /// Relative to the output folder.
-    output: String,
-    eval: EvalSettings,
-    calib: Option<CalibOptions>,
-    damp: f64,
-    gates: Gates,
-}
-
-fn merge_settings(job: &Settings, d: &Settings) -> Settings {
-    Settings {
-        text: job.text.clone().or_else(|| d.text.clone()),
-        ctx: job.ctx.or(d.ctx),
-        chunks: job.chunks.or(d.chunks),
-        calib: job.calib.clone().or_else(|| d.calib.clone()),
-        samples: job.samples.or(d.samples),
-        seqlen: job.seqlen.or(d.seqlen),
-        seed: job.seed.or(d.seed),
-        damp: job.damp.or(d.damp),
-        gates: job.gates.or(&d.gates),
-    }
-}
-
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 120
-        && !n.starts_with('.')
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// Read and expand a job file: `[[job]]` entries, then each `[[matrix]]` (models × recipes), in
-/// file order.
-fn load_jobs(path: &Path) -> Result<(Vec<Job>, Option<PathBuf>)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let f: JobFile = toml::from_str(&text)
-        .map_err(|e| Error::Invalid(format!("{}: not a valid job file: {e}", path.display())))?;
-    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
-    let mut entries: Vec<(String, String, String, Option<String>, Settings)> = vec![];
-    for j in &f.job {
-        entries.push((
-            j.name.clone(),
-            j.model.clone(),
-            j.recipe.clone(),
-            j.output.clone(),
-            j.settings.clone(),
-        ));
-    }
-    for m in &f.matrix {
-        for model in &m.models {
-            let stem = Path::new(model)
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_else(|| "model".into());
-            for r in &m.recipes {
-                let slug = RecipeSpec::parse(r, &base)?.slug();
-                entries.push((format!("{stem}-{slug}"), model.clone(), r.clone(), None, m.settings.clone()));
-            }
-        }
-    }
-    if entries.is_empty() {
-        return Err(Error::Invalid(format!("{}: no [[job]] or [[matrix]] entries", path.display())));
-    }
-    let mut seen = BTreeMap::new();
-    let mut jobs = vec![];
-    for (index, (name, model, recipe, output, s)) in entries.into_iter().enumerate() {
-        if !valid_name(&name) {
-            return Err(Error::Invalid(format!(
-                "{}: job name {name:?} (letters, digits, '-', '_', '.'; not starting with '.')",
-                path.display()
-            )));
-        }
-        let s = merge_settings(&s, &f.defaults);
-        let r = RecipeSpec::parse(&recipe, &base).map_err(|e| Error::Invalid(format!("job {name}: {e}")))?;
-        let output =
-            output.unwrap_or_else(|| if r.is_gguf() { format!("{name}.gguf") } else { name.clone() });
-        if output.is_empty()
-            || Path::new(&output).is_absolute()
-            || output.split('/').any(|c| c == ".." || c.is_empty() || c.starts_with('.'))
-        {
-            return Err(Error::Invalid(format!(
-                "job {name}: output {output:?} must be a relative path inside the output folder"
-            )));
-        }
-        for (what, key) in [("name", name.clone()), ("output", output.clone())] {
-            if let Some(other) = seen.insert(format!("{what}:{key}"), name.clone()) {
-                return Err(Error::Invalid(format!(
-                    "{}: jobs {other} and {name} have the same {what} {key:?}",
-                    path.display()
-                )));
-            }
-        }
-        let text = s
-            .text
-            .as_ref()
-            .ok_or_else(|| Error::Invalid(format!("job {name}: no evaluation text (text = ...)")))?;
-        let calib = s.calib.as_ref().map(|c| CalibOptions {
-            corpus: Some(resolve(c)),
-            samples: s.samples.unwrap_or(128),
-            seqlen: s.seqlen.unwrap_or(512),
-            seed: s.seed.unwrap_or(0),
-        });
-        if r.needs_calibration() && calib.is_none() {
-            return Err(Error::Invalid(format!(
-                "job {name}: recipe {} needs calibration text (calib = ...)",
-                r.text
-            )));
-        }
-        jobs.push(Job {
-            index,
-            name,
-            model: resolve(Path::new(&model)),
-            model_text: model,
-            recipe: r,
-            output,
-            eval: EvalSettings { text: resolve(text), ctx: s.ctx.unwrap_or(512), chunks: s.chunks },
-            calib,
-            damp: s.damp.unwrap_or(GptqConfig::default().damp),
-            gates: s.gates,
-        });
-    }
-    Ok((jobs, f.out.map(|o| resolve(&o))))
-}
-
-fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let bad = || Error::Invalid(format!("--shard {s:?}: expected I/N with 1 ≤ I ≤ N"));
-    let (i, n) = s.split_once('/').ok_or_else(bad)?;
-    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
-    if n == 0 || i == 0 || i > n {
-        return Err(bad());
-    }
-    Ok((i, n))
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct Metrics {
-    ppl: f64,
-    ppl_err: f64,
-    ppl_base: f64,
-    ppl_ratio: f64,
-    kld: f64,
-    kld_err: f64,
-    same_top_p: f64,
-    tokens_scored: usize,
 }
 
 /// What a finished (or failed) job leaves in `OUT/manifests/<job>.json`.
@@ -397,9 +146,7 @@ fn identity(job: &Job, memo: &mut Memo) -> Result<Value> {
 fn write_json(p: &Path, v: &impl Serialize) -> Result<()> {
     let mut b = serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?;
     b.push(b'\n');
-    let mut f = quantkit_core::AtomicFile::create(p)?;
-    std::io::Write::write_all(&mut f, &b).map_err(|e| Error::io(p, e))?;
-    f.commit()
+    write_atomic(p, &b)
 }
 
 fn read_manifest(p: &Path) -> Option<Manifest> {
@@ -707,6 +454,9 @@ fn finish(ctx: &Ctx, manifests: &[Manifest], path: &Path) -> Result<()> {
     let mut ms: Vec<&Manifest> = manifests.iter().collect();
     ms.sort_by_key(|m| (m.index, m.job.clone()));
     let mut rows = vec![];
+    let mut md = String::from(
+        "| job | status | recipe | output | bpw | PPL | ×base | KLD | same top |\n|---|---|---|---|---:|---:|---:|---:|---:|\n",
+    );
     let mut failures = vec![];
     let (mut ok, mut gate_failed, mut errors) = (0, 0, 0);
     for m in &ms {
@@ -734,6 +484,19 @@ fn finish(ctx: &Ctx, manifests: &[Manifest], path: &Path) -> Result<()> {
             "bits_per_weight": m.bits_per_weight, "metrics": m.metrics, "gates": m.gates,
             "failed_gates": fails, "error": m.error,
         }));
+        let k = m.metrics.as_ref();
+        md += &format!(
+            "| {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
+            m.job,
+            status.replace('-', " "),
+            m.recipe,
+            m.output,
+            m.bits_per_weight,
+            k.map(|k| format!("{:.4}", k.ppl)).unwrap_or_default(),
+            k.map(|k| format!("{:.4}", k.ppl_ratio)).unwrap_or_default(),
+            k.map(|k| format!("{:.6}", k.kld)).unwrap_or_default(),
+            k.map(|k| format!("{:.2} %", 100.0 * k.same_top_p)).unwrap_or_default(),
+        );
     }
     let report = json!({
         "tool_version": env!("CARGO_PKG_VERSION"),
@@ -746,32 +509,7 @@ fn finish(ctx: &Ctx, manifests: &[Manifest], path: &Path) -> Result<()> {
         }
     }
     write_json(path, &report)?;
-    let mut md = String::from("| job | status | recipe | output | bpw | PPL | ×base | KLD | same top |\n|---|---|---|---|---:|---:|---:|---:|---:|\n");
-    for m in &ms {
-        let k = m.metrics.as_ref();
-        md += &format!(
-            "| {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
-            m.job,
-            if m.status != "ok" {
-                "error".to_string()
-            } else if k.map(|k| m.gates.check(k, m.bits_per_weight).is_empty()).unwrap_or(false) {
-                "ok".into()
-            } else {
-                "gate failed".into()
-            },
-            m.recipe,
-            m.output,
-            m.bits_per_weight,
-            k.map(|k| format!("{:.4}", k.ppl)).unwrap_or_default(),
-            k.map(|k| format!("{:.4}", k.ppl_ratio)).unwrap_or_default(),
-            k.map(|k| format!("{:.6}", k.kld)).unwrap_or_default(),
-            k.map(|k| format!("{:.2} %", 100.0 * k.same_top_p)).unwrap_or_default(),
-        );
-    }
-    let mdp = path.with_extension("md");
-    let mut f = quantkit_core::AtomicFile::create(&mdp)?;
-    std::io::Write::write_all(&mut f, md.as_bytes()).map_err(|e| Error::io(&mdp, e))?;
-    f.commit()?;
+    write_atomic(&path.with_extension("md"), md.as_bytes())?;
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?);
     } else {
@@ -792,43 +530,5 @@ fn finish(ctx: &Ctx, manifests: &[Manifest], path: &Path) -> Result<()> {
             gate_failed + errors,
             ms.len()
         )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shards_and_gates() {
-        assert_eq!(parse_shard("2/3").expect("ok"), (2, 3));
-        for bad in ["0/3", "4/3", "1/0", "x", "1-3"] {
-            assert!(parse_shard(bad).is_err(), "{bad}");
-        }
-        let m = Metrics {
-            ppl: 11.0,
-            ppl_err: 0.1,
-            ppl_base: 10.0,
-            ppl_ratio: 1.1,
-            kld: 0.06,
-            kld_err: 0.0,
-            same_top_p: 0.9,
-            tokens_scored: 10,
-        };
-        let g = Gates {
-            max_kld: Some(0.05),
-            max_ppl_ratio: Some(1.2),
-            min_same_top: Some(0.95),
-            ..Default::default()
-        };
-        let f = g.check(&m, 4.5);
-        assert_eq!(f.len(), 2, "{f:?}");
-        assert!(f[0].starts_with("kld 0.060000 > max_kld 0.05"), "{f:?}");
-        assert!(f[1].contains("same_top"), "{f:?}");
-        let d = Gates { max_ppl: Some(12.0), max_kld: Some(1.0), ..Default::default() };
-        let merged = g.or(&d);
-        assert_eq!(merged.max_kld, Some(0.05));
-        assert_eq!(merged.max_ppl, Some(12.0));
-        assert!(merged.check(&m, 4.5).len() == 2);
     }
 }
