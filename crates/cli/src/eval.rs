@@ -201,7 +201,12 @@ pub fn kld(ctx: &Ctx, a: &KldArgs) -> Result<()> {
         let text_path = a
             .text
             .as_ref()
-            .ok_or_else(|| Error::Invalid("--text is required when --base is a model".into()))?;
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "--text is required when --base is a model ({} is not a base-logits file saved with --save-base)",
+                    a.base.display()
+                ))
+            })?;
         let text = read_text(text_path)?;
         let (bm, bt) = load(&a.base, a.weights)?;
         let tokens = bt.encode(&text, bt.add_bos)?;

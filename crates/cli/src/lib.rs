@@ -5,6 +5,7 @@ mod batch;
 mod bench;
 mod commands;
 mod eval;
+pub mod fuzzing;
 mod jobs;
 mod plot;
 mod progress;

@@ -2,7 +2,8 @@
 //!
 //! Until [`AtomicFile::commit`] succeeds the destination is untouched (absent, or the old file).
 //! Dropping an uncommitted `AtomicFile` removes the temp file. A process killed with SIGKILL can
-//! leave a `.<name>.quantkit-tmp-*` file behind, never a partial destination.
+//! leave a `.<name>.quantkit-tmp-<pid>-*` file behind, never a partial destination; the next writer
+//! of the same destination removes such leftovers of dead processes ([`remove_stale`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -38,6 +39,7 @@ impl AtomicFile {
             .ok_or_else(|| Error::Invalid(format!("output path {} has no file name", dest.display())))?
             .to_string_lossy()
             .into_owned();
+        sweep_siblings(&dir, &file_name, &dest);
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -129,6 +131,29 @@ mod tests {
     }
 
     #[test]
+    fn leftovers_of_dead_writers_are_swept_and_an_old_output_restored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dead = u32::MAX - 7; // no such pid
+        let stale = dir.path().join(format!(".out.bin.quantkit-tmp-{dead}-0000beef"));
+        std::fs::write(&stale, b"half").expect("w");
+        let other = dir.path().join(format!(".other.bin.quantkit-tmp-{dead}-0000beef"));
+        std::fs::write(&other, b"half").expect("w");
+        let mine = dir.path().join(format!(".out.bin.quantkit-tmp-{}-00000001", std::process::id()));
+        std::fs::write(&mine, b"live").expect("w");
+        let f = AtomicFile::create(dir.path().join("out.bin")).expect("create");
+        assert!(!stale.exists(), "dead writer's temp file of the same destination removed");
+        assert!(other.exists() && mine.exists(), "other destinations and live writers untouched");
+        drop(f);
+        // A folder replace killed between its two renames: the old folder comes back.
+        let old = dir.path().join(format!(".model.quantkit-old-{dead}"));
+        std::fs::create_dir(&old).expect("mkdir");
+        std::fs::write(old.join("a"), b"old").expect("w");
+        assert_eq!(remove_stale(dir.path()).expect("sweep"), 2);
+        assert_eq!(std::fs::read(dir.path().join("model/a")).expect("restored"), b"old");
+        assert!(!other.exists() && mine.exists());
+    }
+
+    #[test]
     fn missing_directory_is_a_clear_error() {
         let err = AtomicFile::create("/nonexistent-dir-quantkit/x.gguf").expect_err("must fail");
         assert!(err.to_string().contains("does not exist"), "{err}");
@@ -155,6 +180,7 @@ impl AtomicDir {
             _ => PathBuf::from("."),
         };
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+        sweep_siblings(&parent, &name, &dest);
         let tmp = parent.join(format!(".{name}.quantkit-tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -189,6 +215,89 @@ pub fn replace_path(built: &Path, dest: &Path) -> Result<()> {
         std::fs::rename(built, dest).map_err(|e| Error::io(dest, e))?;
     }
     Ok(())
+}
+
+/// The pid in a leftover's name (`.<name>.quantkit-tmp-<pid>[-nonce]`, `.<name>.quantkit-old-<pid>`)
+/// and whether it is an `old` (moved-aside previous output) entry; `None` for other names.
+fn leftover_pid(entry: &str) -> Option<(u32, bool)> {
+    if !entry.starts_with('.') {
+        return None;
+    }
+    ["quantkit-tmp-", "quantkit-old-"].iter().find_map(|m| {
+        let i = entry.find(m)?;
+        let digits: String = entry[i + m.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        digits.parse().ok().map(|pid| (pid, m.contains("old")))
+    })
+}
+
+/// Whether process `pid` is gone (Linux `/proc`; elsewhere we cannot tell and keep the file).
+fn process_is_dead(pid: u32) -> bool {
+    cfg!(target_os = "linux") && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn remove_entry(p: &Path) -> std::io::Result<()> {
+    if p.is_dir() && !p.is_symlink() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    }
+}
+
+/// Before writing `dest` (`name` in `dir`): remove temp files/folders that dead writers of the same
+/// destination left, and if a writer died between moving the old output aside and renaming the new
+/// one in (a folder replace), put the old output back. Best effort: failures are ignored, the new
+/// write still proceeds.
+fn sweep_siblings(dir: &Path, name: &str, dest: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let prefix = format!(".{name}.quantkit-");
+    for e in rd.flatten() {
+        let entry = e.file_name().to_string_lossy().into_owned();
+        if !entry.starts_with(&prefix) {
+            continue;
+        }
+        match leftover_pid(&entry) {
+            Some((pid, is_old)) if process_is_dead(pid) => {
+                let p = e.path();
+                if is_old && !dest.exists() {
+                    let _ = std::fs::rename(&p, dest);
+                } else {
+                    let _ = remove_entry(&p);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Remove what killed runs left under `dir` (recursively): temp files and folders of our atomic
+/// writers whose process is gone, and moved-aside old outputs (restored when their destination is
+/// missing). Returns how many entries were removed or restored. Linux only (elsewhere: 0).
+pub fn remove_stale(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(0) };
+    let mut subdirs = vec![];
+    for e in rd.flatten() {
+        let p = e.path();
+        let entry = e.file_name().to_string_lossy().into_owned();
+        match leftover_pid(&entry) {
+            Some((pid, is_old)) if process_is_dead(pid) => {
+                let dest_name = entry[1..entry.find(".quantkit-").unwrap_or(entry.len())].to_string();
+                let dest = dir.join(dest_name);
+                if is_old && !dest.exists() {
+                    std::fs::rename(&p, &dest).map_err(|e| Error::io(&p, e))?;
+                } else {
+                    remove_entry(&p).map_err(|e| Error::io(&p, e))?;
+                }
+                n += 1;
+            }
+            _ if p.is_dir() && !p.is_symlink() => subdirs.push(p),
+            _ => {}
+        }
+    }
+    for d in subdirs {
+        n += remove_stale(&d)?;
+    }
+    Ok(n)
 }
 
 impl Drop for AtomicDir {

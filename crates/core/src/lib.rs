@@ -13,7 +13,7 @@ mod atomic;
 mod dtype;
 mod error;
 
-pub use atomic::{replace_path, AtomicDir, AtomicFile};
+pub use atomic::{remove_stale, replace_path, AtomicDir, AtomicFile};
 pub use dtype::{GgmlType, LlamaFileType};
 pub use error::{Error, Result};
 

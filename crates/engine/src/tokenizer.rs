@@ -3,6 +3,7 @@
 //! BOS follows the model's `add_bos_token` (as llama.cpp records it).
 
 use quantkit_core::{Error, Result};
+use quantkit_io::gguf::{GgufFile, Value};
 use quantkit_io::source::ModelSource;
 
 pub struct Tokenizer {
@@ -21,31 +22,39 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     pub fn for_source(src: &ModelSource) -> Result<Self> {
         let path = src.path();
-        let inner = match src {
+        match src {
             ModelSource::Hf(_) => {
                 let p = path.join("tokenizer.json");
-                tokenizers::Tokenizer::from_file(&p)
-                    .map_err(|e| Error::malformed(&p, "tokenizer.json", "", e.to_string()))?
+                let inner = tokenizers::Tokenizer::from_file(&p)
+                    .map_err(|e| Error::malformed(&p, "tokenizer.json", "", e.to_string()))?;
+                let meta = src.metadata(None)?;
+                Ok(Self::with_ids(inner, &|k| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())))
             }
-            ModelSource::Gguf { file, .. } => {
-                let meta = |k: &str| file.get(k).cloned();
-                let t = quantkit_io::vocab::gguf_to_hf(&meta, &path)?;
-                let bytes =
-                    serde_json::to_vec(&t.tokenizer_json).map_err(|e| Error::Invalid(e.to_string()))?;
-                tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
-                    Error::malformed(&path, "GGUF tokenizer metadata", "tokenizer.ggml.*", e.to_string())
-                })?
-            }
-        };
-        let meta = src.metadata(None)?;
-        let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-        let id = |k: &str| get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
-        Ok(Tokenizer {
+            ModelSource::Gguf { file, .. } => Self::from_gguf(file),
+        }
+    }
+
+    /// The tokenizer a GGUF file describes in its `tokenizer.ggml.*` metadata (rebuilt as an HF
+    /// tokenizer.json: BPE merges or SentencePiece scores).
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let path = file.path();
+        let meta = |k: &str| file.get(k).cloned();
+        let t = quantkit_io::vocab::gguf_to_hf(&meta, path)?;
+        let bytes = serde_json::to_vec(&t.tokenizer_json).map_err(|e| Error::Invalid(e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
+            Error::malformed(path, "GGUF tokenizer metadata", "tokenizer.ggml.*", e.to_string())
+        })?;
+        Ok(Self::with_ids(inner, &meta))
+    }
+
+    fn with_ids(inner: tokenizers::Tokenizer, get: &dyn Fn(&str) -> Option<Value>) -> Self {
+        let id = |k: &str| get(k).and_then(|v| v.as_u64()).and_then(|v| u32::try_from(v).ok());
+        Tokenizer {
             inner,
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id"),
             add_bos: get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
-        })
+        }
     }
 
     /// Token ids of `text` (no special tokens added by the tokenizer's post-processor), with BOS

@@ -126,6 +126,9 @@ pub fn quantize(ty: GgmlType, x: &[f32], row_len: usize) -> Result<Vec<u8>> {
 pub fn dequantize(ty: GgmlType, src: &[u8], row_len: usize) -> Result<Vec<f32>> {
     let c = codec(ty)?;
     let row_bytes = row_bytes(ty, row_len)?;
+    if row_bytes == 0 {
+        return if src.is_empty() { Ok(vec![]) } else { Err(Error::Invalid("rows of length 0".into())) };
+    }
     if src.len() % row_bytes != 0 {
         return Err(Error::Invalid(format!("{} bytes are not whole {ty} rows of {row_len}", src.len())));
     }

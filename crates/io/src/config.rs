@@ -174,7 +174,7 @@ impl ModelConfig {
                 v => v.as_u64(),
             }
         };
-        Ok(ModelConfig {
+        let c = ModelConfig {
             arch,
             hidden_size,
             intermediate_size: uint("intermediate_size")?,
@@ -194,7 +194,64 @@ impl ModelConfig {
             rope_scaling,
             bos_token_id: token_id("bos_token_id"),
             eos_token_id: token_id("eos_token_id"),
-        })
+        };
+        c.check_plausible().map_err(|(hf_key, _, m)| bad(hf_key, m))?;
+        Ok(c)
+    }
+
+    /// Values a real model cannot have: sizes past any model's (a hostile header could otherwise
+    /// make us allocate per layer or per vocabulary entry without bound) and non-positive RoPE /
+    /// norm constants. Returns (config.json key, GGUF key suffix, why).
+    fn check_plausible(&self) -> std::result::Result<(), (&'static str, &'static str, String)> {
+        let caps: [(&str, &str, u64, u64); 7] = [
+            ("hidden_size", "embedding_length", self.hidden_size, 1 << 17),
+            ("intermediate_size", "feed_forward_length", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", "block_count", self.num_layers, 1 << 12),
+            ("num_attention_heads", "attention.head_count", self.n_heads, 1 << 12),
+            ("head_dim", "attention.key_length", self.head_dim, 1 << 12),
+            ("vocab_size", "vocab_size", self.vocab_size, 1 << 23),
+            ("max_position_embeddings", "context_length", self.context_length, 1 << 30),
+        ];
+        for (hf, gguf, v, cap) in caps {
+            if v == 0 || v > cap {
+                return Err((hf, gguf, format!("{v} is not a plausible value (1 to {cap})")));
+            }
+        }
+        if self.n_kv_heads > self.n_heads {
+            return Err((
+                "num_key_value_heads",
+                "attention.head_count_kv",
+                format!("{} KV heads exceed {} heads", self.n_kv_heads, self.n_heads),
+            ));
+        }
+        let eps = self.rms_norm_eps;
+        if !(eps.is_finite() && (0.0..1.0).contains(&eps)) {
+            return Err(("rms_norm_eps", "attention.layer_norm_rms_epsilon", format!("{eps} is not in [0, 1)")));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(("rope_theta", "rope.freq_base", format!("{} must be positive", self.rope_theta)));
+        }
+        let factors: Vec<f64> = match &self.rope_scaling {
+            None => vec![],
+            Some(RopeScaling::Linear { factor }) => vec![*factor],
+            Some(RopeScaling::Yarn { factor, .. }) => vec![*factor],
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, .. }) => {
+                vec![*factor, *low_freq_factor, *high_freq_factor]
+            }
+        };
+        if let Some(f) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+            return Err(("rope_scaling", "rope.scaling.factor", format!("factor {f} must be positive")));
+        }
+        if let Some(RopeScaling::Llama3 { low_freq_factor, high_freq_factor, .. }) = &self.rope_scaling {
+            if high_freq_factor <= low_freq_factor {
+                return Err((
+                    "rope_scaling",
+                    "rope.scaling.factor",
+                    format!("high_freq_factor {high_freq_factor} must exceed low_freq_factor {low_freq_factor}"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn parse_rope_scaling(rs: &Json) -> std::result::Result<Option<RopeScaling>, String> {
@@ -309,10 +366,15 @@ impl ModelConfig {
                 original_context: g.get_u64(&k("rope.scaling.original_context_length"))?,
             }),
             Some("none") | None => None,
-            Some(other) => return Err(Error::Unsupported(format!("rope scaling type {other:?}"))),
+            Some(other) => {
+                return Err(Error::Unsupported(format!(
+                    "rope scaling type {other:?} in {}",
+                    g.path().display()
+                )))
+            }
         };
         let tok = |s: &str| g.get(&format!("tokenizer.ggml.{s}")).and_then(Value::as_u64);
-        Ok(ModelConfig {
+        let c = ModelConfig {
             arch,
             hidden_size,
             intermediate_size: g.get_u64(&k("feed_forward_length"))?,
@@ -329,7 +391,10 @@ impl ModelConfig {
             rope_scaling,
             bos_token_id: tok("bos_token_id"),
             eos_token_id: tok("eos_token_id"),
-        })
+        };
+        c.check_plausible()
+            .map_err(|(_, key, m)| Error::malformed(g.path(), "GGUF", format!("metadata '{}'", k(key)), m))?;
+        Ok(c)
     }
 
     /// An HF `config.json` for this model.

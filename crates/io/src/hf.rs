@@ -26,10 +26,39 @@ pub struct HfCheckpoint {
 }
 
 pub(crate) fn read_json(path: &Path, kind: &'static str) -> Result<Json> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_json(&bytes, path, kind)
+}
+
+/// Parse a JSON file's bytes (`kind` and `path` name it in errors).
+pub fn parse_json(bytes: &[u8], path: &Path, kind: &'static str) -> Result<Json> {
+    serde_json::from_slice(bytes).map_err(|e| {
         Error::malformed(path, kind, format!("line {}, column {}", e.line(), e.column()), e.to_string())
     })
+}
+
+/// The `weight_map` of a `model.safetensors.index.json`: (tensor, shard file) pairs, each shard a
+/// plain file name inside the model folder.
+pub fn parse_index(index: &Json, index_path: &Path) -> Result<Vec<(String, String)>> {
+    let map = index.get("weight_map").and_then(Json::as_object).ok_or_else(|| {
+        Error::malformed(index_path, "safetensors index", "\"weight_map\"", "missing or not an object")
+    })?;
+    let mut out = Vec::with_capacity(map.len());
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            Error::malformed(index_path, "safetensors index", format!("\"{tensor}\""), "file name is not a string")
+        })?;
+        if file.contains('/') || file.contains('\\') || file == ".." || file == "." || file.is_empty() {
+            return Err(Error::malformed(
+                index_path,
+                "safetensors index",
+                format!("\"{tensor}\""),
+                format!("shard name {file:?} must be a plain file name in the model folder"),
+            ));
+        }
+        out.push((tensor.clone(), file.to_string()));
+    }
+    Ok(out)
 }
 
 impl HfCheckpoint {
@@ -51,35 +80,11 @@ impl HfCheckpoint {
         let mut locations = BTreeMap::new();
         if index_path.is_file() {
             let index = read_json(&index_path, "safetensors index")?;
-            let map = index.get("weight_map").and_then(Json::as_object).ok_or_else(|| {
-                Error::malformed(
-                    &index_path,
-                    "safetensors index",
-                    "\"weight_map\"",
-                    "missing or not an object",
-                )
-            })?;
             let mut files: BTreeMap<String, usize> = BTreeMap::new();
-            for (tensor, file) in map {
-                let file = file.as_str().ok_or_else(|| {
-                    Error::malformed(
-                        &index_path,
-                        "safetensors index",
-                        format!("\"{tensor}\""),
-                        "file name is not a string",
-                    )
-                })?;
-                if file.contains('/') || file.contains('\\') || file == ".." || file.is_empty() {
-                    return Err(Error::malformed(
-                        &index_path,
-                        "safetensors index",
-                        format!("\"{tensor}\""),
-                        format!("shard name {file:?} must be a plain file name in the model folder"),
-                    ));
-                }
+            for (tensor, file) in parse_index(&index, &index_path)? {
                 let next = files.len();
-                let idx = *files.entry(file.to_string()).or_insert(next);
-                locations.insert(tensor.clone(), idx);
+                let idx = *files.entry(file).or_insert(next);
+                locations.insert(tensor, idx);
             }
             let mut ordered: Vec<(&String, &usize)> = files.iter().collect();
             ordered.sort_by_key(|(_, &i)| i);
@@ -159,6 +164,11 @@ impl HfCheckpoint {
             tensor: name.to_string(),
             hint: String::new(),
         })
+    }
+
+    /// The file that holds a stored tensor (its shard; the model folder when it has none).
+    pub fn file_of(&self, name: &str) -> PathBuf {
+        self.shard(name).map(|s| s.path().to_path_buf()).unwrap_or_else(|_| self.dir.clone())
     }
 
     /// Row-major shape and dtype name of a tensor.

@@ -18,6 +18,41 @@ pub mod safetensors;
 pub mod source;
 pub mod vocab;
 
+/// A file's bytes: memory-mapped from disk, or owned (parsers' in-memory entry points, used by the
+/// fuzz targets and tests).
+pub(crate) enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+impl Bytes {
+    /// Map `path` read-only.
+    pub(crate) fn map(path: &std::path::Path) -> quantkit_core::Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| quantkit_core::Error::io(path, e))?;
+        // SAFETY: the map is read-only; we never hand out references that outlive the owner. A file
+        // truncated by another process while mapped is outside what any reader can defend against.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| quantkit_core::Error::io(path, e))?;
+        Ok(Bytes::Mapped(mmap))
+    }
+
+    /// Drop our pages of `[start, start + len)` (mapped files only; see [`release_range`]).
+    pub(crate) fn release(&self, start: usize, len: usize) {
+        if let Bytes::Mapped(m) = self {
+            release_range(m, start, len);
+        }
+    }
+}
+
 /// Advise the kernel that a mapped byte range is no longer needed by this process, so streaming
 /// through a file larger than RAM keeps resident memory bounded. Page cache is unaffected.
 pub(crate) fn release_range(map: &memmap2::Mmap, start: usize, len: usize) {

@@ -59,7 +59,7 @@ impl QuantLayout {
             "awq" => {
                 let version = q.get("version").and_then(Json::as_str).unwrap_or("gemm").to_lowercase();
                 if version != "gemm" {
-                    return Err(Error::Unsupported(format!("AWQ version {version:?} (only GEMM)")));
+                    return Err(Error::Unsupported(format!("AWQ version {version:?} in {} (only GEMM)", path.display())));
                 }
                 QuantLayout::Awq { bits: bits(q.get("bits").or(q.get("w_bit")))? }
             }
@@ -67,7 +67,8 @@ impl QuantLayout {
                 let fmt = q.get("format").and_then(Json::as_str).unwrap_or("");
                 if fmt != "pack-quantized" {
                     return Err(Error::Unsupported(format!(
-                        "compressed-tensors format {fmt:?} (only pack-quantized)"
+                        "compressed-tensors format {fmt:?} in {} (only pack-quantized)",
+                        path.display()
                     )));
                 }
                 let groups = q
@@ -75,7 +76,10 @@ impl QuantLayout {
                     .and_then(Json::as_object)
                     .ok_or_else(|| bad(path, "no config_groups"))?;
                 if groups.len() != 1 {
-                    return Err(Error::Unsupported("compressed-tensors with several config groups".into()));
+                    return Err(Error::Unsupported(format!(
+                        "compressed-tensors with several config groups in {}",
+                        path.display()
+                    )));
                 }
                 let w = groups
                     .values()
@@ -88,7 +92,9 @@ impl QuantLayout {
                     group: group(w.get("group_size")),
                 }
             }
-            other => return Err(Error::Unsupported(format!("quantization method {other:?} in config.json"))),
+            other => {
+                return Err(Error::Unsupported(format!("quantization method {other:?} in {}", path.display())))
+            }
         }))
     }
 

@@ -15,7 +15,7 @@ use safetensors::{Dtype, SafeTensors};
 /// A memory-mapped, validated safetensors file.
 pub struct SafetensorsFile {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    mmap: crate::Bytes,
     data_start: usize,
     meta: Metadata,
 }
@@ -27,12 +27,24 @@ impl std::fmt::Debug for SafetensorsFile {
 }
 
 impl SafetensorsFile {
+    /// Open and validate a safetensors file (memory-mapped; data is read when asked for).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: read-only map; see GgufFile::open.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::parse(crate::Bytes::map(path)?, path)
+    }
+
+    /// Validate a safetensors image held in memory (`name` is used in error messages).
+    pub fn from_bytes(bytes: Vec<u8>, name: impl AsRef<Path>) -> Result<Self> {
+        Self::parse(crate::Bytes::Owned(bytes), name.as_ref())
+    }
+
+    fn parse(mmap: crate::Bytes, path: &Path) -> Result<Self> {
         let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| describe(path, &mmap, e))?;
+        // The crate keeps the last of two entries with one name; a file that names a tensor twice
+        // is ambiguous, so refuse it.
+        if let Some(dup) = duplicate_key(&mmap[8..8 + n]) {
+            return Err(Error::malformed(path, "safetensors", "header", format!("tensor '{dup}' is listed twice")));
+        }
         Ok(Self { path: path.to_path_buf(), mmap, data_start: 8 + n, meta })
     }
 
@@ -97,7 +109,7 @@ impl SafetensorsFile {
     pub fn release(&self, name: &str) {
         if let Some(info) = self.info(name) {
             let (s, e) = info.data_offsets;
-            crate::release_range(&self.mmap, self.data_start + s, e - s);
+            self.mmap.release(self.data_start + s, e - s);
         }
     }
 
@@ -106,7 +118,7 @@ impl SafetensorsFile {
         if let Some(info) = self.info(name) {
             let elem = (info.dtype.bitsize() / 8).max(1);
             let base = self.data_start + info.data_offsets.0;
-            crate::release_range(&self.mmap, base + start * elem, (end - start) * elem);
+            self.mmap.release(base + start * elem, (end - start) * elem);
         }
     }
 }
@@ -126,11 +138,115 @@ fn describe(path: &Path, buf: &[u8], e: safetensors::SafeTensorError) -> Error {
         E::MetadataIncompleteBuffer => {
             format!("tensor data does not exactly fill the file ({} bytes): truncated or padded", buf.len())
         }
-        E::InvalidOffset(name) => format!("tensor '{name}' has data_offsets that are not contiguous"),
-        E::TensorInvalidInfo => "a tensor's data_offsets do not match its shape and dtype".to_string(),
+        E::InvalidOffset(_)
+        | E::TensorInvalidInfo
+        | E::ValidationOverflow
+        | E::InvalidHeaderDeserialization(_)
+        | E::InvalidHeader(_) => {
+            match header_len.and_then(|n| buf.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)) {
+                Some(h) => diagnose(h, buf.len()).unwrap_or_else(|| e.to_string()),
+                None => e.to_string(),
+            }
+        }
         other => other.to_string(),
     };
     Error::malformed(path, "safetensors", "header", msg)
+}
+
+/// The first key that a JSON object at the top level of `header` holds twice.
+fn duplicate_key(header: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Dups;
+    impl<'de> Visitor<'de> for Dups {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(k.clone()) {
+                    return Ok(Some(k));
+                }
+            }
+            Ok(None)
+        }
+    }
+    serde_json::Deserializer::from_slice(header).deserialize_map(Dups).ok().flatten()
+}
+
+/// Say which tensor entry of a header the `safetensors` crate refused, and why.
+fn diagnose(header: &[u8], file_len: usize) -> Option<String> {
+    let text = match std::str::from_utf8(header) {
+        Ok(t) => t,
+        Err(e) => return Some(format!("header is not UTF-8 (byte {} of the header)", e.valid_up_to())),
+    };
+    let json: serde_json::Value = match serde_json::from_str(text) {
+        Ok(j) => j,
+        Err(e) => return Some(format!("header is not valid JSON (line {}, column {}): {e}", e.line(), e.column())),
+    };
+    let obj = json.as_object()?;
+    let data_len = file_len.saturating_sub(8 + header.len()) as u64;
+    for (name, info) in obj.iter().filter(|(k, _)| *k != "__metadata__") {
+        let dtype = info.get("dtype").and_then(|d| d.as_str());
+        let bits: Option<u64> = match dtype {
+            Some("F64" | "I64" | "U64") => Some(64),
+            Some("F32" | "I32" | "U32") => Some(32),
+            Some("F16" | "BF16" | "I16" | "U16") => Some(16),
+            Some("F8_E4M3" | "F8_E5M2" | "F8_E8M0" | "I8" | "U8" | "BOOL") => Some(8),
+            Some("F4" | "F6_E2M3" | "F6_E3M2") => None,
+            Some(other) => return Some(format!("tensor '{name}' has unknown dtype {other:?}")),
+            None => return Some(format!("tensor '{name}' has no \"dtype\" string")),
+        };
+        let Some(shape) = info.get("shape").and_then(|s| s.as_array()) else {
+            return Some(format!("tensor '{name}' has no \"shape\" array"));
+        };
+        let dims: Option<Vec<u64>> = shape.iter().map(|d| d.as_u64()).collect();
+        let Some(dims) = dims else {
+            return Some(format!("tensor '{name}' has a shape that is not a list of sizes: {}", info["shape"]));
+        };
+        let offs: Option<Vec<u64>> =
+            info.get("data_offsets").and_then(|o| o.as_array()).map(|a| a.iter().filter_map(|v| v.as_u64()).collect());
+        let Some([begin, end]) = offs.as_deref().and_then(|o| <[u64; 2]>::try_from(o).ok()) else {
+            return Some(format!("tensor '{name}' has no [begin, end] \"data_offsets\""));
+        };
+        let bytes = quantkit_core::checked_numel(&dims).and_then(|n| bits.map(|b| n.checked_mul(b).map(|x| x / 8)));
+        match bytes {
+            None => return Some(format!("tensor '{name}': shape {dims:?} overflows")),
+            Some(None) => return Some(format!("tensor '{name}': shape {dims:?} overflows")),
+            Some(Some(b)) if end < begin || end - begin != b => {
+                return Some(format!(
+                    "tensor '{name}': data_offsets [{begin}, {end}] hold {} bytes, but shape {dims:?} of {} needs {b}",
+                    end.wrapping_sub(begin) as i64,
+                    dtype.unwrap_or("?")
+                ))
+            }
+            _ => {}
+        }
+        if end > data_len {
+            return Some(format!("tensor '{name}': data_offsets end {end} is past the {data_len} data bytes"));
+        }
+    }
+    // Each tensor's data must start where the previous one's ends.
+    let mut spans: Vec<(u64, u64, &str)> = obj
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(k, v)| Some((v["data_offsets"][0].as_u64()?, v["data_offsets"][1].as_u64()?, k.as_str())))
+        .collect();
+    spans.sort();
+    let mut prev: (u64, &str) = (0, "");
+    for (begin, end, name) in spans {
+        if begin != prev.0 {
+            return Some(if prev.1.is_empty() {
+                format!("tensor '{name}': data starts at byte {begin}, but the first tensor must start at 0")
+            } else {
+                format!("tensor '{name}': data starts at byte {begin}, but the previous tensor '{}' ends at {}", prev.1, prev.0)
+            });
+        }
+        prev = (end, name);
+    }
+    None
 }
 
 /// One tensor to write.

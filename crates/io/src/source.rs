@@ -92,7 +92,9 @@ impl ModelSource {
     /// All tensors, in the order llama.cpp's converter writes them, checked against the config.
     pub fn tensors(&self) -> Result<Vec<SourceTensor>> {
         match self {
-            ModelSource::Gguf { file, .. } => Ok(file
+            ModelSource::Gguf { file, config } => {
+                check_gguf_structure(file, config)?;
+                Ok(file
                 .tensors
                 .iter()
                 .map(|t| SourceTensor {
@@ -100,7 +102,8 @@ impl ModelSource {
                     dims: t.dims.clone(),
                     origin: Origin::Gguf { ty: t.ty },
                 })
-                .collect()),
+                .collect())
+            }
             ModelSource::Hf(h) => hf_tensors(h),
         }
     }
@@ -139,8 +142,16 @@ impl ModelSource {
             }
             _ => return Err(Error::Invalid(format!("tensor '{}' does not belong to this source", t.name))),
         };
-        check_finite(t, &data, r0 * row)?;
+        check_finite(t, &data, r0 * row, &self.file_of(t))?;
         Ok(data)
+    }
+
+    /// The file a tensor is read from (for error messages).
+    pub fn file_of(&self, t: &SourceTensor) -> PathBuf {
+        match (&t.origin, self) {
+            (Origin::Hf { name, .. }, ModelSource::Hf(h)) => h.file_of(name),
+            _ => self.path(),
+        }
     }
 
     /// Drop the mapped input pages of rows `[r0, r1)` (bounded RSS while streaming).
@@ -199,19 +210,71 @@ impl ModelSource {
     }
 }
 
-fn check_finite(t: &SourceTensor, data: &[f32], first: usize) -> Result<()> {
+fn check_finite(t: &SourceTensor, data: &[f32], first: usize, file: &Path) -> Result<()> {
     if let Some(j) = data.iter().position(|v| !v.is_finite()) {
         let i = first + j;
         let row_len = t.row_len();
         return Err(Error::bad_tensor(
             &t.name,
             format!(
-                "{} at element {i} (row {}, column {}): refusing to quantize non-finite weights",
+                "{} at element {i} (row {}, column {}) in {}: refusing to quantize non-finite weights",
                 data[j],
                 i / row_len,
-                i % row_len
+                i % row_len,
+                file.display()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// The GGUF names of the tensors a model of this config must have.
+fn required_tensors(c: &ModelConfig) -> Vec<String> {
+    let mut required: Vec<String> = vec!["token_embd.weight".into(), "output_norm.weight".into()];
+    if !c.tie_word_embeddings {
+        required.push("output.weight".into());
+    }
+    for i in 0..c.num_layers {
+        for p in
+            ["attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+        {
+            required.push(format!("blk.{i}.{p}.weight"));
+        }
+        if c.arch == crate::config::Arch::Qwen2 {
+            for p in ["attn_q", "attn_k", "attn_v"] {
+                required.push(format!("blk.{i}.{p}.bias"));
+            }
+        }
+    }
+    required
+}
+
+/// A GGUF model's tensors against its own metadata: layers within `block_count`, shapes as the
+/// hyperparameters say, every required tensor present (a file damaged or edited by hand would
+/// otherwise convert into a model no runtime can load).
+fn check_gguf_structure(file: &GgufFile, c: &ModelConfig) -> Result<()> {
+    let bad = |t: &str, m: String| Error::malformed(file.path(), "GGUF", format!("tensor '{t}'"), m);
+    for t in &file.tensors {
+        if let Some(layer) = names::layer_of(&t.name) {
+            if layer >= c.num_layers {
+                return Err(bad(&t.name, format!("layer {layer}, but the metadata says {} layers", c.num_layers)));
+            }
+        }
+        if let Some(want) = expected_shape(c, &t.name) {
+            let shape = t.shape_rowmajor();
+            if shape != want {
+                return Err(bad(&t.name, format!("shape {shape:?} does not match the metadata (expected {want:?})")));
+            }
+        }
+    }
+    for r in required_tensors(c) {
+        if file.tensor(&r).is_none() {
+            return Err(Error::MissingTensor {
+                path: file.path().to_path_buf(),
+                tensor: r,
+                hint: format!(" (a {} model with {} layers needs it)", c.arch.gguf_arch(), c.num_layers),
+            });
+        }
     }
     Ok(())
 }
@@ -262,7 +325,11 @@ fn hf_tensors(h: &HfCheckpoint) -> Result<Vec<SourceTensor>> {
             if layer >= c.num_layers {
                 return Err(Error::bad_tensor(
                     hf_name,
-                    format!("layer {layer} but config.json says num_hidden_layers = {}", c.num_layers),
+                    format!(
+                        "layer {layer} in {}, but config.json says num_hidden_layers = {}",
+                        h.file_of(hf_name).display(),
+                        c.num_layers
+                    ),
                 ));
             }
         }
@@ -272,13 +339,17 @@ fn hf_tensors(h: &HfCheckpoint) -> Result<Vec<SourceTensor>> {
             if shape != want {
                 return Err(Error::bad_tensor(
                     hf_name,
-                    format!("shape {shape:?} does not match config.json (expected {want:?})"),
+                    format!(
+                        "shape {shape:?} in {} does not match config.json (expected {want:?})",
+                        h.file_of(hf_name).display()
+                    ),
                 ));
             }
         }
         if !matches!(dtype.as_str(), "F32" | "F16" | "BF16") {
             return Err(Error::Unsupported(format!(
-                "tensor '{hf_name}' has dtype {dtype} (quantkit converts F32, F16 and BF16 checkpoints)"
+                "tensor '{hf_name}' in {} has dtype {dtype} (quantkit converts F32, F16 and BF16 checkpoints)",
+                h.file_of(hf_name).display()
             )));
         }
         let permute_heads =
@@ -291,31 +362,7 @@ fn hf_tensors(h: &HfCheckpoint) -> Result<Vec<SourceTensor>> {
         });
     }
     // Every tensor the architecture needs must be present.
-    let mut required: Vec<String> = vec!["token_embd.weight".into(), "output_norm.weight".into()];
-    if !c.tie_word_embeddings {
-        required.push("output.weight".into());
-    }
-    for i in 0..c.num_layers {
-        for p in [
-            "attn_norm",
-            "ffn_norm",
-            "attn_q",
-            "attn_k",
-            "attn_v",
-            "attn_output",
-            "ffn_gate",
-            "ffn_up",
-            "ffn_down",
-        ] {
-            required.push(format!("blk.{i}.{p}.weight"));
-        }
-        if c.arch == crate::config::Arch::Qwen2 {
-            for p in ["attn_q", "attn_k", "attn_v"] {
-                required.push(format!("blk.{i}.{p}.bias"));
-            }
-        }
-    }
-    for r in required {
+    for r in required_tensors(c) {
         if !seen.contains(&r) {
             let hf = names::gguf_to_hf(&r).unwrap_or_else(|| r.clone());
             return Err(Error::MissingTensor {

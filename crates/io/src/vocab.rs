@@ -443,8 +443,9 @@ pub fn gguf_to_hf(meta: &dyn Fn(&str) -> Option<Value>, source: &Path) -> Result
                 "qwen2" | "deepseek-r1-qwen" => (json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}), false),
                 other => {
                     return Err(Error::Unsupported(format!(
-                        "rebuilding a tokenizer.json for pre-tokenizer {other:?} (supported: smollm, gpt-2, llama-bpe, qwen2); \
-                         pass --tokenizer-from DIR to copy the original tokenizer files"
+                        "{}: rebuilding a tokenizer.json for pre-tokenizer {other:?} (supported: smollm, gpt-2, llama-bpe, qwen2); \
+                         pass --tokenizer-from DIR to copy the original tokenizer files",
+                        source.display()
                     )))
                 }
             };

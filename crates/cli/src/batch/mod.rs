@@ -282,7 +282,7 @@ pub fn batch(ctx: &Ctx, a: &BatchArgs) -> Result<()> {
     let mine: Vec<&Job> = jobs.iter().filter(|j| j.index % shard_n == shard_i - 1).collect();
     let mdir = out.join("manifests");
     std::fs::create_dir_all(&mdir).map_err(|e| Error::io(&mdir, e))?;
-    let stale = remove_stale(&out)?;
+    let stale = quantkit_core::remove_stale(&out)?;
     if stale > 0 && !ctx.json {
         eprintln!("removed {stale} unfinished file(s) left by an interrupted run");
     }
@@ -374,39 +374,6 @@ pub fn batch(ctx: &Ctx, a: &BatchArgs) -> Result<()> {
         out.join(format!("report-shard-{shard_i}-of-{shard_n}.json"))
     };
     finish(ctx, &manifests, &report)
-}
-
-/// Remove what a killed run left in `dir`: temp files and folders of our atomic writers whose
-/// process is gone (`.<name>.quantkit-tmp-<pid>[-n]`, `.<name>.quantkit-old-<pid>`). Returns how
-/// many were removed.
-fn remove_stale(dir: &Path) -> Result<usize> {
-    let mut n = 0;
-    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(0) };
-    for e in rd.flatten() {
-        let p = e.path();
-        let name = e.file_name().to_string_lossy().to_string();
-        let marker = ["quantkit-tmp-", "quantkit-old-"]
-            .iter()
-            .find_map(|m| name.find(m).map(|i| &name[i + m.len()..]));
-        let dead = match marker {
-            Some(rest) => {
-                let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-                pid.parse::<u32>().is_ok_and(|pid| {
-                    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
-                })
-            }
-            // Work folders (`.<name>.work`) are cleared by the job that owns them when it reruns.
-            None => false,
-        };
-        if name.starts_with('.') && dead && cfg!(target_os = "linux") {
-            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-            r.map_err(|e| Error::io(&p, e))?;
-            n += 1;
-        } else if p.is_dir() && !p.is_symlink() {
-            n += remove_stale(&p)?;
-        }
-    }
-    Ok(n)
 }
 
 fn error_manifest(job: &Job, key: &str, ident: Value, e: &Error) -> Manifest {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use quantkit_core::{checked_numel, Error, GgmlType, Result};
 
 use super::{Value, ValueType, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
+use crate::Bytes;
 
 /// Longest string accepted in a header (chat templates are the largest real ones, ~100 KiB).
 const MAX_STRING: u64 = 16 << 20;
@@ -43,11 +44,6 @@ impl TensorInfo {
     }
 }
 
-enum Bytes {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
 /// A parsed GGUF file with its tensor data mapped.
 pub struct GgufFile {
     path: PathBuf,
@@ -77,11 +73,7 @@ impl GgufFile {
     /// Open and validate a GGUF file (memory-mapped; tensor data is not read until asked for).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the map is read-only; we never hand out references that outlive `self`. A file
-        // truncated by another process while mapped is outside what any reader can defend against.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::parse(Bytes::Mapped(mmap), path)
+        Self::parse(Bytes::map(path)?, path)
     }
 
     /// Parse a GGUF image held in memory (`name` is used in error messages).
@@ -90,10 +82,7 @@ impl GgufFile {
     }
 
     fn parse(bytes: Bytes, path: &Path) -> Result<Self> {
-        let buf: &[u8] = match &bytes {
-            Bytes::Mapped(m) => m,
-            Bytes::Owned(v) => v,
-        };
+        let buf: &[u8] = &bytes;
         let mut r = Reader { buf, pos: 0, path, values: 0 };
         let magic = r.take(4, "magic")?;
         if magic != MAGIC {
@@ -185,14 +174,24 @@ impl GgufFile {
         let data_offset =
             align_up(r.pos as u64, alignment).ok_or_else(|| r.err("data section", "offset overflows"))?;
         let data_len = (buf.len() as u64).saturating_sub(data_offset);
-        // Extents: inside the file and not overlapping.
-        let mut order: Vec<usize> = (0..tensors.len()).collect();
-        order.sort_by_key(|&i| tensors[i].offset);
-        let mut prev_end = 0u64;
-        let mut prev_name = "";
-        for &i in &order {
-            let t = &tensors[i];
+        // Extents: as llama.cpp requires, tensors follow each other in info order, each starting at
+        // the previous one's end rounded up to the alignment, and all inside the file. (This also
+        // catches a tensor whose type or shape was changed: its size no longer meets the next one.)
+        let mut expected = 0u64;
+        let mut prev: Option<&TensorInfo> = None;
+        for t in &tensors {
             let end = t.offset.checked_add(t.size).ok_or_else(|| r.err(&t.name, "extent overflows"))?;
+            if t.offset != expected {
+                let why = match prev {
+                    Some(p) => format!(
+                        "data starts at offset {}, but the previous tensor '{}' ({} {:?}, {} bytes) ends at {expected} \
+                         (aligned to {alignment}); a wrong type or shape?",
+                        t.offset, p.name, p.ty, p.dims, p.size
+                    ),
+                    None => format!("data starts at offset {}, expected 0 for the first tensor", t.offset),
+                };
+                return Err(Error::malformed(path, "GGUF", format!("tensor '{}'", t.name), why));
+            }
             if end > data_len {
                 return Err(Error::malformed(
                     path,
@@ -204,16 +203,26 @@ impl GgufFile {
                     ),
                 ));
             }
-            if t.offset < prev_end {
+            expected = align_up(end, alignment).ok_or_else(|| r.err(&t.name, "extent overflows"))?;
+            prev = Some(t);
+        }
+        // Bytes past the last tensor's (aligned) end: no writer leaves them, a tensor whose type or
+        // shape was changed to a smaller one does.
+        if let Some(last) = prev {
+            if data_len > expected {
                 return Err(Error::malformed(
                     path,
                     "GGUF",
-                    format!("tensor '{}'", t.name),
-                    format!("data overlaps tensor '{prev_name}'"),
+                    format!("tensor '{}'", last.name),
+                    format!(
+                        "{} bytes follow the last tensor ({} {:?}, {} bytes, ends at {expected}); a wrong type or shape?",
+                        data_len - expected,
+                        last.ty,
+                        last.dims,
+                        last.size
+                    ),
                 ));
             }
-            prev_end = end;
-            prev_name = &t.name;
         }
 
         Ok(GgufFile {
@@ -268,10 +277,7 @@ impl GgufFile {
 
     /// The raw bytes of a tensor (validated to lie inside the file when the file was opened).
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let buf: &[u8] = match &self.bytes {
-            Bytes::Mapped(m) => m,
-            Bytes::Owned(v) => v,
-        };
+        let buf: &[u8] = &self.bytes;
         let start = (self.data_offset + t.offset) as usize;
         &buf[start..start + t.size as usize]
     }
@@ -284,10 +290,7 @@ impl GgufFile {
     /// Tell the kernel the mapped pages of `t` are no longer needed (keeps RSS bounded while
     /// streaming through a large file). A no-op for in-memory images.
     pub fn release(&self, t: &TensorInfo) {
-        if let Bytes::Mapped(m) = &self.bytes {
-            let start = (self.data_offset + t.offset) as usize;
-            crate::release_range(m, start, t.size as usize);
-        }
+        self.bytes.release((self.data_offset + t.offset) as usize, t.size as usize);
     }
 
     /// Dequantize a tensor to f32 (row-major; rows of `dims[0]`).
@@ -312,10 +315,8 @@ impl GgufFile {
 
     /// Drop the mapped pages of rows `[r0, r1)` of a tensor.
     pub fn release_rows(&self, t: &TensorInfo, r0: usize, r1: usize) {
-        if let Bytes::Mapped(m) = &self.bytes {
-            let rb = self.row_bytes(t);
-            crate::release_range(m, (self.data_offset + t.offset) as usize + r0 * rb, (r1 - r0) * rb);
-        }
+        let rb = self.row_bytes(t);
+        self.bytes.release((self.data_offset + t.offset) as usize + r0 * rb, (r1 - r0) * rb);
     }
 }
 

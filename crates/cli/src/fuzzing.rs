@@ -1,0 +1,149 @@
+//! Fuzz harness: one entry per parser of untrusted input. Each takes arbitrary bytes, must return
+//! (an error is a fine answer) and never panic, hang or allocate without bound.
+//!
+//! The same table drives the coverage-guided fuzz targets (`tests/fuzz/`, cargo-fuzz on nightly,
+//! run by `scripts/fuzz.sh`) and the stable replay test (`tests/fuzz_corpus.rs`, in CI), which runs
+//! every committed seed and every crash reproducer under `tests/fuzz/{corpus,regressions}/<name>/`.
+//! A new parser joins by adding a line to [`TARGETS`] (and a two-line file in
+//! `tests/fuzz/fuzz_targets/`).
+//!
+//! Besides "no panic", the targets check one property of every error: it names the file it is
+//! about, so a user with many files knows which one is bad.
+
+use std::path::Path;
+
+use quantkit_core::Error;
+use quantkit_io::gguf::GgufFile;
+use quantkit_io::safetensors::SafetensorsFile;
+
+/// (name, entry point). Names are the fuzz target names and corpus folder names.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("gguf", gguf),
+    ("safetensors", safetensors),
+    ("hf_config", hf_config),
+    ("hf_index", hf_index),
+    ("imatrix", imatrix),
+    ("gguf_tokenizer", gguf_tokenizer),
+];
+
+/// Run target `name` on `data` (panics on an unknown name: a harness bug, not an input one).
+pub fn run(name: &str, data: &[u8]) {
+    let (_, f) = TARGETS.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no fuzz target {name:?}"));
+    f(data)
+}
+
+/// Every error from reading `file` must say which file.
+fn names_file(r: &Result<impl Sized, Error>, file: &str) {
+    if let Err(e) = r {
+        let msg = e.to_string();
+        assert!(msg.contains(file), "error does not name {file}: {msg}");
+    }
+}
+
+/// Most elements a target dequantizes per input (keeps each execution short; sizes are already
+/// bounded by the input's length, this bounds the time).
+const MAX_ELEMS: u64 = 1 << 16;
+
+/// The GGUF reader, then what every command does next: hyperparameters, tensor data.
+pub fn gguf(data: &[u8]) {
+    let r = GgufFile::from_bytes(data.to_vec(), "fuzz.gguf");
+    names_file(&r, "fuzz.gguf");
+    let Ok(g) = r else { return };
+    let _ = g.architecture();
+    names_file(&quantkit_io::config::ModelConfig::from_gguf(&g), "fuzz.gguf");
+    let mut budget = MAX_ELEMS;
+    for t in &g.tensors {
+        let rows = t.numel().checked_div(t.row_len()).unwrap_or(0);
+        let take = rows.min(budget / t.row_len().max(1));
+        if take > 0 {
+            let _ = g.read_rows(t, 0, take as usize);
+            budget -= take * t.row_len();
+        }
+        g.release(t);
+    }
+}
+
+/// The safetensors header validation and float reads.
+pub fn safetensors(data: &[u8]) {
+    let r = SafetensorsFile::from_bytes(data.to_vec(), "fuzz.safetensors");
+    names_file(&r, "fuzz.safetensors");
+    let Ok(f) = r else { return };
+    let _ = f.user_metadata();
+    let mut budget = MAX_ELEMS as usize;
+    for n in f.names() {
+        let Some(info) = f.info(&n) else { continue };
+        let numel: usize = info.shape.iter().product();
+        let take = numel.min(budget);
+        let _ = f.read_f32_range(&n, 0, take);
+        budget -= take;
+    }
+}
+
+/// config.json: JSON, the model description and a `quantization_config`.
+pub fn hf_config(data: &[u8]) {
+    let p = Path::new("fuzz/config.json");
+    let r = quantkit_io::hf::parse_json(data, p, "config.json");
+    names_file(&r, "config.json");
+    let Ok(j) = r else { return };
+    names_file(&quantkit_io::config::ModelConfig::from_hf(&j, p), "config.json");
+    names_file(&quantkit_io::qcheckpoint::QuantLayout::from_config(&j, p), "config.json");
+}
+
+/// model.safetensors.index.json.
+pub fn hf_index(data: &[u8]) {
+    let p = Path::new("fuzz/model.safetensors.index.json");
+    let r = quantkit_io::hf::parse_json(data, p, "safetensors index");
+    names_file(&r, "index.json");
+    if let Ok(j) = r {
+        names_file(&quantkit_io::hf::parse_index(&j, p), "index.json");
+    }
+}
+
+/// llama.cpp importance matrices: the legacy binary format and the GGUF one.
+pub fn imatrix(data: &[u8]) {
+    use quantkit_io::imatrix::Imatrix;
+    let p = Path::new("fuzz.imatrix");
+    if data.starts_with(b"GGUF") {
+        if let Ok(g) = GgufFile::from_bytes(data.to_vec(), p) {
+            let r = Imatrix::from_gguf(&g);
+            names_file(&r, "fuzz.imatrix");
+            if let Ok(m) = r {
+                for n in m.entries.keys() {
+                    let _ = m.values(n);
+                }
+            }
+        }
+    } else {
+        let r = Imatrix::from_legacy_bytes(data, p);
+        names_file(&r, "fuzz.imatrix");
+        if let Ok(m) = r {
+            for n in m.entries.keys() {
+                let _ = m.values(n);
+            }
+        }
+    }
+}
+
+/// A tokenizer rebuilt from GGUF `tokenizer.ggml.*` metadata, then used both ways.
+pub fn gguf_tokenizer(data: &[u8]) {
+    let Ok(g) = GgufFile::from_bytes(data.to_vec(), "fuzz.gguf") else { return };
+    let r = quantkit_engine::tokenizer::Tokenizer::from_gguf(&g);
+    names_file(&r, "fuzz.gguf");
+    let Ok(t) = r else { return };
+    if let Ok(ids) = t.encode("Hello world, once upon a time\n\tthere was 123 ünïcödé 🙂", true) {
+        let _ = t.decode(&ids);
+    }
+    let _ = t.decode(&[0, 1, 2, 3, u32::MAX]);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_target_runs_on_empty_and_junk_input() {
+        for (name, _) in super::TARGETS {
+            super::run(name, b"");
+            super::run(name, b"GGUF\x03\x00\x00\x00junk");
+            super::run(name, b"{\"weight_map\": {\"a\": \"b\"}, \"architectures\": [\"LlamaForCausalLM\"]}");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Write the small committed seed corpus of the fuzz targets (tests/fuzz/corpus/<target>/).
+
+Seeds are tiny but *valid* files of each kind (written here with gguf-py and by hand, not by
+quantkit), so that mutation starts from inputs that reach deep into the parsers: a GGUF with one
+tensor of every block format and llama hyperparameters, GGUF tokenizers (BPE and SentencePiece),
+safetensors files, config.json variants (plain, Qwen2, RoPE scaling, GPTQ/AWQ/compressed-tensors
+quantization_config), an index, and imatrix files in both formats.
+
+    .venv/bin/python scripts/fuzz_seeds.py tests/fuzz/corpus
+"""
+import json
+import pathlib
+import struct
+import sys
+
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as T
+
+rng = np.random.default_rng(0)
+
+
+def llama_meta(w, n_embd=32, n_head=4, n_kv=2, n_layer=1, vocab=16):
+    w.add_name("seed")
+    w.add_context_length(64)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(64)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_vocab_size(vocab)
+
+
+def tokenizer_meta(w, kind):
+    if kind == "gpt2":
+        toks = ["<s>", "</s>", "a", "b", "c", "d", "Ġ", "Ġa", "ab", "cd", "abcd", "Ġb", "!", "1", "2", "3"]
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("smollm")
+        w.add_token_list(toks)
+        w.add_token_types([3, 3] + [1] * (len(toks) - 2))
+        w.add_token_merges(["Ġ a", "a b", "c d", "ab cd", "Ġ b"])
+    else:
+        toks = ["<unk>", "<s>", "</s>", "<0x0A>", "▁", "▁a", "a", "b", "c", "▁the", "h", "e", "t", "<0x41>", "▁b", "ab"]
+        w.add_tokenizer_model("llama")
+        w.add_token_list(toks)
+        w.add_token_scores([0.0, 0.0, 0.0, 0.0] + [-float(i) for i in range(len(toks) - 4)])
+        w.add_token_types([2, 3, 3, 6] + [1] * (len(toks) - 4))
+    w.add_bos_token_id(1 if kind != "gpt2" else 0)
+    w.add_eos_token_id(2 if kind != "gpt2" else 1)
+    w.add_add_bos_token(True)
+
+
+def write_gguf(path, build):
+    w = gguf.GGUFWriter(str(path), "llama")
+    build(w)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def all_types(w):
+    llama_meta(w)
+    # One small tensor of each block format, rows of one block (raw bytes, random content).
+    for ty in [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]:
+        bs, ts = gguf.GGML_QUANT_SIZES[ty]
+        raw = rng.integers(0, 256, size=(2, ts), dtype=np.uint8)
+        w.add_tensor(f"blk.0.{ty.name.lower()}.weight", raw, raw_dtype=ty)
+    w.add_tensor("token_embd.weight", rng.standard_normal((16, 32)).astype(np.float32))
+    w.add_tensor("output_norm.weight", np.ones(32, dtype=np.float16))
+
+
+def tiny_model(w):
+    llama_meta(w, n_embd=32, n_head=4, n_kv=2)
+    tokenizer_meta(w, "gpt2")
+    shapes = {
+        "token_embd.weight": (16, 32), "output_norm.weight": (32,),
+        "blk.0.attn_norm.weight": (32,), "blk.0.ffn_norm.weight": (32,),
+        "blk.0.attn_q.weight": (32, 32), "blk.0.attn_k.weight": (16, 32), "blk.0.attn_v.weight": (16, 32),
+        "blk.0.attn_output.weight": (32, 32), "blk.0.ffn_gate.weight": (64, 32),
+        "blk.0.ffn_up.weight": (64, 32), "blk.0.ffn_down.weight": (32, 64),
+    }
+    for n, s in shapes.items():
+        a = rng.standard_normal(s).astype(np.float32) * 0.1
+        if len(s) == 2 and n.startswith("blk"):
+            q = np.clip(np.round(a / 0.01), -127, 127).astype(np.int8)
+            blocks = np.concatenate(
+                [np.full((s[0], 1), 0.01, np.float16).view(np.uint8), q.view(np.uint8)], axis=1
+            )  # one Q8_0 block per row (32 columns); the 64-wide row takes two
+            if s[1] == 64:
+                blocks = np.concatenate([blocks[:, :34], blocks[:, :34]], axis=1)
+            w.add_tensor(n, np.ascontiguousarray(blocks[:, : 34 * (s[1] // 32)]), raw_dtype=T.Q8_0)
+        else:
+            w.add_tensor(n, a)
+
+
+def tokenizer_only(kind):
+    def build(w):
+        llama_meta(w)
+        tokenizer_meta(w, kind)
+    return build
+
+
+def imatrix_gguf(w):
+    w.add_string("general.type", "imatrix")
+    w.add_array("imatrix.datasets", ["seed.txt"])
+    w.add_uint32("imatrix.chunk_count", 2)
+    w.add_uint32("imatrix.chunk_size", 64)
+    for n in ["blk.0.attn_q.weight", "blk.0.ffn_down.weight"]:
+        w.add_tensor(f"{n}.in_sum2", rng.random((1, 32)).astype(np.float32))
+        w.add_tensor(f"{n}.counts", np.array([[2.0]], dtype=np.float32))
+
+
+def imatrix_legacy():
+    out = struct.pack("<i", 2)
+    for n in ["blk.0.attn_q.weight", "blk.0.ffn_down.weight"]:
+        b = n.encode()
+        vals = rng.random(8).astype(np.float32)
+        out += struct.pack("<i", len(b)) + b + struct.pack("<ii", 3, len(vals)) + vals.tobytes()
+    out += struct.pack("<i", 3) + struct.pack("<i", 8) + b"seed.txt"
+    return out
+
+
+def safetensors(tensors, meta=None):
+    header, blobs, off = {}, [], 0
+    if meta:
+        header["__metadata__"] = meta
+    for name, (dtype, arr) in tensors.items():
+        b = arr.tobytes()
+        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + b"".join(blobs)
+
+
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
+    "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 1,
+    "vocab_size": 16, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 64,
+    "tie_word_embeddings": True, "torch_dtype": "float32",
+}
+
+
+def main():
+    out = pathlib.Path(sys.argv[1])
+    for t in ["gguf", "gguf_tokenizer", "imatrix", "safetensors", "hf_config", "hf_index"]:
+        (out / t).mkdir(parents=True, exist_ok=True)
+    write_gguf(out / "gguf/all-types.gguf", all_types)
+    write_gguf(out / "gguf/tiny-llama-q8_0.gguf", tiny_model)
+    write_gguf(out / "gguf_tokenizer/bpe.gguf", tokenizer_only("gpt2"))
+    write_gguf(out / "gguf_tokenizer/spm.gguf", tokenizer_only("llama"))
+    write_gguf(out / "imatrix/imatrix.gguf", imatrix_gguf)
+    (out / "imatrix/legacy.dat").write_bytes(imatrix_legacy())
+    (out / "safetensors/f32-f16.safetensors").write_bytes(safetensors({
+        "model.norm.weight": ("F32", rng.standard_normal(8).astype(np.float32)),
+        "model.layers.0.mlp.up_proj.weight": ("F16", rng.standard_normal((4, 8)).astype(np.float16)),
+    }, {"format": "pt"}))
+    (out / "safetensors/bf16-i32.safetensors").write_bytes(safetensors({
+        "a": ("BF16", rng.integers(0, 65535, size=(3, 4), dtype=np.uint16)),
+        "qweight": ("I32", rng.integers(-2**31, 2**31 - 1, size=(2, 2), dtype=np.int32)),
+    }))
+    quant = {
+        "gptq": {"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": True, "desc_act": True,
+                 "checkpoint_format": "gptq", "dynamic": {"-:lm_head": {}}},
+        "awq": {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm",
+                "modules_to_not_convert": ["lm_head"]},
+        "ct": {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
+               "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
+                   "num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": 32,
+                   "actorder": "static"}}}},
+    }
+    (out / "hf_config/llama.json").write_text(json.dumps(CONFIG))
+    (out / "hf_config/qwen2.json").write_text(json.dumps({**CONFIG, "architectures": ["Qwen2ForCausalLM"],
+                                                         "model_type": "qwen2", "head_dim": 8}))
+    (out / "hf_config/llama3-rope.json").write_text(json.dumps({**CONFIG, "rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}}))
+    for k, q in quant.items():
+        (out / f"hf_config/{k}.json").write_text(json.dumps({**CONFIG, "quantization_config": q}))
+    (out / "hf_index/index.json").write_text(json.dumps({"metadata": {"total_size": 1024}, "weight_map": {
+        "model.norm.weight": "model-00001-of-00002.safetensors",
+        "model.embed_tokens.weight": "model-00002-of-00002.safetensors"}}))
+
+
+if __name__ == "__main__":
+    main()
