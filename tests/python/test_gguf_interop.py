@@ -119,7 +119,7 @@ def test_bit_exact_with_gguf_py_on_random_data_and_ggml_cos_vector(tmp_path, bin
     write_test_gguf(src, tensors)
     for tname, qtype in TYPES.items():
         out = tmp_path / f"random-{tname}.gguf"
-        run("convert", src, "--type", tname, "-o", out)
+        run("convert", src, "--type", tname, "--allow-partial", "-o", out)
         r = gguf.GGUFReader(out)
         for t in r.tensors:
             assert t.tensor_type == qtype, (t.name, t.tensor_type)

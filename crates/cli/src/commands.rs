@@ -78,6 +78,11 @@ pub struct ConvertArgs {
     /// Importance matrix (llama.cpp imatrix: GGUF or legacy .dat) for weighted quantization.
     #[arg(long)]
     pub imatrix: Option<PathBuf>,
+    /// The input GGUF is a tensor collection, not a complete model: do not check its tensors
+    /// against its hyperparameters (by default a GGUF missing tensors, with more layers in its
+    /// metadata than in its tensors or with implausible sizes is refused).
+    #[arg(long)]
+    pub allow_partial: bool,
     /// Give tensors whose name matches REGEX this type (first match wins; repeatable).
     #[arg(long = "tensor-type", value_name = "REGEX=TYPE", value_parser = parse_override)]
     pub tensor_type: Vec<TensorTypeOverride>,
@@ -130,7 +135,7 @@ pub fn convert(ctx: &Ctx, a: &ConvertArgs) -> Result<()> {
         print!("{}", toml::to_string(&recipe).map_err(|e| Error::Invalid(e.to_string()))?);
         return Ok(());
     }
-    let src = ModelSource::open(&a.input)?;
+    let src = if a.allow_partial { ModelSource::open_partial(&a.input)? } else { ModelSource::open(&a.input)? };
     let imatrix = a.imatrix.as_ref().map(Imatrix::open).transpose()?;
     if a.dry_run {
         return dry_run(ctx, &src, &recipe, imatrix.is_some());

@@ -315,6 +315,15 @@ impl ModelConfig {
 
     /// Read the hyperparameters back from a GGUF file.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let c = Self::from_gguf_unchecked(g)?;
+        let a = g.architecture()?;
+        c.check_plausible()
+            .map_err(|(_, key, m)| Error::malformed(g.path(), "GGUF", format!("metadata '{a}.{key}'"), m))?;
+        Ok(c)
+    }
+
+    /// [`from_gguf`](Self::from_gguf) without the plausibility checks (for tensor collections).
+    pub fn from_gguf_unchecked(g: &GgufFile) -> Result<Self> {
         let a = g.architecture()?.to_string();
         let arch = match a.as_str() {
             "llama" => Arch::Llama,
@@ -392,8 +401,6 @@ impl ModelConfig {
             bos_token_id: tok("bos_token_id"),
             eos_token_id: tok("eos_token_id"),
         };
-        c.check_plausible()
-            .map_err(|(_, key, m)| Error::malformed(g.path(), "GGUF", format!("metadata '{}'", k(key)), m))?;
         Ok(c)
     }
 

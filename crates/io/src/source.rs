@@ -49,7 +49,8 @@ impl SourceTensor {
 #[derive(Debug)]
 pub enum ModelSource {
     Hf(HfCheckpoint),
-    Gguf { file: GgufFile, config: ModelConfig },
+    /// `partial`: opened with [`ModelSource::open_partial`] (no model-structure checks).
+    Gguf { file: GgufFile, config: ModelConfig, partial: bool },
 }
 
 impl ModelSource {
@@ -64,7 +65,20 @@ impl ModelSource {
         }
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_gguf(&file)?;
-        Ok(ModelSource::Gguf { file, config })
+        Ok(ModelSource::Gguf { file, config, partial: false })
+    }
+
+    /// Like [`open`](Self::open), but a GGUF need not be a complete model: its tensors are not
+    /// checked against the hyperparameters and implausible values are let through (re-quantizing a
+    /// tensor collection, as llama-quantize does without asking). HF folders are checked as usual.
+    pub fn open_partial(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() || !path.exists() {
+            return Self::open(path);
+        }
+        let file = GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf_unchecked(&file)?;
+        Ok(ModelSource::Gguf { file, config, partial: true })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -92,8 +106,10 @@ impl ModelSource {
     /// All tensors, in the order llama.cpp's converter writes them, checked against the config.
     pub fn tensors(&self) -> Result<Vec<SourceTensor>> {
         match self {
-            ModelSource::Gguf { file, config } => {
-                check_gguf_structure(file, config)?;
+            ModelSource::Gguf { file, config, partial } => {
+                if !partial {
+                    check_gguf_structure(file, config)?;
+                }
                 Ok(file
                 .tensors
                 .iter()

@@ -468,6 +468,9 @@ pub fn gguf_to_hf(meta: &dyn Fn(&str) -> Option<Value>, source: &Path) -> Result
                     v.as_array().map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
                 })
                 .unwrap_or_else(|| vec![0.0; tokens.len()]);
+            if scores.len() != tokens.len() {
+                return Err(bad("tokenizer.ggml.scores", "length differs from tokenizer.ggml.tokens"));
+            }
             let merges = spm_merges(&tokens, &scores, &types);
             let add_prefix = flag("add_space_prefix").unwrap_or(true);
             let mut normalizers = Vec::new();
