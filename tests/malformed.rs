@@ -62,8 +62,10 @@ impl Suite {
     fn check(&mut self, group: &'static str, label: &str, dir: &Path, args: &[OsString], expect: Expect) {
         let before = listing(dir);
         let out = dir.join("out.gguf");
-        let args: Vec<OsString> =
-            args.iter().map(|a| if a == "{out}" { out.clone().into_os_string() } else { a.clone() }).collect();
+        let args: Vec<OsString> = args
+            .iter()
+            .map(|a| if a == "{out}" { out.clone().into_os_string() } else { a.clone() })
+            .collect();
         let refs: Vec<&dyn AsRef<std::ffi::OsStr>> = args.iter().map(|a| a as _).collect();
         let o = quantkit(&refs);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -100,7 +102,13 @@ impl Suite {
         std::fs::write(&p, bytes).expect("write variant");
         let mut e = expect;
         e.all.push("m.gguf");
-        self.check(group, label, &d, &args(&["convert", p.to_str().expect("utf8"), "-t", "q8_0", "-o", "{out}"]), e);
+        self.check(
+            group,
+            label,
+            &d,
+            &args(&["convert", p.to_str().expect("utf8"), "-t", "q8_0", "-o", "{out}"]),
+            e,
+        );
     }
 
     fn finish(self) {
@@ -109,7 +117,12 @@ impl Suite {
             eprintln!("  {g:<14} {n}");
         }
         assert!(self.ran >= 100, "only {} variants", self.ran);
-        assert!(self.failures.is_empty(), "{} variants failed:\n{}", self.failures.len(), self.failures.join("\n"));
+        assert!(
+            self.failures.is_empty(),
+            "{} variants failed:\n{}",
+            self.failures.len(),
+            self.failures.join("\n")
+        );
     }
 }
 
@@ -118,7 +131,8 @@ fn args(v: &[&str]) -> Vec<OsString> {
 }
 
 fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = walk(dir).iter().map(|p| p.strip_prefix(dir).expect("in").display().to_string()).collect();
+    let mut v: Vec<String> =
+        walk(dir).iter().map(|p| p.strip_prefix(dir).expect("in").display().to_string()).collect();
     v.sort();
     v
 }
@@ -246,8 +260,12 @@ fn gguf_variants(s: &mut Suite, good: &[u8]) {
 
     // Truncation at every section boundary: header fields, each metadata entry, each tensor info,
     // the data section, each tensor's data, and one byte short of the end.
-    let mut cuts: Vec<(String, usize)> =
-        vec![("empty".into(), 0), ("in magic".into(), 2), ("after magic".into(), 4), ("after version".into(), 8)];
+    let mut cuts: Vec<(String, usize)> = vec![
+        ("empty".into(), 0),
+        ("in magic".into(), 2),
+        ("after magic".into(), 4),
+        ("after version".into(), 8),
+    ];
     cuts.push(("after tensor count".into(), 16));
     cuts.push(("after metadata count".into(), 24));
     for kv in &l.kvs {
@@ -275,7 +293,12 @@ fn gguf_variants(s: &mut Suite, good: &[u8]) {
         &with(good, |b| b[4..8].copy_from_slice(&3u32.to_be_bytes())),
         all(&["big-endian"]),
     );
-    s.gguf_variant("gguf-header", "version 99", &with(good, |b| b[4] = 99), all(&["unknown GGUF version 99"]));
+    s.gguf_variant(
+        "gguf-header",
+        "version 99",
+        &with(good, |b| b[4] = 99),
+        all(&["unknown GGUF version 99"]),
+    );
     for (label, pos, v) in [
         ("tensor count u64::MAX", 8, u64::MAX),
         ("tensor count 2^40", 8, 1u64 << 40),
@@ -359,7 +382,8 @@ fn gguf_variants(s: &mut Suite, good: &[u8]) {
             &format!("'{name}' dims overflow"),
             &with(good, |b| {
                 for d in 0..t.n_dims {
-                    b[t.dims_pos + 8 * d..t.dims_pos + 8 * d + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+                    b[t.dims_pos + 8 * d..t.dims_pos + 8 * d + 8]
+                        .copy_from_slice(&(1u64 << 40).to_le_bytes());
                 }
                 b[t.dims_pos..t.dims_pos + 8].copy_from_slice(&(u64::MAX - 31).to_le_bytes());
             }),
@@ -374,7 +398,9 @@ fn gguf_variants(s: &mut Suite, good: &[u8]) {
         s.gguf_variant(
             "gguf-tensor",
             &format!("'{name}' offset past the end"),
-            &with(good, |b| b[t.off_pos..t.off_pos + 8].copy_from_slice(&(good.len() as u64 * 2).to_le_bytes())),
+            &with(good, |b| {
+                b[t.off_pos..t.off_pos + 8].copy_from_slice(&(good.len() as u64 * 2).to_le_bytes())
+            }),
             all(&[name]).or(&["past the end", "starts at offset"]),
         );
         s.gguf_variant(
@@ -419,9 +445,14 @@ fn gguf_variants(s: &mut Suite, good: &[u8]) {
         );
     }
     // NaN and Inf weights: an f32 norm, and the f16 scale of a Q8_0 block.
-    for (t, fmt) in l.tis.iter().filter(|t| t.ty == 0).take(3).map(|t| (t, "f32")).chain(
-        l.tis.iter().filter(|t| t.ty == 8).step_by(7).map(|t| (t, "q8_0")),
-    ) {
+    for (t, fmt) in l
+        .tis
+        .iter()
+        .filter(|t| t.ty == 0)
+        .take(3)
+        .map(|t| (t, "f32"))
+        .chain(l.tis.iter().filter(|t| t.ty == 8).step_by(7).map(|t| (t, "q8_0")))
+    {
         let at = l.data_start + t.offset as usize + if fmt == "f32" { 8 } else { 34 };
         for (what, f32bits, f16bits) in [("NaN", 0x7fc0_0000u32, 0x7e00u16), ("+inf", 0x7f80_0000, 0x7c00)] {
             s.gguf_variant(
@@ -493,11 +524,18 @@ fn safetensors_variants(s: &mut Suite) {
         std::fs::write(m.join("model.safetensors"), bytes).expect("write");
         let mut e = expect;
         e.all.push(if group == "st-model" || group == "st-values" { "stories" } else { "model.safetensors" });
-        s.check(group, label, &d, &args(&["convert", m.to_str().expect("utf8"), "-t", "q8_0", "-o", "{out}"]), e);
+        s.check(
+            group,
+            label,
+            &d,
+            &args(&["convert", m.to_str().expect("utf8"), "-t", "q8_0", "-o", "{out}"]),
+            e,
+        );
     };
     let trunc = &["truncated", "too short", "past the end", "exactly fill"];
     // Truncation: inside the length, inside the header, at the data, at every tensor's data.
-    let mut cuts = vec![("empty".to_string(), 0usize), ("inside the length".into(), 5), ("after the length".into(), 8)];
+    let mut cuts =
+        vec![("empty".to_string(), 0usize), ("inside the length".into(), 5), ("after the length".into(), 8)];
     cuts.push(("inside the header".into(), 8 + n / 2));
     cuts.push(("at the data".into(), 8 + n));
     for name in &names {
@@ -507,16 +545,41 @@ fn safetensors_variants(s: &mut Suite) {
     for (label, cut) in cuts {
         run(s, "st-truncate", &label, good[..cut].to_vec(), all(&["malformed safetensors"]).or(trunc));
     }
-    run(s, "st-header", "header length 2^40", with(&good, |b| b[..8].copy_from_slice(&(1u64 << 40).to_le_bytes())), all(&["header length"]));
-    run(s, "st-header", "header length 0", with(&good, |b| b[..8].copy_from_slice(&0u64.to_le_bytes())), all(&["malformed safetensors"]));
+    run(
+        s,
+        "st-header",
+        "header length 2^40",
+        with(&good, |b| b[..8].copy_from_slice(&(1u64 << 40).to_le_bytes())),
+        all(&["header length"]),
+    );
+    run(
+        s,
+        "st-header",
+        "header length 0",
+        with(&good, |b| b[..8].copy_from_slice(&0u64.to_le_bytes())),
+        all(&["malformed safetensors"]),
+    );
     run(s, "st-header", "header not JSON", with(&good, |b| b[8] = b'['), all(&["malformed safetensors"]));
-    run(s, "st-header", "header not UTF-8", with(&good, |b| b[10] = 0xff), all(&["malformed safetensors"]).or(&["UTF-8", "utf-8"]));
+    run(
+        s,
+        "st-header",
+        "header not UTF-8",
+        with(&good, |b| b[10] = 0xff),
+        all(&["malformed safetensors"]).or(&["UTF-8", "utf-8"]),
+    );
     let text = String::from_utf8(good[8..8 + n].to_vec()).expect("utf8 header");
     // Duplicate tensor name: the first entry's JSON repeated under its own name.
     let first = &names[0];
     let entry = serde_json::to_string(&header[first]).expect("ser");
-    let dup = text.trim_end().strip_suffix('}').expect("object").to_string() + &format!(",\"{first}\":{entry}}}");
-    run(s, "st-header", "duplicate tensor name", st_join(dup.as_bytes(), &data), all(&[first, "listed twice"]));
+    let dup =
+        text.trim_end().strip_suffix('}').expect("object").to_string() + &format!(",\"{first}\":{entry}}}");
+    run(
+        s,
+        "st-header",
+        "duplicate tensor name",
+        st_join(dup.as_bytes(), &data),
+        all(&[first, "listed twice"]),
+    );
 
     // Per tensor (a spread of them): dtype changed, shapes that overflow or do not match, offsets
     // past the end or shifted, NaN/Inf data.
@@ -526,8 +589,20 @@ fn safetensors_variants(s: &mut Suite) {
             f(&mut h[name.as_str()]);
             st_join(&serde_json::to_vec(&h).expect("ser"), &data)
         };
-        run(s, "st-tensor", &format!("'{name}' dtype F16"), edit(&|t| t["dtype"] = "F16".into()), all(&[name]));
-        run(s, "st-tensor", &format!("'{name}' dtype Q9"), edit(&|t| t["dtype"] = "Q9".into()), all(&["malformed safetensors"]));
+        run(
+            s,
+            "st-tensor",
+            &format!("'{name}' dtype F16"),
+            edit(&|t| t["dtype"] = "F16".into()),
+            all(&[name]),
+        );
+        run(
+            s,
+            "st-tensor",
+            &format!("'{name}' dtype Q9"),
+            edit(&|t| t["dtype"] = "Q9".into()),
+            all(&["malformed safetensors"]),
+        );
         run(
             s,
             "st-tensor",
@@ -544,20 +619,39 @@ fn safetensors_variants(s: &mut Suite) {
                 edit(&|t| t["data_offsets"] = serde_json::json!([end - 4, end])),
                 all(&[]).or(&[name, "exactly fill", "past the end"]),
             );
-            run(s, "st-tensor", &format!("'{name}' dtype I32"), edit(&|t| t["dtype"] = "I32".into()), all(&[name, "I32"]));
+            run(
+                s,
+                "st-tensor",
+                &format!("'{name}' dtype I32"),
+                edit(&|t| t["dtype"] = "I32".into()),
+                all(&[name, "I32"]),
+            );
         }
     }
     // Shapes that fit the bytes but not the model, a missing tensor, NaN/Inf values.
     for name in names.iter().filter(|n| n.contains("layers.1.")) {
-        let shape: Vec<u64> = header[name]["shape"].as_array().expect("s").iter().filter_map(|d| d.as_u64()).collect();
+        let shape: Vec<u64> =
+            header[name]["shape"].as_array().expect("s").iter().filter_map(|d| d.as_u64()).collect();
         if shape.len() == 2 && shape[0] != shape[1] {
             let mut h = header.clone();
             h[name.as_str()]["shape"] = serde_json::json!([shape[1], shape[0]]);
-            run(s, "st-model", &format!("'{name}' transposed"), st_join(&serde_json::to_vec(&h).expect("s"), &data), all(&[name, "shape"]));
+            run(
+                s,
+                "st-model",
+                &format!("'{name}' transposed"),
+                st_join(&serde_json::to_vec(&h).expect("s"), &data),
+                all(&[name, "shape"]),
+            );
         } else if shape.len() == 2 {
             let mut h = header.clone();
             h[name.as_str()]["shape"] = serde_json::json!([shape[0] / 2, shape[1] * 2]);
-            run(s, "st-model", &format!("'{name}' reshaped"), st_join(&serde_json::to_vec(&h).expect("s"), &data), all(&[name, "shape"]));
+            run(
+                s,
+                "st-model",
+                &format!("'{name}' reshaped"),
+                st_join(&serde_json::to_vec(&h).expect("s"), &data),
+                all(&[name, "shape"]),
+            );
         }
     }
     for (i, name) in names.iter().enumerate().filter(|(i, _)| i % 5 == 2) {
@@ -566,12 +660,21 @@ fn safetensors_variants(s: &mut Suite) {
             let mut d = data.clone();
             d[off + 4 * i.min(3)..off + 4 * i.min(3) + 4].copy_from_slice(&bits.to_le_bytes());
             let gguf_name = quantkit_io::names::hf_to_gguf(name).unwrap_or_default();
-            run(s, "st-values", &format!("{what} in '{name}'"), st_join(&good[8..8 + n], &d), all(&[what]).or(&[name, &gguf_name]));
+            run(
+                s,
+                "st-values",
+                &format!("{what} in '{name}'"),
+                st_join(&good[8..8 + n], &d),
+                all(&[what]).or(&[name, &gguf_name]),
+            );
         }
     }
     for name in names.iter().filter(|n| n.contains("layers.2.") || n.contains("norm.weight")).take(6) {
         let mut h = header.clone();
-        let (b0, b1) = (h[name.as_str()]["data_offsets"][0].as_u64().expect("o"), h[name.as_str()]["data_offsets"][1].as_u64().expect("o"));
+        let (b0, b1) = (
+            h[name.as_str()]["data_offsets"][0].as_u64().expect("o"),
+            h[name.as_str()]["data_offsets"][1].as_u64().expect("o"),
+        );
         h.as_object_mut().expect("o").remove(name.as_str());
         // Remove its bytes and shift later tensors down.
         for (_, v) in h.as_object_mut().expect("o").iter_mut() {
@@ -584,7 +687,13 @@ fn safetensors_variants(s: &mut Suite) {
         }
         let mut d = data[..b0 as usize].to_vec();
         d.extend_from_slice(&data[b1 as usize..]);
-        run(s, "st-model", &format!("'{name}' missing"), st_join(&serde_json::to_vec(&h).expect("s"), &d), all(&[name, "is missing"]));
+        run(
+            s,
+            "st-model",
+            &format!("'{name}' missing"),
+            st_join(&serde_json::to_vec(&h).expect("s"), &d),
+            all(&[name, "is missing"]),
+        );
     }
 }
 
@@ -601,32 +710,80 @@ fn config_variants(s: &mut Suite) {
         })
     };
     let cases: Vec<(&str, Edit, Expect)> = vec![
-        ("architecture GPT2", set("architectures", serde_json::json!(["GPT2LMHeadModel"])), all(&["unsupported", "GPT2LMHeadModel"])),
+        (
+            "architecture GPT2",
+            set("architectures", serde_json::json!(["GPT2LMHeadModel"])),
+            all(&["unsupported", "GPT2LMHeadModel"]),
+        ),
         ("architectures empty", set("architectures", serde_json::json!([])), all(&["architectures"])),
         ("architectures a number", set("architectures", serde_json::json!(5)), all(&["architectures"])),
         ("no architectures", del("architectures"), all(&["architectures"])),
         ("heads 7", set("num_attention_heads", serde_json::json!(7)), all(&["heads"])),
         ("heads 0", set("num_attention_heads", serde_json::json!(0)), all(&["num_attention_heads"])),
         ("kv heads 3", set("num_key_value_heads", serde_json::json!(3)), all(&["3 KV heads do not divide"])),
-        ("kv heads > heads", set("num_key_value_heads", serde_json::json!(16)), all(&["num_key_value_heads"]).or(&["heads"])),
+        (
+            "kv heads > heads",
+            set("num_key_value_heads", serde_json::json!(16)),
+            all(&["num_key_value_heads"]).or(&["heads"]),
+        ),
         ("hidden_size 0", set("hidden_size", serde_json::json!(0)), all(&["hidden_size"])),
         ("hidden_size negative", set("hidden_size", serde_json::json!(-64)), all(&["hidden_size"])),
         ("hidden_size a string", set("hidden_size", serde_json::json!("64")), all(&["hidden_size"])),
-        ("hidden_size 2^62", set("hidden_size", serde_json::json!(1u64 << 62)), all(&["hidden_size"]).or(&["too large", "heads", "shape"])),
+        (
+            "hidden_size 2^62",
+            set("hidden_size", serde_json::json!(1u64 << 62)),
+            all(&["hidden_size"]).or(&["too large", "heads", "shape"]),
+        ),
         ("no hidden_size", del("hidden_size"), all(&["hidden_size"])),
         ("layers 6", set("num_hidden_layers", serde_json::json!(6)), all(&["model.layers.5.", "is missing"])),
-        ("layers 0", set("num_hidden_layers", serde_json::json!(0)), all(&["num_hidden_layers"]).or(&["no place"])),
-        ("layers 2^40", set("num_hidden_layers", serde_json::json!(1u64 << 40)), all(&["num_hidden_layers"]).or(&["is missing"])),
-        ("vocab 2^40", set("vocab_size", serde_json::json!(1u64 << 40)), all(&[]).or(&["vocab_size", "embed_tokens", "token_embd"])),
+        (
+            "layers 0",
+            set("num_hidden_layers", serde_json::json!(0)),
+            all(&["num_hidden_layers"]).or(&["no place"]),
+        ),
+        (
+            "layers 2^40",
+            set("num_hidden_layers", serde_json::json!(1u64 << 40)),
+            all(&["num_hidden_layers"]).or(&["is missing"]),
+        ),
+        (
+            "vocab 2^40",
+            set("vocab_size", serde_json::json!(1u64 << 40)),
+            all(&[]).or(&["vocab_size", "embed_tokens", "token_embd"]),
+        ),
         ("vocab 0", set("vocab_size", serde_json::json!(0)), all(&["vocab_size"]).or(&["shape"])),
-        ("intermediate 7", set("intermediate_size", serde_json::json!(7)), all(&["shape"]).or(&["mlp", "ffn"])),
+        (
+            "intermediate 7",
+            set("intermediate_size", serde_json::json!(7)),
+            all(&["shape"]).or(&["mlp", "ffn"]),
+        ),
         ("rms eps negative", set("rms_norm_eps", serde_json::json!(-1.0)), all(&["rms_norm_eps"])),
         ("rope theta 0", set("rope_theta", serde_json::json!(0.0)), all(&["rope_theta"])),
-        ("rope scaling unknown", set("rope_scaling", serde_json::json!({"rope_type": "warp", "factor": 2.0})), all(&["warp"])),
-        ("rope scaling factor 0", set("rope_scaling", serde_json::json!({"rope_type": "linear", "factor": 0.0})), all(&["factor"])),
-        ("max positions 0", set("max_position_embeddings", serde_json::json!(0)), all(&["max_position_embeddings"])),
-        ("quantization method unknown", set("quantization_config", serde_json::json!({"quant_method": "exl9"})), all(&["exl9"])),
-        ("quantization bits 13", set("quantization_config", serde_json::json!({"quant_method": "gptq", "bits": 13})), all(&["bits"])),
+        (
+            "rope scaling unknown",
+            set("rope_scaling", serde_json::json!({"rope_type": "warp", "factor": 2.0})),
+            all(&["warp"]),
+        ),
+        (
+            "rope scaling factor 0",
+            set("rope_scaling", serde_json::json!({"rope_type": "linear", "factor": 0.0})),
+            all(&["factor"]),
+        ),
+        (
+            "max positions 0",
+            set("max_position_embeddings", serde_json::json!(0)),
+            all(&["max_position_embeddings"]),
+        ),
+        (
+            "quantization method unknown",
+            set("quantization_config", serde_json::json!({"quant_method": "exl9"})),
+            all(&["exl9"]),
+        ),
+        (
+            "quantization bits 13",
+            set("quantization_config", serde_json::json!({"quant_method": "gptq", "bits": 13})),
+            all(&["bits"]),
+        ),
     ];
     for (label, edit, expect) in cases {
         let d = s.case_dir();
@@ -636,7 +793,13 @@ fn config_variants(s: &mut Suite) {
         std::fs::write(m.join("config.json"), serde_json::to_vec_pretty(&c).expect("ser")).expect("w");
         let mut e = expect;
         e.any.extend(["config.json", "model.safetensors", "stories"]);
-        s.check("config", label, &d, &args(&["convert", m.to_str().expect("utf8"), "-t", "q8_0", "-o", "{out}"]), e);
+        s.check(
+            "config",
+            label,
+            &d,
+            &args(&["convert", m.to_str().expect("utf8"), "-t", "q8_0", "-o", "{out}"]),
+            e,
+        );
     }
     for (label, bytes) in [
         ("config empty", b"".to_vec()),
@@ -648,24 +811,47 @@ fn config_variants(s: &mut Suite) {
         let d = s.case_dir();
         let m = copy_stories(&d);
         std::fs::write(m.join("config.json"), bytes).expect("w");
-        s.check("config", label, &d, &args(&["convert", m.to_str().expect("utf8"), "-o", "{out}"]), all(&["config.json"]));
+        s.check(
+            "config",
+            label,
+            &d,
+            &args(&["convert", m.to_str().expect("utf8"), "-o", "{out}"]),
+            all(&["config.json"]),
+        );
     }
     // Sharded checkpoints: a broken index.
     let shards = tempfile::tempdir().expect("tmp");
     let (_, hf) = sharded_stories(shards.path());
     let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(hf.join("model.safetensors.index.json")).expect("r")).expect("j");
+        serde_json::from_slice(&std::fs::read(hf.join("model.safetensors.index.json")).expect("r"))
+            .expect("j");
     let idx_cases: Vec<(&str, serde_json::Value, Vec<&str>)> = vec![
         ("index without weight_map", serde_json::json!({"metadata": {}}), vec!["weight_map"]),
         ("index weight_map a list", serde_json::json!({"weight_map": []}), vec!["weight_map"]),
-        ("shard name a number", serde_json::json!({"weight_map": {"model.norm.weight": 3}}), vec!["model.norm.weight", "not a string"]),
-        ("shard path escapes", serde_json::json!({"weight_map": {"model.norm.weight": "../x.safetensors"}}), vec!["plain file name"]),
-        ("shard name empty", serde_json::json!({"weight_map": {"model.norm.weight": ""}}), vec!["plain file name"]),
-        ("shard missing", {
-            let mut i = index.clone();
-            i["weight_map"]["model.norm.weight"] = "nope.safetensors".into();
-            i
-        }, vec!["nope.safetensors"]),
+        (
+            "shard name a number",
+            serde_json::json!({"weight_map": {"model.norm.weight": 3}}),
+            vec!["model.norm.weight", "not a string"],
+        ),
+        (
+            "shard path escapes",
+            serde_json::json!({"weight_map": {"model.norm.weight": "../x.safetensors"}}),
+            vec!["plain file name"],
+        ),
+        (
+            "shard name empty",
+            serde_json::json!({"weight_map": {"model.norm.weight": ""}}),
+            vec!["plain file name"],
+        ),
+        (
+            "shard missing",
+            {
+                let mut i = index.clone();
+                i["weight_map"]["model.norm.weight"] = "nope.safetensors".into();
+                i
+            },
+            vec!["nope.safetensors"],
+        ),
     ];
     for (label, idx, needles) in idx_cases {
         let d = s.case_dir();
@@ -674,8 +860,15 @@ fn config_variants(s: &mut Suite) {
         for e in std::fs::read_dir(&hf).expect("r").flatten() {
             std::fs::copy(e.path(), m.join(e.file_name())).expect("cp");
         }
-        std::fs::write(m.join("model.safetensors.index.json"), serde_json::to_vec(&idx).expect("s")).expect("w");
-        s.check("index", label, &d, &args(&["convert", m.to_str().expect("utf8"), "-o", "{out}"]), all(&needles));
+        std::fs::write(m.join("model.safetensors.index.json"), serde_json::to_vec(&idx).expect("s"))
+            .expect("w");
+        s.check(
+            "index",
+            label,
+            &d,
+            &args(&["convert", m.to_str().expect("utf8"), "-o", "{out}"]),
+            all(&needles),
+        );
     }
 }
 
@@ -685,12 +878,22 @@ fn tokenizer_and_text_variants(s: &mut Suite, gguf: &Path) {
         ("tokenizer.json not JSON", b"{\"model\": ".to_vec(), "tokenizer.json"),
         ("tokenizer.json not UTF-8", b"{\"model\": \"\xff\"}".to_vec(), "tokenizer.json"),
         ("tokenizer.json without model", b"{\"version\": \"1.0\"}".to_vec(), "tokenizer.json"),
-        ("tokenizer.json Unigram", b"{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}".to_vec(), "Unigram"),
+        (
+            "tokenizer.json Unigram",
+            b"{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}".to_vec(),
+            "Unigram",
+        ),
     ] {
         let d = s.case_dir();
         let m = copy_stories(&d);
         std::fs::write(m.join("tokenizer.json"), bytes).expect("w");
-        s.check("tokenizer", label, &d, &args(&["convert", m.to_str().expect("utf8"), "-o", "{out}"]), all(&[needle]));
+        s.check(
+            "tokenizer",
+            label,
+            &d,
+            &args(&["convert", m.to_str().expect("utf8"), "-o", "{out}"]),
+            all(&[needle]),
+        );
     }
     // Evaluation and calibration text: empty, blank, not UTF-8, missing, a folder without text.
     let texts: Vec<(&str, Option<Vec<u8>>, &str)> = vec![
@@ -711,8 +914,16 @@ fn tokenizer_and_text_variants(s: &mut Suite, gguf: &Path) {
             } else {
                 let o = d.join("qout");
                 args(&[
-                    "quantize", stories().to_str().expect("u"), "--method", "gptq", "--calib", t.to_str().expect("u"),
-                    "--format", "gptq", "-o", o.to_str().expect("u"),
+                    "quantize",
+                    stories().to_str().expect("u"),
+                    "--method",
+                    "gptq",
+                    "--calib",
+                    t.to_str().expect("u"),
+                    "--format",
+                    "gptq",
+                    "-o",
+                    o.to_str().expect("u"),
                 ])
             };
             s.check("text", &format!("{cmd} text {label}"), &d, &a, all(&["t.txt", needle]));
@@ -721,11 +932,26 @@ fn tokenizer_and_text_variants(s: &mut Suite, gguf: &Path) {
     let d = s.case_dir();
     let empty = d.join("corpus");
     std::fs::create_dir(&empty).expect("mkdir");
-    let a = args(&["quantize", stories().to_str().expect("u"), "--calib", empty.to_str().expect("u"), "--format", "gptq", "-o", d.join("q").to_str().expect("u")]);
+    let a = args(&[
+        "quantize",
+        stories().to_str().expect("u"),
+        "--calib",
+        empty.to_str().expect("u"),
+        "--format",
+        "gptq",
+        "-o",
+        d.join("q").to_str().expect("u"),
+    ]);
     s.check("text", "calibration folder without text", &d, &a, all(&["corpus"]));
     // A base-logits file that is not one.
     let d = s.case_dir();
     let b = d.join("base.logits");
     std::fs::write(&b, b"not logits at all").expect("w");
-    s.check("text", "kld base file junk", &d, &args(&["kld", gguf.to_str().expect("u"), "--base", b.to_str().expect("u")]), all(&["base.logits"]));
+    s.check(
+        "text",
+        "kld base file junk",
+        &d,
+        &args(&["kld", gguf.to_str().expect("u"), "--base", b.to_str().expect("u")]),
+        all(&["base.logits"]),
+    );
 }

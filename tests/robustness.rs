@@ -98,7 +98,10 @@ fn sigkill_at_random_moments_leaves_the_old_or_a_complete_output() {
         if got == old {
             saw_old += 1;
         } else {
-            assert!(got == want, "kill {i} after {after:?}: destination is neither the old file nor the complete output");
+            assert!(
+                got == want,
+                "kill {i} after {after:?}: destination is neither the old file nor the complete output"
+            );
             quantkit_io::gguf::GgufFile::open(&dest).expect("complete output parses");
             saw_new += 1;
             std::fs::write(&dest, &old).expect("reset");
@@ -108,7 +111,10 @@ fn sigkill_at_random_moments_leaves_the_old_or_a_complete_output() {
         "convert ({full:?} uninterrupted): {} kills → old file {saw_old} ({mid_write} of them mid-write), complete file {saw_new} ({finished} had finished)",
         moments.len(),
     );
-    assert!(mid_write > 0, "no kill landed while the output was being written: the test did not test anything");
+    assert!(
+        mid_write > 0,
+        "no kill landed while the output was being written: the test did not test anything"
+    );
     // The next run removes what the killed ones left and completes.
     ok(&[&"convert", &src, &"-t", &"q8_0", &"-o", &dest]);
     assert_eq!(std::fs::read(&dest).expect("r"), want);
@@ -146,7 +152,9 @@ fn sigkill_at_random_moments_leaves_the_old_or_a_complete_output() {
             saw_old += 1;
         }
     }
-    eprintln!("export-hf ({full:?} uninterrupted): 8 kills → old folder {saw_old}, complete folder {saw_new}");
+    eprintln!(
+        "export-hf ({full:?} uninterrupted): 8 kills → old folder {saw_old}, complete folder {saw_new}"
+    );
     ok(&[&"export-hf", &src, &"-o", &dest, &"--dtype", &"bf16", &"--force"]);
     assert_eq!(files(&dest), want);
     assert!(leftovers(&work).is_empty(), "left behind: {:?}", leftovers(&work));
@@ -155,7 +163,8 @@ fn sigkill_at_random_moments_leaves_the_old_or_a_complete_output() {
 /// Convert with `threads`, return the bytes.
 fn convert_bytes(src: &Path, ty: &str, threads: &str, dir: &Path, extra: &[&str]) -> Vec<u8> {
     let out = dir.join(format!("{ty}-{threads}.gguf"));
-    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--threads", &threads, &"convert", &src, &"-t", &ty];
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+        vec![&"--threads", &threads, &"convert", &src, &"-t", &ty];
     for e in extra {
         args.push(e);
     }
@@ -176,8 +185,21 @@ fn outputs_are_byte_identical_across_runs_and_thread_counts() {
     // stories260K through every mix family, with an imatrix where the mix uses one.
     let im = t.path().join("imatrix.gguf");
     ok(&[
-        &"quantize", &stories(), &"--method", &"rtn", &"--calib", &shared().join("data/tinyshakespeare/input.txt"),
-        &"--samples", &"4", &"--seqlen", &"64", &"--format", &"gguf:q4_k_m", &"--imatrix", &"-o", &t.path().join("q"),
+        &"quantize",
+        &stories(),
+        &"--method",
+        &"rtn",
+        &"--calib",
+        &shared().join("data/tinyshakespeare/input.txt"),
+        &"--samples",
+        &"4",
+        &"--seqlen",
+        &"64",
+        &"--format",
+        &"gguf:q4_k_m",
+        &"--imatrix",
+        &"-o",
+        &t.path().join("q"),
     ]);
     std::fs::rename(t.path().join("q/imatrix.gguf"), &im).expect("imatrix");
     let im_s = im.to_str().expect("utf8");

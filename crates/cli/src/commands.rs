@@ -135,7 +135,8 @@ pub fn convert(ctx: &Ctx, a: &ConvertArgs) -> Result<()> {
         print!("{}", toml::to_string(&recipe).map_err(|e| Error::Invalid(e.to_string()))?);
         return Ok(());
     }
-    let src = if a.allow_partial { ModelSource::open_partial(&a.input)? } else { ModelSource::open(&a.input)? };
+    let src =
+        if a.allow_partial { ModelSource::open_partial(&a.input)? } else { ModelSource::open(&a.input)? };
     let imatrix = a.imatrix.as_ref().map(Imatrix::open).transpose()?;
     if a.dry_run {
         return dry_run(ctx, &src, &recipe, imatrix.is_some());

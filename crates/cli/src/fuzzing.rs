@@ -28,7 +28,8 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 
 /// Run target `name` on `data` (panics on an unknown name: a harness bug, not an input one).
 pub fn run(name: &str, data: &[u8]) {
-    let (_, f) = TARGETS.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no fuzz target {name:?}"));
+    let (_, f) =
+        TARGETS.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no fuzz target {name:?}"));
     f(data)
 }
 
@@ -103,23 +104,16 @@ pub fn hf_index(data: &[u8]) {
 pub fn imatrix(data: &[u8]) {
     use quantkit_io::imatrix::Imatrix;
     let p = Path::new("fuzz.imatrix");
-    if data.starts_with(b"GGUF") {
-        if let Ok(g) = GgufFile::from_bytes(data.to_vec(), p) {
-            let r = Imatrix::from_gguf(&g);
-            names_file(&r, "fuzz.imatrix");
-            if let Ok(m) = r {
-                for n in m.entries.keys() {
-                    let _ = m.values(n);
-                }
-            }
-        }
+    let r = if data.starts_with(b"GGUF") {
+        let Ok(g) = GgufFile::from_bytes(data.to_vec(), p) else { return };
+        Imatrix::from_gguf(&g)
     } else {
-        let r = Imatrix::from_legacy_bytes(data, p);
-        names_file(&r, "fuzz.imatrix");
-        if let Ok(m) = r {
-            for n in m.entries.keys() {
-                let _ = m.values(n);
-            }
+        Imatrix::from_legacy_bytes(data, p)
+    };
+    names_file(&r, "fuzz.imatrix");
+    if let Ok(m) = r {
+        for n in m.entries.keys() {
+            let _ = m.values(n);
         }
     }
 }

@@ -243,6 +243,16 @@ fn remove_entry(p: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Deal with one leftover `p` of a dead writer of `dest`: a moved-aside old output goes back when
+/// `dest` is missing (the writer died between its two renames); anything else is removed.
+fn clear_leftover(p: &Path, dest: &Path, is_old: bool) -> std::io::Result<()> {
+    if is_old && !dest.exists() {
+        std::fs::rename(p, dest)
+    } else {
+        remove_entry(p)
+    }
+}
+
 /// Before writing `dest` (`name` in `dir`): remove temp files/folders that dead writers of the same
 /// destination left, and if a writer died between moving the old output aside and renaming the new
 /// one in (a folder replace), put the old output back. Best effort: failures are ignored, the new
@@ -257,12 +267,7 @@ fn sweep_siblings(dir: &Path, name: &str, dest: &Path) {
         }
         match leftover_pid(&entry) {
             Some((pid, is_old)) if process_is_dead(pid) => {
-                let p = e.path();
-                if is_old && !dest.exists() {
-                    let _ = std::fs::rename(&p, dest);
-                } else {
-                    let _ = remove_entry(&p);
-                }
+                let _ = clear_leftover(&e.path(), dest, is_old);
             }
             _ => {}
         }
@@ -283,11 +288,7 @@ pub fn remove_stale(dir: &Path) -> Result<usize> {
             Some((pid, is_old)) if process_is_dead(pid) => {
                 let dest_name = entry[1..entry.find(".quantkit-").unwrap_or(entry.len())].to_string();
                 let dest = dir.join(dest_name);
-                if is_old && !dest.exists() {
-                    std::fs::rename(&p, &dest).map_err(|e| Error::io(&p, e))?;
-                } else {
-                    remove_entry(&p).map_err(|e| Error::io(&p, e))?;
-                }
+                clear_leftover(&p, &dest, is_old).map_err(|e| Error::io(&p, e))?;
                 n += 1;
             }
             _ if p.is_dir() && !p.is_symlink() => subdirs.push(p),

@@ -226,7 +226,11 @@ impl ModelConfig {
         }
         let eps = self.rms_norm_eps;
         if !(eps.is_finite() && (0.0..1.0).contains(&eps)) {
-            return Err(("rms_norm_eps", "attention.layer_norm_rms_epsilon", format!("{eps} is not in [0, 1)")));
+            return Err((
+                "rms_norm_eps",
+                "attention.layer_norm_rms_epsilon",
+                format!("{eps} is not in [0, 1)"),
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return Err(("rope_theta", "rope.freq_base", format!("{} must be positive", self.rope_theta)));
@@ -247,7 +251,9 @@ impl ModelConfig {
                 return Err((
                     "rope_scaling",
                     "rope.scaling.factor",
-                    format!("high_freq_factor {high_freq_factor} must exceed low_freq_factor {low_freq_factor}"),
+                    format!(
+                        "high_freq_factor {high_freq_factor} must exceed low_freq_factor {low_freq_factor}"
+                    ),
                 ));
             }
         }

@@ -46,7 +46,12 @@ pub fn parse_index(index: &Json, index_path: &Path) -> Result<Vec<(String, Strin
     let mut out = Vec::with_capacity(map.len());
     for (tensor, file) in map {
         let file = file.as_str().ok_or_else(|| {
-            Error::malformed(index_path, "safetensors index", format!("\"{tensor}\""), "file name is not a string")
+            Error::malformed(
+                index_path,
+                "safetensors index",
+                format!("\"{tensor}\""),
+                "file name is not a string",
+            )
         })?;
         if file.contains('/') || file.contains('\\') || file == ".." || file == "." || file.is_empty() {
             return Err(Error::malformed(

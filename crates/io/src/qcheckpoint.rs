@@ -59,7 +59,10 @@ impl QuantLayout {
             "awq" => {
                 let version = q.get("version").and_then(Json::as_str).unwrap_or("gemm").to_lowercase();
                 if version != "gemm" {
-                    return Err(Error::Unsupported(format!("AWQ version {version:?} in {} (only GEMM)", path.display())));
+                    return Err(Error::Unsupported(format!(
+                        "AWQ version {version:?} in {} (only GEMM)",
+                        path.display()
+                    )));
                 }
                 QuantLayout::Awq { bits: bits(q.get("bits").or(q.get("w_bit")))? }
             }
@@ -93,7 +96,10 @@ impl QuantLayout {
                 }
             }
             other => {
-                return Err(Error::Unsupported(format!("quantization method {other:?} in {}", path.display())))
+                return Err(Error::Unsupported(format!(
+                    "quantization method {other:?} in {}",
+                    path.display()
+                )))
             }
         }))
     }

@@ -43,7 +43,12 @@ impl SafetensorsFile {
         // The crate keeps the last of two entries with one name; a file that names a tensor twice
         // is ambiguous, so refuse it.
         if let Some(dup) = duplicate_key(&mmap[8..8 + n]) {
-            return Err(Error::malformed(path, "safetensors", "header", format!("tensor '{dup}' is listed twice")));
+            return Err(Error::malformed(
+                path,
+                "safetensors",
+                "header",
+                format!("tensor '{dup}' is listed twice"),
+            ));
         }
         Ok(Self { path: path.to_path_buf(), mmap, data_start: 8 + n, meta })
     }
@@ -184,7 +189,9 @@ fn diagnose(header: &[u8], file_len: usize) -> Option<String> {
     };
     let json: serde_json::Value = match serde_json::from_str(text) {
         Ok(j) => j,
-        Err(e) => return Some(format!("header is not valid JSON (line {}, column {}): {e}", e.line(), e.column())),
+        Err(e) => {
+            return Some(format!("header is not valid JSON (line {}, column {}): {e}", e.line(), e.column()))
+        }
     };
     let obj = json.as_object()?;
     let data_len = file_len.saturating_sub(8 + header.len()) as u64;
@@ -204,18 +211,23 @@ fn diagnose(header: &[u8], file_len: usize) -> Option<String> {
         };
         let dims: Option<Vec<u64>> = shape.iter().map(|d| d.as_u64()).collect();
         let Some(dims) = dims else {
-            return Some(format!("tensor '{name}' has a shape that is not a list of sizes: {}", info["shape"]));
+            return Some(format!(
+                "tensor '{name}' has a shape that is not a list of sizes: {}",
+                info["shape"]
+            ));
         };
-        let offs: Option<Vec<u64>> =
-            info.get("data_offsets").and_then(|o| o.as_array()).map(|a| a.iter().filter_map(|v| v.as_u64()).collect());
+        let offs: Option<Vec<u64>> = info
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect());
         let Some([begin, end]) = offs.as_deref().and_then(|o| <[u64; 2]>::try_from(o).ok()) else {
             return Some(format!("tensor '{name}' has no [begin, end] \"data_offsets\""));
         };
-        let bytes = quantkit_core::checked_numel(&dims).and_then(|n| bits.map(|b| n.checked_mul(b).map(|x| x / 8)));
+        let bytes =
+            quantkit_core::checked_numel(&dims).zip(bits).and_then(|(n, b)| n.checked_mul(b)).map(|x| x / 8);
         match bytes {
             None => return Some(format!("tensor '{name}': shape {dims:?} overflows")),
-            Some(None) => return Some(format!("tensor '{name}': shape {dims:?} overflows")),
-            Some(Some(b)) if end < begin || end - begin != b => {
+            Some(b) if end < begin || end - begin != b => {
                 return Some(format!(
                     "tensor '{name}': data_offsets [{begin}, {end}] hold {} bytes, but shape {dims:?} of {} needs {b}",
                     end.wrapping_sub(begin) as i64,
@@ -225,14 +237,18 @@ fn diagnose(header: &[u8], file_len: usize) -> Option<String> {
             _ => {}
         }
         if end > data_len {
-            return Some(format!("tensor '{name}': data_offsets end {end} is past the {data_len} data bytes"));
+            return Some(format!(
+                "tensor '{name}': data_offsets end {end} is past the {data_len} data bytes"
+            ));
         }
     }
     // Each tensor's data must start where the previous one's ends.
     let mut spans: Vec<(u64, u64, &str)> = obj
         .iter()
         .filter(|(k, _)| *k != "__metadata__")
-        .filter_map(|(k, v)| Some((v["data_offsets"][0].as_u64()?, v["data_offsets"][1].as_u64()?, k.as_str())))
+        .filter_map(|(k, v)| {
+            Some((v["data_offsets"][0].as_u64()?, v["data_offsets"][1].as_u64()?, k.as_str()))
+        })
         .collect();
     spans.sort();
     let mut prev: (u64, &str) = (0, "");
@@ -241,7 +257,10 @@ fn diagnose(header: &[u8], file_len: usize) -> Option<String> {
             return Some(if prev.1.is_empty() {
                 format!("tensor '{name}': data starts at byte {begin}, but the first tensor must start at 0")
             } else {
-                format!("tensor '{name}': data starts at byte {begin}, but the previous tensor '{}' ends at {}", prev.1, prev.0)
+                format!(
+                    "tensor '{name}': data starts at byte {begin}, but the previous tensor '{}' ends at {}",
+                    prev.1, prev.0
+                )
             });
         }
         prev = (end, name);

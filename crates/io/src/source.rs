@@ -50,7 +50,11 @@ impl SourceTensor {
 pub enum ModelSource {
     Hf(HfCheckpoint),
     /// `partial`: opened with [`ModelSource::open_partial`] (no model-structure checks).
-    Gguf { file: GgufFile, config: ModelConfig, partial: bool },
+    Gguf {
+        file: GgufFile,
+        config: ModelConfig,
+        partial: bool,
+    },
 }
 
 impl ModelSource {
@@ -111,14 +115,14 @@ impl ModelSource {
                     check_gguf_structure(file, config)?;
                 }
                 Ok(file
-                .tensors
-                .iter()
-                .map(|t| SourceTensor {
-                    name: t.name.clone(),
-                    dims: t.dims.clone(),
-                    origin: Origin::Gguf { ty: t.ty },
-                })
-                .collect())
+                    .tensors
+                    .iter()
+                    .map(|t| SourceTensor {
+                        name: t.name.clone(),
+                        dims: t.dims.clone(),
+                        origin: Origin::Gguf { ty: t.ty },
+                    })
+                    .collect())
             }
             ModelSource::Hf(h) => hf_tensors(h),
         }
@@ -251,9 +255,17 @@ fn required_tensors(c: &ModelConfig) -> Vec<String> {
         required.push("output.weight".into());
     }
     for i in 0..c.num_layers {
-        for p in
-            ["attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
-        {
+        for p in [
+            "attn_norm",
+            "ffn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ] {
             required.push(format!("blk.{i}.{p}.weight"));
         }
         if c.arch == crate::config::Arch::Qwen2 {
@@ -273,13 +285,19 @@ fn check_gguf_structure(file: &GgufFile, c: &ModelConfig) -> Result<()> {
     for t in &file.tensors {
         if let Some(layer) = names::layer_of(&t.name) {
             if layer >= c.num_layers {
-                return Err(bad(&t.name, format!("layer {layer}, but the metadata says {} layers", c.num_layers)));
+                return Err(bad(
+                    &t.name,
+                    format!("layer {layer}, but the metadata says {} layers", c.num_layers),
+                ));
             }
         }
         if let Some(want) = expected_shape(c, &t.name) {
             let shape = t.shape_rowmajor();
             if shape != want {
-                return Err(bad(&t.name, format!("shape {shape:?} does not match the metadata (expected {want:?})")));
+                return Err(bad(
+                    &t.name,
+                    format!("shape {shape:?} does not match the metadata (expected {want:?})"),
+                ));
             }
         }
     }
