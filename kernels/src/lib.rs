@@ -19,6 +19,7 @@ pub mod bw;
 pub mod cpu;
 pub mod decode;
 mod matmul;
+pub mod pool;
 
 pub use act::QAct;
 pub use cpu::MAX_GEMV_TOKENS;
@@ -36,6 +37,9 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL with VNNI.
     Avx512,
+    /// AVX-512 with VNNI and VBMI: fused kernels (`cpu::fused`) for Q4_0, Q5_0, Q8_0, Q4_K and
+    /// Q6_K; the other formats run the `Avx512` kernels.
+    Avx512Vbmi,
 }
 
 impl Isa {
@@ -44,6 +48,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512-vnni",
+            Isa::Avx512Vbmi => "avx512-vbmi",
         }
     }
 
@@ -63,13 +68,17 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vnni")
                 {
                     v.push(Isa::Avx512);
+                    if is_x86_feature_detected!("avx512vbmi") {
+                        v.push(Isa::Avx512Vbmi);
+                    }
                 }
             }
         }
         v
     }
 
-    /// The best available, or the one named by `QUANTKIT_ISA` (`scalar`, `avx2`, `avx512`) when
+    /// The best available, or the one named by `QUANTKIT_ISA` (`scalar`, `avx2`, `avx512`,
+    /// `avx512vbmi`) when
     /// the CPU has it — for benchmarks and for testing the fallbacks on a big machine.
     pub fn detect() -> Isa {
         let avail = Isa::available();
@@ -78,6 +87,7 @@ impl Isa {
             Some("scalar") => Isa::Scalar,
             Some("avx2") if avail.contains(&Isa::Avx2) => Isa::Avx2,
             Some("avx512") if avail.contains(&Isa::Avx512) => Isa::Avx512,
+            Some("avx512vbmi") if avail.contains(&Isa::Avx512Vbmi) => Isa::Avx512Vbmi,
             _ => best,
         }
     }
@@ -107,11 +117,20 @@ pub struct Kernel {
     pub isa: Isa,
     pub(crate) gemv: Gemv,
     pub(crate) dequant: Option<DequantFn>,
+    /// The GEMV reads the stored bytes straight into registers (`cpu::fused`).
+    pub fused: bool,
 }
 
 impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Kernel({}, {}, {})", self.ty.name(), self.isa.name(), self.path())
+        write!(
+            f,
+            "Kernel({}, {}, {}{})",
+            self.ty.name(),
+            self.isa.name(),
+            self.path(),
+            if self.fused { ", fused" } else { "" }
+        )
     }
 }
 
@@ -129,7 +148,7 @@ impl Kernel {
 fn int_kernel<D: decode::IntDecode>(ty: GgmlType, isa: Isa) -> Kernel {
     let (g, q, d): (IntGemvFn, QActFn, DequantFn) = match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (
+        Isa::Avx512 | Isa::Avx512Vbmi => (
             cpu::x86::int_gemv_avx512::<D>,
             cpu::x86::quantize_acts_avx512,
             cpu::x86::int_dequant_avx512::<D>,
@@ -140,25 +159,52 @@ fn int_kernel<D: decode::IntDecode>(ty: GgmlType, isa: Isa) -> Kernel {
         }
         _ => (cpu::scalar::int_gemv::<D>, cpu::scalar::quantize_acts, cpu::scalar::int_dequant::<D>),
     };
-    Kernel { ty, isa, gemv: Gemv::Int(g, q), dequant: Some(d) }
+    Kernel { ty, isa, gemv: Gemv::Int(g, q), dequant: Some(d), fused: false }
 }
 
 fn float_kernel<D: decode::FloatDecode>(ty: GgmlType, isa: Isa) -> Kernel {
     let (g, d): (FloatGemvFn, DequantFn) = match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (cpu::x86::float_gemv_avx512::<D>, cpu::x86::float_dequant_avx512::<D>),
+        Isa::Avx512 | Isa::Avx512Vbmi => {
+            (cpu::x86::float_gemv_avx512::<D>, cpu::x86::float_dequant_avx512::<D>)
+        }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => (cpu::x86::float_gemv_avx2::<D>, cpu::x86::float_dequant_avx2::<D>),
         _ => (cpu::scalar::float_gemv::<D>, cpu::scalar::float_dequant::<D>),
     };
-    Kernel { ty, isa, gemv: Gemv::Float(g), dequant: Some(d) }
+    Kernel { ty, isa, gemv: Gemv::Float(g), dequant: Some(d), fused: false }
 }
+
+/// The formats with a fused AVX-512 VBMI GEMV (`cpu::fused`).
+pub const FUSED: [GgmlType; 5] =
+    [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
 
 /// The kernels for `ty` on `isa` (an ISA the CPU lacks must not be passed; see
 /// [`Isa::available`]). Formats not listed here fall back to their codec (`None` only for a type
 /// with no codec at all).
 pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
     use decode as d;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vbmi {
+        use cpu::fused::{self as f, gemv};
+        // The GEMM path's dequantizer and the activation quantizer are the Avx512 ones.
+        let with = |g: IntGemvFn, base: Kernel| match base.gemv {
+            Gemv::Int(_, q) => Kernel { gemv: Gemv::Int(g, q), fused: true, ..base },
+            _ => base,
+        };
+        let fused = match ty {
+            // Keep this list in step with FUSED below.
+            GgmlType::Q4_0 => Some((gemv::<f::Q4_0> as IntGemvFn, int_kernel::<d::Q4_0>(ty, isa))),
+            GgmlType::Q5_0 => Some((gemv::<f::Q5_0> as IntGemvFn, int_kernel::<d::Q5_0>(ty, isa))),
+            GgmlType::Q8_0 => Some((gemv::<f::Q8_0> as IntGemvFn, int_kernel::<d::Q8_0>(ty, isa))),
+            GgmlType::Q4_K => Some((gemv::<f::Q4K> as IntGemvFn, int_kernel::<d::Q4K>(ty, isa))),
+            GgmlType::Q6_K => Some((gemv::<f::Q6K> as IntGemvFn, int_kernel::<d::Q6K>(ty, isa))),
+            _ => None,
+        };
+        if let Some((g, base)) = fused {
+            return Some(with(g, base));
+        }
+    }
     Some(match ty {
         GgmlType::F32 => float_kernel::<d::F32>(ty, isa),
         GgmlType::F16 => float_kernel::<d::F16>(ty, isa),
@@ -175,7 +221,7 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
         GgmlType::Q6_K => int_kernel::<d::Q6K>(ty, isa),
         _ => {
             let codec = quantkit_formats::codec(ty).ok()?;
-            Kernel { ty, isa: Isa::Scalar, gemv: Gemv::Generic(codec), dequant: None }
+            Kernel { ty, isa: Isa::Scalar, gemv: Gemv::Generic(codec), dequant: None, fused: false }
         }
     })
 }

@@ -305,10 +305,6 @@ pub fn forward_group(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]
             // SAFETY: each task owns rows r0..r1 of its matrix's output for every token.
             unsafe { ms[*mi].gemv_rows(x, acts, n, *r0, *r1, p.get()) };
         };
-        if threads == 1 || tasks.len() == 1 {
-            tasks.iter().for_each(run);
-        } else {
-            tasks.par_iter().for_each(run);
-        }
+        crate::pool::pool().run(tasks.len(), &|i| run(&tasks[i]));
     }
 }

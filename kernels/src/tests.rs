@@ -60,6 +60,7 @@ fn every_registered_format_has_a_kernel_on_every_isa() {
         for isa in Isa::available() {
             let k = kernel(ty, isa).unwrap_or_else(|| panic!("no kernel for {}", ty.name()));
             assert!(!matches!(k.gemv, Gemv::Generic(_)), "{}: only the generic fallback", ty.name());
+            assert_eq!(k.fused, isa == Isa::Avx512Vbmi && FUSED.contains(&ty), "{k:?}");
         }
     }
 }
@@ -169,7 +170,9 @@ fn gemv_matches_the_scalar_kernel_and_an_f64_reference() {
                             a.quantize_into(xr);
                         }
                         acts.iter()
-                            .flat_map(|a| a.q.iter().enumerate().map(|(i, q)| a.d[i / GROUP] * *q as f32))
+                            .flat_map(|a| {
+                                a.q[..a.len()].iter().enumerate().map(|(i, q)| a.d[i / GROUP] * *q as f32)
+                            })
                             .collect()
                     } else {
                         x.clone()
