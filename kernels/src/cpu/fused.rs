@@ -27,11 +27,11 @@ pub(crate) trait Fused {
     /// Weights per unit: two legacy blocks (64) or one k-quant super-block (256).
     const UNIT: usize;
     const UNIT_BYTES: usize;
-    /// Codes are stored with a bias (`w = s·(q − b)`): `bias` turns the activation lane sums into
-    /// the integer start value.
-    const BIASED: bool;
+    /// Codes are stored with a bias `b = 2^BIAS_SHIFT` (`w = s·(q − b)`; 0: none): `vpdpbusd`
+    /// starts from `b · s4n` (the lanes' `−b·Σ a`), so the integer sum is exact and signed.
+    const BIAS_SHIFT: u32;
     /// Per-32 offsets (`w = s·q − m`), accumulated once per unit from `QAct::sum32`.
-    const MINS: bool;
+    const MINS: bool = false;
     type State: Copy;
     /// # Safety
     /// Inside the `#[target_feature]` entry point below; `p` is a unit start with `avail` readable
@@ -42,16 +42,15 @@ pub(crate) trait Fused {
     /// # Safety
     /// As `state`, `j < UNIT / 64`.
     unsafe fn sub(p: *const u8, st: &Self::State, j: usize) -> (__m512i, __m512);
-    /// `b · s4n` (the lanes' `−b·Σ a`), the start of `vpdpbusd`.
-    ///
-    /// # Safety
-    /// As `state`.
-    unsafe fn bias(s4n: __m512i) -> __m512i;
     /// The per-32 offsets of the unit (8 lanes), when `MINS`.
     ///
     /// # Safety
     /// As `state`.
-    unsafe fn mins(st: &Self::State) -> __m256;
+    #[inline(always)]
+    unsafe fn mins(_: &Self::State) -> __m256 {
+        // SAFETY: AVX is enabled by the caller.
+        unsafe { _mm256_setzero_ps() }
+    }
 }
 
 /// 64 bytes from `p`, of which `avail` may be read (masked load past that).
@@ -135,8 +134,7 @@ pub(crate) struct Q4_0;
 impl Fused for Q4_0 {
     const UNIT: usize = 64;
     const UNIT_BYTES: usize = 36;
-    const BIASED: bool = true;
-    const MINS: bool = false;
+    const BIAS_SHIFT: u32 = 3;
     type State = __m512i;
     #[inline(always)]
     unsafe fn state(p: *const u8, avail: usize) -> __m512i {
@@ -150,16 +148,6 @@ impl Fused for Q4_0 {
         // SAFETY: forwarded.
         unsafe { (legacy_nibbles(*x, &Q), legacy_scales(*x, &S)) }
     }
-    #[inline(always)]
-    unsafe fn bias(s: __m512i) -> __m512i {
-        // SAFETY: forwarded.
-        unsafe { _mm512_slli_epi32::<3>(s) }
-    }
-    #[inline(always)]
-    unsafe fn mins(_: &__m512i) -> __m256 {
-        // SAFETY: forwarded.
-        unsafe { _mm256_setzero_ps() }
-    }
 }
 
 #[derive(Debug)]
@@ -167,8 +155,7 @@ pub(crate) struct Q5_0;
 impl Fused for Q5_0 {
     const UNIT: usize = 64;
     const UNIT_BYTES: usize = 44;
-    const BIASED: bool = true;
-    const MINS: bool = false;
+    const BIAS_SHIFT: u32 = 4;
     /// The unit's bytes and the fifth bits of its 64 weights.
     type State = (__m512i, u64);
     #[inline(always)]
@@ -191,16 +178,6 @@ impl Fused for Q5_0 {
             (_mm512_mask_add_epi8(q, st.1, q, _mm512_set1_epi8(16)), legacy_scales(st.0, &S))
         }
     }
-    #[inline(always)]
-    unsafe fn bias(s: __m512i) -> __m512i {
-        // SAFETY: forwarded.
-        unsafe { _mm512_slli_epi32::<4>(s) }
-    }
-    #[inline(always)]
-    unsafe fn mins(_: &(__m512i, u64)) -> __m256 {
-        // SAFETY: forwarded.
-        unsafe { _mm256_setzero_ps() }
-    }
 }
 
 #[derive(Debug)]
@@ -208,8 +185,7 @@ pub(crate) struct Q8_0;
 impl Fused for Q8_0 {
     const UNIT: usize = 64;
     const UNIT_BYTES: usize = 68;
-    const BIASED: bool = true;
-    const MINS: bool = false;
+    const BIAS_SHIFT: u32 = 7;
     type State = (__m512i, __m512i);
     #[inline(always)]
     unsafe fn state(p: *const u8, avail: usize) -> (__m512i, __m512i) {
@@ -234,16 +210,6 @@ impl Fused for Q8_0 {
             let q = _mm512_permutex2var_epi8(st.0, ld(&Q), st.1);
             (_mm512_xor_si512(q, _mm512_set1_epi8(-128)), legacy_scales(st.0, &S))
         }
-    }
-    #[inline(always)]
-    unsafe fn bias(s: __m512i) -> __m512i {
-        // SAFETY: forwarded.
-        unsafe { _mm512_slli_epi32::<7>(s) }
-    }
-    #[inline(always)]
-    unsafe fn mins(_: &(__m512i, __m512i)) -> __m256 {
-        // SAFETY: forwarded.
-        unsafe { _mm256_setzero_ps() }
     }
 }
 
@@ -296,7 +262,7 @@ pub(crate) struct Q4K;
 impl Fused for Q4K {
     const UNIT: usize = 256;
     const UNIT_BYTES: usize = 144;
-    const BIASED: bool = false;
+    const BIAS_SHIFT: u32 = 0;
     const MINS: bool = true;
     /// `d·scale` per 32 weights (lanes 0..8) and `−dmin·min` per 32.
     type State = (__m512, __m256);
@@ -333,10 +299,6 @@ impl Fused for Q4K {
         }
     }
     #[inline(always)]
-    unsafe fn bias(s: __m512i) -> __m512i {
-        s
-    }
-    #[inline(always)]
     unsafe fn mins(st: &(__m512, __m256)) -> __m256 {
         st.1
     }
@@ -347,8 +309,7 @@ pub(crate) struct Q6K;
 impl Fused for Q6K {
     const UNIT: usize = 256;
     const UNIT_BYTES: usize = 210;
-    const BIASED: bool = true;
-    const MINS: bool = false;
+    const BIAS_SHIFT: u32 = 5;
     /// `d·scale` per 16 weights.
     type State = __m512;
     #[inline(always)]
@@ -378,15 +339,25 @@ impl Fused for Q6K {
             (q, _mm512_permutexvar_ps(idx, *st))
         }
     }
-    #[inline(always)]
-    unsafe fn bias(s: __m512i) -> __m512i {
-        // SAFETY: forwarded.
-        unsafe { _mm512_slli_epi32::<5>(s) }
-    }
-    #[inline(always)]
-    unsafe fn mins(_: &__m512) -> __m256 {
-        // SAFETY: forwarded.
-        unsafe { _mm256_setzero_ps() }
+}
+
+/// The start of `vpdpbusd` for 16 lanes: `2^BIAS_SHIFT · s4n` (zero for unbiased codes).
+#[inline(always)]
+unsafe fn bias<F: Fused>(s4n: *const i32) -> __m512i {
+    // SAFETY: 16 readable lanes (QAct pads s4n); AVX-512F enabled by the caller. The match on a
+    // constant folds away.
+    unsafe {
+        if F::BIAS_SHIFT == 0 {
+            return _mm512_setzero_si512();
+        }
+        let v = _mm512_loadu_si512(s4n.cast());
+        match F::BIAS_SHIFT {
+            3 => _mm512_slli_epi32::<3>(v),
+            4 => _mm512_slli_epi32::<4>(v),
+            5 => _mm512_slli_epi32::<5>(v),
+            7 => _mm512_slli_epi32::<7>(v),
+            s => _mm512_sll_epi32(v, _mm_cvtsi32_si128(s as i32)),
+        }
     }
 }
 
@@ -459,11 +430,7 @@ unsafe fn gemv_n<F: Fused, const N: usize>(
                     }
                     for (a, acc) in acts.iter().zip(acc.iter_mut()) {
                         let x = _mm512_loadu_si512(a.q.as_ptr().add(off).cast());
-                        let init = if F::BIASED {
-                            F::bias(_mm512_loadu_si512(a.s4n.as_ptr().add(off / 4).cast()))
-                        } else {
-                            _mm512_setzero_si512()
-                        };
+                        let init = bias::<F>(a.s4n.as_ptr().add(off / 4));
                         let isum = _mm512_dpbusd_epi32(init, codes, x);
                         let f = _mm512_mul_ps(fw, _mm512_loadu_ps(a.dx.as_ptr().add(off / 4)));
                         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, *acc);
