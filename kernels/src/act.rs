@@ -23,7 +23,8 @@ pub struct QAct {
     pub s4n: Vec<i32>,
     /// `d[l/4]` per lane of 4 codes (padded like `q`, zeros there).
     pub dx: Vec<f32>,
-    /// `sum[2j] + sum[2j+1]`: the offset weight of each 32 codes (padded to a multiple of 8).
+    /// `sum[2j] + sum[2j+1]`: the offset weight of each 32 codes (zero-padded: 8 lanes can be read
+    /// from any 32-code boundary).
     pub sum32: Vec<f32>,
     k: usize,
 }
@@ -64,7 +65,8 @@ impl QAct {
         self.dx.extend((0..padded / 4).map(|l| self.d.get(l / 4).copied().unwrap_or(0.0)));
         self.sum32.clear();
         self.sum32.extend(self.sum.chunks(2).map(|p| p.iter().sum::<f32>()));
-        self.sum32.resize(self.sum32.len().div_ceil(8) * 8, 0.0);
+        // Eight readable lanes from any unit start, also a legacy unit's in the last 8 groups.
+        self.sum32.resize(self.sum32.len().div_ceil(8) * 8 + 8, 0.0);
     }
 
     /// Activations quantized (not counting padding).

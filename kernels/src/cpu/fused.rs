@@ -1,5 +1,5 @@
 //! Fused AVX-512 GEMV kernels (VNNI + VBMI) for the formats real files are made of: Q4_0, Q5_0,
-//! Q8_0, Q4_K and Q6_K.
+//! Q8_0, Q4_1, Q5_1, Q4_K, Q5_K and Q6_K.
 //!
 //! The generic drivers (`cpu/mod.rs`) decode a chunk of a row into an L1 buffer and dot it from
 //! there; that costs a store and a reload per weight and scalar scale gathers, and it made decode
@@ -181,6 +181,80 @@ impl Fused for Q5_0 {
 }
 
 #[derive(Debug)]
+pub(crate) struct Q4_1;
+impl Fused for Q4_1 {
+    const UNIT: usize = 64;
+    const UNIT_BYTES: usize = 40;
+    const BIAS_SHIFT: u32 = 0;
+    const MINS: bool = true;
+    /// The unit's bytes and its two blocks' offsets `m` (lanes 0, 1).
+    type State = (__m512i, __m256);
+    #[inline(always)]
+    unsafe fn state(p: *const u8, avail: usize) -> (__m512i, __m256) {
+        // SAFETY: the first block is readable; the second block's `m` only when it exists.
+        unsafe { (load64(p, avail), two_mins(p, 2, if avail >= 40 { Some(22) } else { None })) }
+    }
+    #[inline(always)]
+    unsafe fn sub(_: *const u8, st: &(__m512i, __m256), _: usize) -> (__m512i, __m512) {
+        const Q: [u8; 64] = nibble_idx(20, 4);
+        const S: [u8; 64] = scale_idx(20);
+        // SAFETY: forwarded.
+        unsafe { (legacy_nibbles(st.0, &Q), legacy_scales(st.0, &S)) }
+    }
+    #[inline(always)]
+    unsafe fn mins(st: &(__m512i, __m256)) -> __m256 {
+        st.1
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Q5_1;
+impl Fused for Q5_1 {
+    const UNIT: usize = 64;
+    const UNIT_BYTES: usize = 48;
+    const BIAS_SHIFT: u32 = 0;
+    const MINS: bool = true;
+    /// The unit's bytes, the fifth bits of its 64 weights and its blocks' offsets.
+    type State = (__m512i, u64, __m256);
+    #[inline(always)]
+    unsafe fn state(p: *const u8, avail: usize) -> (__m512i, u64, __m256) {
+        // SAFETY: the first block is readable; the second block's fields only when it exists.
+        unsafe {
+            let two = avail >= 48;
+            let h0 = p.add(4).cast::<u32>().read_unaligned() as u64;
+            let h1 = if two { p.add(28).cast::<u32>().read_unaligned() as u64 } else { 0 };
+            (load64(p, avail), h0 | h1 << 32, two_mins(p, 2, if two { Some(26) } else { None }))
+        }
+    }
+    #[inline(always)]
+    unsafe fn sub(_: *const u8, st: &(__m512i, u64, __m256), _: usize) -> (__m512i, __m512) {
+        const Q: [u8; 64] = nibble_idx(24, 8);
+        const S: [u8; 64] = scale_idx(24);
+        // SAFETY: forwarded.
+        unsafe {
+            let q = legacy_nibbles(st.0, &Q);
+            (_mm512_mask_add_epi8(q, st.1, q, _mm512_set1_epi8(16)), legacy_scales(st.0, &S))
+        }
+    }
+    #[inline(always)]
+    unsafe fn mins(st: &(__m512i, u64, __m256)) -> __m256 {
+        st.2
+    }
+}
+
+/// The f16 offsets of a legacy unit's blocks (at `p + a`, and `p + b` when the second block
+/// exists) as f32 lanes 0 and 1, zeros elsewhere.
+#[inline(always)]
+unsafe fn two_mins(p: *const u8, a: usize, b: Option<usize>) -> __m256 {
+    // SAFETY: the caller guarantees the bytes read are inside the weights; F16C enabled.
+    unsafe {
+        let m0 = p.add(a).cast::<u16>().read_unaligned() as i32;
+        let m1 = b.map_or(0, |b| p.add(b).cast::<u16>().read_unaligned() as i32);
+        _mm256_zextps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(m0 | m1 << 16)))
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct Q8_0;
 impl Fused for Q8_0 {
     const UNIT: usize = 64;
@@ -257,6 +331,30 @@ unsafe fn u8x8(v: u64) -> __m256 {
     unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64))) }
 }
 
+/// A Q4_K/Q5_K super-block's `d·scale` per 32 weights (lanes 0..8 of the first value) and
+/// `−dmin·min` per 32 (d, dmin at bytes 0..4, the 12 packed scale bytes at 4..16).
+#[inline(always)]
+unsafe fn k4_scales(p: *const u8) -> (__m512, __m256) {
+    const K1: u32 = 0x3f3f_3f3f;
+    const K2: u32 = 0x0f0f_0f0f;
+    const K3: u32 = 0x0303_0303;
+    // SAFETY: the caller's super-block is readable; AVX2/F16C enabled by the caller.
+    unsafe {
+        let dd = two_halves(p);
+        let s = p.add(4).cast::<u32>();
+        let (u0, u1, u2) = (s.read_unaligned(), s.add(1).read_unaligned(), s.add(2).read_unaligned());
+        // ggml's unpacking of the 12 scale bytes: 8 six-bit scales, then 8 six-bit mins.
+        let sc = (u0 & K1) as u64 | (((u2 & K2) | (((u0 >> 6) & K3) << 4)) as u64) << 32;
+        let mn = (u1 & K1) as u64 | ((((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4)) as u64) << 32;
+        let d = _mm256_broadcastss_ps(dd);
+        let dmin = _mm256_broadcastss_ps(_mm_shuffle_ps::<1>(dd, dd));
+        (
+            _mm512_castps256_ps512(_mm256_mul_ps(u8x8(sc), d)),
+            _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(u8x8(mn), dmin)),
+        )
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Q4K;
 impl Fused for Q4K {
@@ -268,24 +366,8 @@ impl Fused for Q4K {
     type State = (__m512, __m256);
     #[inline(always)]
     unsafe fn state(p: *const u8, _: usize) -> (__m512, __m256) {
-        const K1: u32 = 0x3f3f_3f3f;
-        const K2: u32 = 0x0f0f_0f0f;
-        const K3: u32 = 0x0303_0303;
         // SAFETY: a whole super-block is readable (k-quant rows are whole super-blocks).
-        unsafe {
-            let dd = two_halves(p);
-            let s = p.add(4).cast::<u32>();
-            let (u0, u1, u2) = (s.read_unaligned(), s.add(1).read_unaligned(), s.add(2).read_unaligned());
-            // ggml's unpacking of the 12 scale bytes: 8 six-bit scales, then 8 six-bit mins.
-            let sc = (u0 & K1) as u64 | (((u2 & K2) | (((u0 >> 6) & K3) << 4)) as u64) << 32;
-            let mn = (u1 & K1) as u64 | ((((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4)) as u64) << 32;
-            let d = _mm256_broadcastss_ps(dd);
-            let dmin = _mm256_broadcastss_ps(_mm_shuffle_ps::<1>(dd, dd));
-            (
-                _mm512_castps256_ps512(_mm256_mul_ps(u8x8(sc), d)),
-                _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(u8x8(mn), dmin)),
-            )
-        }
+        unsafe { k4_scales(p) }
     }
     #[inline(always)]
     unsafe fn sub(p: *const u8, st: &(__m512, __m256), j: usize) -> (__m512i, __m512) {
@@ -294,6 +376,43 @@ impl Fused for Q4K {
         unsafe {
             let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16 + 32 * j).cast()));
             let q = _mm512_and_si512(_mm512_srlv_epi16(v, ld(&HALF)), _mm512_set1_epi8(0x0f));
+            let idx = _mm512_loadu_si512(K4_IDX[j].as_ptr().cast());
+            (q, _mm512_permutexvar_ps(idx, st.0))
+        }
+    }
+    #[inline(always)]
+    unsafe fn mins(st: &(__m512, __m256)) -> __m256 {
+        st.1
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Q5K;
+impl Fused for Q5K {
+    const UNIT: usize = 256;
+    const UNIT_BYTES: usize = 176;
+    const BIAS_SHIFT: u32 = 0;
+    const MINS: bool = true;
+    type State = (__m512, __m256);
+    #[inline(always)]
+    unsafe fn state(p: *const u8, _: usize) -> (__m512, __m256) {
+        // SAFETY: a whole super-block is readable (k-quant rows are whole super-blocks).
+        unsafe { k4_scales(p) }
+    }
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, st: &(__m512, __m256), j: usize) -> (__m512i, __m512) {
+        // Weights 64j + i: a nibble of qs[32j + i % 32] (low for i < 32) plus 16 times bit
+        // 2j + i / 32 of qh[i % 32].
+        const HALF: [u8; 64] = shifts([0, 0, 4, 4]);
+        const QH: [[u8; 64]; 4] =
+            [shifts([0, 0, 1, 1]), shifts([2, 2, 3, 3]), shifts([4, 4, 5, 5]), shifts([6, 6, 7, 7])];
+        // SAFETY: qh (16..48) and qs (48..176) reads stay inside the super-block.
+        unsafe {
+            let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(48 + 32 * j).cast()));
+            let lo = _mm512_and_si512(_mm512_srlv_epi16(v, ld(&HALF)), _mm512_set1_epi8(0x0f));
+            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16).cast()));
+            let hi = _mm512_and_si512(_mm512_srlv_epi16(qh, ld(&QH[j])), _mm512_set1_epi8(1));
+            let q = _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hi));
             let idx = _mm512_loadu_si512(K4_IDX[j].as_ptr().cast());
             (q, _mm512_permutexvar_ps(idx, st.0))
         }
@@ -437,7 +556,11 @@ unsafe fn gemv_n<F: Fused, const N: usize>(
                     }
                 }
                 if F::MINS {
-                    let m = F::mins(&st);
+                    let mut m = F::mins(&st);
+                    if k - base < F::UNIT {
+                        // A unit cut short by the row's end: only its own 32-weight groups.
+                        m = _mm256_maskz_mov_ps(((1u32 << ((k - base) / 32)) - 1) as u8, m);
+                    }
                     for (a, macc) in acts.iter().zip(macc.iter_mut()) {
                         *macc = _mm256_fmadd_ps(m, _mm256_loadu_ps(a.sum32.as_ptr().add(base / 32)), *macc);
                     }
