@@ -37,8 +37,8 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL with VNNI.
     Avx512,
-    /// AVX-512 with VNNI and VBMI: fused kernels (`cpu::fused`) for Q4_0, Q5_0, Q8_0, Q4_K and
-    /// Q6_K; the other formats run the `Avx512` kernels.
+    /// AVX-512 with VNNI and VBMI: fused kernels (`cpu::fused`) for the formats in [`FUSED`]; the
+    /// other formats run the `Avx512` kernels.
     Avx512Vbmi,
 }
 
