@@ -136,3 +136,37 @@ fn bench_reports_speeds_bytes_and_bandwidth() {
     assert!(j["weight_types"].to_string().contains("q4_0"), "{}", j["weight_types"]);
     fails_with(&[&"bench", &dir.path().join("missing.gguf")], &["missing.gguf"]);
 }
+
+#[test]
+fn generation_is_identical_whatever_the_thread_count() {
+    // Decode runs on the spinning pool (GEMV row ranges, attention per KV head); each task writes
+    // only its own outputs, so the tokens must not depend on how many threads shared the work.
+    // The shared SmolLM2 file (Q4_1) exercises the fused Q4_1 kernel; a Q4_K_M conversion adds
+    // the Q5_0/Q4_K/Q6_K/Q8_0 ones.
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let km = t.path().join("q4_k_m.gguf");
+    ok(&[&"convert", &smol_gguf(), &"--type", &"q4_k_m", &"-o", &km]);
+    for model in [smol_gguf(), km] {
+        let run = |threads: &str| {
+            let o = ok(&[
+                &"--threads",
+                &threads,
+                &"generate",
+                &model,
+                &"-p",
+                &"The capital of France is",
+                &"-n",
+                &"24",
+                &"-q",
+            ]);
+            String::from_utf8(o.stdout).expect("utf-8")
+        };
+        let one = run("1");
+        assert!(one.len() > "The capital of France is".len(), "{one:?}");
+        assert_eq!(one, run("2"), "{}: 1 vs 2 threads", model.display());
+        assert_eq!(one, run("3"), "{}: 1 vs 3 threads", model.display());
+    }
+}
