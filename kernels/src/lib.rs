@@ -176,12 +176,13 @@ fn float_kernel<D: decode::FloatDecode>(ty: GgmlType, isa: Isa) -> Kernel {
 }
 
 /// The formats with a fused AVX-512 VBMI GEMV (`cpu::fused`).
-pub const FUSED: [GgmlType; 8] = [
+pub const FUSED: [GgmlType; 9] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q8_0,
+    GgmlType::Q2_K,
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
@@ -207,6 +208,7 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
             GgmlType::Q5_0 => Some((gemv::<f::Q5_0> as IntGemvFn, int_kernel::<d::Q5_0>(ty, isa))),
             GgmlType::Q5_1 => Some((gemv::<f::Q5_1> as IntGemvFn, int_kernel::<d::Q5_1>(ty, isa))),
             GgmlType::Q8_0 => Some((gemv::<f::Q8_0> as IntGemvFn, int_kernel::<d::Q8_0>(ty, isa))),
+            GgmlType::Q2_K => Some((gemv::<f::Q2K> as IntGemvFn, int_kernel::<d::Q2K>(ty, isa))),
             GgmlType::Q4_K => Some((gemv::<f::Q4K> as IntGemvFn, int_kernel::<d::Q4K>(ty, isa))),
             GgmlType::Q5_K => Some((gemv::<f::Q5K> as IntGemvFn, int_kernel::<d::Q5K>(ty, isa))),
             GgmlType::Q6_K => Some((gemv::<f::Q6K> as IntGemvFn, int_kernel::<d::Q6K>(ty, isa))),

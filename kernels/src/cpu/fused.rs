@@ -1,5 +1,5 @@
 //! Fused AVX-512 GEMV kernels (VNNI + VBMI) for the formats real files are made of: Q4_0, Q5_0,
-//! Q8_0, Q4_1, Q5_1, Q4_K, Q5_K and Q6_K.
+//! Q8_0, Q4_1, Q5_1, Q2_K, Q4_K, Q5_K and Q6_K.
 //!
 //! The generic drivers (`cpu/mod.rs`) decode a chunk of a row into an L1 buffer and dot it from
 //! there; that costs a store and a reload per weight and scalar scale gathers, and it made decode
@@ -42,6 +42,17 @@ pub(crate) trait Fused {
     /// # Safety
     /// As `state`, `j < UNIT / 64`.
     unsafe fn sub(p: *const u8, st: &Self::State, j: usize) -> (__m512i, __m512);
+    /// Per-16 offsets (Q2_K), accumulated once per unit from `QAct::sum`.
+    const MINS16: bool = false;
+    /// The per-16 offsets of the unit (16 lanes), when `MINS16`.
+    ///
+    /// # Safety
+    /// As `state`.
+    #[inline(always)]
+    unsafe fn mins16(_: &Self::State) -> __m512 {
+        // SAFETY: AVX-512F is enabled by the caller.
+        unsafe { _mm512_setzero_ps() }
+    }
     /// The per-32 offsets of the unit (8 lanes), when `MINS`.
     ///
     /// # Safety
@@ -331,6 +342,47 @@ unsafe fn u8x8(v: u64) -> __m256 {
     unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64))) }
 }
 
+#[derive(Debug)]
+pub(crate) struct Q2K;
+impl Fused for Q2K {
+    const UNIT: usize = 256;
+    const UNIT_BYTES: usize = 84;
+    const BIAS_SHIFT: u32 = 0;
+    const MINS16: bool = true;
+    /// `d·scale` and `−dmin·min` per 16 weights.
+    type State = (__m512, __m512);
+    #[inline(always)]
+    unsafe fn state(p: *const u8, _: usize) -> (__m512, __m512) {
+        // SAFETY: a whole super-block is readable (k-quant rows are whole super-blocks).
+        unsafe {
+            let dd = two_halves(p.add(80));
+            let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()));
+            let lo = _mm512_cvtepi32_ps(_mm512_and_si512(sc, _mm512_set1_epi32(0x0f)));
+            let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(sc));
+            let d = _mm512_broadcastss_ps(dd);
+            let dmin = _mm512_broadcastss_ps(_mm_shuffle_ps::<1>(dd, dd));
+            (_mm512_mul_ps(lo, d), _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(hi, dmin)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, st: &(__m512, __m512), j: usize) -> (__m512i, __m512) {
+        // Weights 128n + 64·part + i: two bits of qs[32n + i % 32] at 4·part + 2·(i / 32).
+        const SH: [[u8; 64]; 2] = [shifts([0, 0, 2, 2]), shifts([4, 4, 6, 6])];
+        let (n, part) = (j / 2, j % 2);
+        // SAFETY: qs (16..80) reads stay inside the super-block.
+        unsafe {
+            let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16 + 32 * n).cast()));
+            let q = _mm512_and_si512(_mm512_srlv_epi16(v, ld(&SH[part])), _mm512_set1_epi8(3));
+            let idx = _mm512_loadu_si512(K6_IDX[j].as_ptr().cast());
+            (q, _mm512_permutexvar_ps(idx, st.0))
+        }
+    }
+    #[inline(always)]
+    unsafe fn mins16(st: &(__m512, __m512)) -> __m512 {
+        st.1
+    }
+}
+
 /// A Q4_K/Q5_K super-block's `d·scale` per 32 weights (lanes 0..8 of the first value) and
 /// `−dmin·min` per 32 (d, dmin at bytes 0..4, the 12 packed scale bytes at 4..16).
 #[inline(always)]
@@ -527,6 +579,7 @@ unsafe fn gemv_n<F: Fused, const N: usize>(
             let row = w.as_ptr().add(r * row_bytes);
             let mut acc = [_mm512_setzero_ps(); N];
             let mut macc = [_mm256_setzero_ps(); N];
+            let mut macc16 = [_mm512_setzero_ps(); N];
             for u in 0..units {
                 let p = row.add(u * F::UNIT_BYTES);
                 // (A prefetch never faults, so running past the slice is harmless.)
@@ -555,6 +608,13 @@ unsafe fn gemv_n<F: Fused, const N: usize>(
                         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, *acc);
                     }
                 }
+                if F::MINS16 {
+                    // Whole super-blocks only (k-quant rows), so 16 groups of `sum` are there.
+                    let m = F::mins16(&st);
+                    for (a, macc) in acts.iter().zip(macc16.iter_mut()) {
+                        *macc = _mm512_fmadd_ps(m, _mm512_loadu_ps(a.sum.as_ptr().add(base / 16)), *macc);
+                    }
+                }
                 if F::MINS {
                     let mut m = F::mins(&st);
                     if k - base < F::UNIT {
@@ -570,6 +630,9 @@ unsafe fn gemv_n<F: Fused, const N: usize>(
                 let mut v = _mm512_reduce_add_ps(acc[t]);
                 if F::MINS {
                     v += hsum256(macc[t]);
+                }
+                if F::MINS16 {
+                    v += _mm512_reduce_add_ps(macc16[t]);
                 }
                 *y.add(t * ys + r) = v;
             }
