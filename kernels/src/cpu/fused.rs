@@ -407,6 +407,24 @@ unsafe fn k4_scales(p: *const u8) -> (__m512, __m256) {
     }
 }
 
+/// 32 bytes of Q4_K/Q5_K nibbles → 64 codes in weight order (low nibbles, then high).
+#[inline(always)]
+unsafe fn k4_nibbles(qs: *const u8) -> __m512i {
+    const HALF: [u8; 64] = shifts([0, 0, 4, 4]);
+    // SAFETY: 32 readable bytes; AVX-512 BW enabled by the caller.
+    unsafe {
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.cast()));
+        _mm512_and_si512(_mm512_srlv_epi16(v, ld(&HALF)), _mm512_set1_epi8(0x0f))
+    }
+}
+
+/// The weight scale of each lane of 64 weights `j` of a Q4_K/Q5_K super-block.
+#[inline(always)]
+unsafe fn k4_lanes(st: &(__m512, __m256), j: usize) -> __m512 {
+    // SAFETY: AVX-512F enabled by the caller; j < 4.
+    unsafe { _mm512_permutexvar_ps(_mm512_loadu_si512(K4_IDX[j].as_ptr().cast()), st.0) }
+}
+
 #[derive(Debug)]
 pub(crate) struct Q4K;
 impl Fused for Q4K {
@@ -423,14 +441,8 @@ impl Fused for Q4K {
     }
     #[inline(always)]
     unsafe fn sub(p: *const u8, st: &(__m512, __m256), j: usize) -> (__m512i, __m512) {
-        const HALF: [u8; 64] = shifts([0, 0, 4, 4]);
         // SAFETY: bytes 16 + 32j .. + 32 lie inside the super-block.
-        unsafe {
-            let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16 + 32 * j).cast()));
-            let q = _mm512_and_si512(_mm512_srlv_epi16(v, ld(&HALF)), _mm512_set1_epi8(0x0f));
-            let idx = _mm512_loadu_si512(K4_IDX[j].as_ptr().cast());
-            (q, _mm512_permutexvar_ps(idx, st.0))
-        }
+        unsafe { (k4_nibbles(p.add(16 + 32 * j)), k4_lanes(st, j)) }
     }
     #[inline(always)]
     unsafe fn mins(st: &(__m512, __m256)) -> __m256 {
@@ -455,18 +467,14 @@ impl Fused for Q5K {
     unsafe fn sub(p: *const u8, st: &(__m512, __m256), j: usize) -> (__m512i, __m512) {
         // Weights 64j + i: a nibble of qs[32j + i % 32] (low for i < 32) plus 16 times bit
         // 2j + i / 32 of qh[i % 32].
-        const HALF: [u8; 64] = shifts([0, 0, 4, 4]);
         const QH: [[u8; 64]; 4] =
             [shifts([0, 0, 1, 1]), shifts([2, 2, 3, 3]), shifts([4, 4, 5, 5]), shifts([6, 6, 7, 7])];
         // SAFETY: qh (16..48) and qs (48..176) reads stay inside the super-block.
         unsafe {
-            let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(48 + 32 * j).cast()));
-            let lo = _mm512_and_si512(_mm512_srlv_epi16(v, ld(&HALF)), _mm512_set1_epi8(0x0f));
+            let lo = k4_nibbles(p.add(48 + 32 * j));
             let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16).cast()));
             let hi = _mm512_and_si512(_mm512_srlv_epi16(qh, ld(&QH[j])), _mm512_set1_epi8(1));
-            let q = _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hi));
-            let idx = _mm512_loadu_si512(K4_IDX[j].as_ptr().cast());
-            (q, _mm512_permutexvar_ps(idx, st.0))
+            (_mm512_or_si512(lo, _mm512_slli_epi16::<4>(hi)), k4_lanes(st, j))
         }
     }
     #[inline(always)]
