@@ -20,6 +20,7 @@
 
 use std::arch::x86_64::*;
 
+use super::x86::hsum256;
 use crate::act::QAct;
 
 /// A format the fused driver reads straight from its stored bytes.
@@ -537,17 +538,6 @@ unsafe fn bias<F: Fused>(s4n: *const i32) -> __m512i {
             7 => _mm512_slli_epi32::<7>(v),
             s => _mm512_sll_epi32(v, _mm_cvtsi32_si128(s as i32)),
         }
-    }
-}
-
-#[inline(always)]
-unsafe fn hsum256(v: __m256) -> f32 {
-    // SAFETY: AVX enabled by the caller.
-    unsafe {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
     }
 }
 

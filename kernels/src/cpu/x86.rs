@@ -104,8 +104,9 @@ impl FloatDot for Avx512 {
 #[derive(Debug)]
 pub struct Avx2;
 
+/// Sum of the 8 lanes (also used by `cpu::fused`).
 #[inline(always)]
-unsafe fn hsum256(v: __m256) -> f32 {
+pub(super) unsafe fn hsum256(v: __m256) -> f32 {
     // SAFETY: AVX is guaranteed by the caller.
     unsafe {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
