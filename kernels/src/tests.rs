@@ -231,6 +231,42 @@ fn gemv_matches_the_scalar_kernel_and_an_f64_reference() {
     }
 }
 
+/// The fused kernels keep one accumulator per row and token and sum each row's lanes in one
+/// order, so a token's result is the same bits whatever else is in the batch (1–8 tokens: 4, 2
+/// or 1 rows at a time) and wherever its row falls in a task (37 rows: 8-row pieces, 4-row
+/// steps and leftover rows). The f64 checks above cover 1, 3 and 8 tokens.
+#[test]
+fn fused_results_do_not_depend_on_the_batch_size() {
+    if !Isa::available().contains(&Isa::Avx512Vbmi) {
+        eprintln!("skipped: no AVX-512 VBMI");
+        return;
+    }
+    let mut rng = Rng(43);
+    for ty in FUSED {
+        let cols = row_lengths(ty)[1];
+        let rows = 37;
+        let (m, _) = matrix(ty, rows, cols, &mut rng, Isa::Avx512Vbmi);
+        assert!(m.kernel().fused);
+        let x = rng.values(MAX_GEMV_TOKENS * cols, 1.0);
+        let one: Vec<Vec<f32>> = x
+            .chunks_exact(cols)
+            .map(|xt| {
+                let mut y = vec![f32::NAN; rows];
+                m.forward(xt, 1, &mut y);
+                y
+            })
+            .collect();
+        for n in 2..=MAX_GEMV_TOKENS {
+            let mut y = vec![f32::NAN; n * rows];
+            m.forward(&x[..n * cols], n, &mut y);
+            for (t, yt) in y.chunks_exact(rows).enumerate() {
+                let same = yt.iter().zip(&one[t]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{} n {n} token {t}: {yt:?} vs alone {:?}", ty.name(), one[t]);
+            }
+        }
+    }
+}
+
 #[test]
 fn gemm_matches_an_f64_reference() {
     let mut rng = Rng(99);

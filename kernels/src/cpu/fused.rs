@@ -20,7 +20,6 @@
 
 use std::arch::x86_64::*;
 
-use super::x86::hsum256;
 use crate::act::QAct;
 
 /// A format the fused driver reads straight from its stored bytes.
@@ -547,9 +546,12 @@ unsafe fn bias<F: Fused>(s4n: *const i32) -> __m512i {
 /// 16 KiB were worse). Measured with `quantkit bench`.
 const PREFETCH: usize = 6144;
 
-/// `y[t·ys + r] = row_r · x_t` for `N` tokens.
+/// `y[t·ys + r] = row_r · x_t` for `N` tokens, `R` rows at a time (then one at a time for the
+/// rows left over). A row's result does not depend on `R`: each row keeps its own accumulators
+/// and [`reduce`] sums every row's lanes in the same order, so how rows fall into tasks (the
+/// thread count) never changes a bit.
 #[inline(always)]
-unsafe fn gemv_n<F: Fused, const N: usize>(
+unsafe fn gemv_n<F: Fused, const N: usize, const R: usize>(
     w: &[u8],
     row_bytes: usize,
     k: usize,
@@ -558,82 +560,150 @@ unsafe fn gemv_n<F: Fused, const N: usize>(
     ys: usize,
     rows: usize,
 ) {
+    // SAFETY: forwarded; rows_step reads only rows < `rows` of `w`.
+    unsafe {
+        let acts: &[QAct; N] = acts.try_into().expect("N tokens");
+        // The stream this task reads starts cold: ask for its first `PREFETCH` bytes now (the
+        // loop prefetches `PREFETCH` ahead of each row from there on).
+        let mut q = 0;
+        while q < PREFETCH.min(w.len()) {
+            _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(q).cast());
+            q += 64;
+        }
+        let mut r = 0;
+        while r + R <= rows {
+            rows_step::<F, N, R>(w, row_bytes, k, acts, y.add(r), ys, r);
+            r += R;
+        }
+        while r < rows {
+            rows_step::<F, N, 1>(w, row_bytes, k, acts, y.add(r), ys, r);
+            r += 1;
+        }
+    }
+}
+
+/// Rows `r0..r0 + R` for `N` tokens; the results go to `y[t·ys + i]`, `i < R`.
+#[inline(always)]
+unsafe fn rows_step<F: Fused, const N: usize, const R: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    k: usize,
+    acts: &[QAct; N],
+    y: *mut f32,
+    ys: usize,
+    r0: usize,
+) {
     // SAFETY (whole body): the entry point's features are enabled; every weight read stays inside
     // `w` (units are whole blocks; load64 masks past its end); activation reads stay inside the
     // padded QAct buffers (off < k rounded up to 64); y is the caller's.
     unsafe {
-        let acts: &[QAct; N] = acts.try_into().expect("N tokens");
         let end = w.as_ptr().add(w.len());
         let units = k.div_ceil(F::UNIT);
-        let pf = PREFETCH;
-        // The stream this task reads starts cold: ask for its first `pf` bytes now (the loop
-        // below prefetches `pf` ahead from there on).
-        let mut q = 0;
-        while q < pf.min(w.len()) {
-            _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(q).cast());
-            q += 64;
+        let mut row = [w.as_ptr(); R];
+        for (i, p) in row.iter_mut().enumerate() {
+            *p = w.as_ptr().add((r0 + i) * row_bytes);
         }
-        for r in 0..rows {
-            let row = w.as_ptr().add(r * row_bytes);
-            let mut acc = [_mm512_setzero_ps(); N];
-            let mut macc = [_mm256_setzero_ps(); N];
-            let mut macc16 = [_mm512_setzero_ps(); N];
-            for u in 0..units {
-                let p = row.add(u * F::UNIT_BYTES);
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        let mut macc = [[_mm256_setzero_ps(); N]; R];
+        let mut macc16 = [[_mm512_setzero_ps(); N]; R];
+        for u in 0..units {
+            let mut st = [core::mem::MaybeUninit::<F::State>::uninit(); R];
+            for i in 0..R {
+                let p = row[i].add(u * F::UNIT_BYTES);
                 // (A prefetch never faults, so running past the slice is harmless.)
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf).cast());
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
                 if F::UNIT_BYTES > 64 {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf + 64).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64).cast());
                 }
                 if F::UNIT_BYTES > 128 {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf + 128).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 128).cast());
                 }
-                let st = F::state(p, end.offset_from(p) as usize);
-                let base = u * F::UNIT;
-                for j in 0..F::UNIT / 64 {
-                    let off = base + 64 * j;
-                    let (codes, mut fw) = F::sub(p, &st, j);
+                st[i].write(F::state(p, end.offset_from(p) as usize));
+            }
+            let base = u * F::UNIT;
+            for j in 0..F::UNIT / 64 {
+                let off = base + 64 * j;
+                let mut dec = [(_mm512_setzero_si512(), _mm512_setzero_ps()); R];
+                for i in 0..R {
+                    let (codes, mut fw) = F::sub(row[i].add(u * F::UNIT_BYTES), st[i].assume_init_ref(), j);
                     if k - off < 64 {
                         // An odd legacy block at the row's end: the other lanes hold the next
                         // row's bytes (or zeros) and must not count, not even as 0·NaN.
                         fw = _mm512_maskz_mov_ps(((1u32 << ((k - off) / 4)) - 1) as u16, fw);
                     }
-                    for (a, acc) in acts.iter().zip(acc.iter_mut()) {
-                        let x = _mm512_loadu_si512(a.q.as_ptr().add(off).cast());
-                        let init = bias::<F>(a.s4n.as_ptr().add(off / 4));
-                        let isum = _mm512_dpbusd_epi32(init, codes, x);
-                        let f = _mm512_mul_ps(fw, _mm512_loadu_ps(a.dx.as_ptr().add(off / 4)));
-                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, *acc);
-                    }
+                    dec[i] = (codes, fw);
                 }
-                if F::MINS16 {
-                    // Whole super-blocks only (k-quant rows), so 16 groups of `sum` are there.
-                    let m = F::mins16(&st);
-                    for (a, macc) in acts.iter().zip(macc16.iter_mut()) {
-                        *macc = _mm512_fmadd_ps(m, _mm512_loadu_ps(a.sum.as_ptr().add(base / 16)), *macc);
-                    }
-                }
-                if F::MINS {
-                    let mut m = F::mins(&st);
-                    if k - base < F::UNIT {
-                        // A unit cut short by the row's end: only its own 32-weight groups.
-                        m = _mm256_maskz_mov_ps(((1u32 << ((k - base) / 32)) - 1) as u8, m);
-                    }
-                    for (a, macc) in acts.iter().zip(macc.iter_mut()) {
-                        *macc = _mm256_fmadd_ps(m, _mm256_loadu_ps(a.sum32.as_ptr().add(base / 32)), *macc);
+                for t in 0..N {
+                    let a = &acts[t];
+                    let x = _mm512_loadu_si512(a.q.as_ptr().add(off).cast());
+                    let init = bias::<F>(a.s4n.as_ptr().add(off / 4));
+                    let dx = _mm512_loadu_ps(a.dx.as_ptr().add(off / 4));
+                    for i in 0..R {
+                        let isum = _mm512_dpbusd_epi32(init, dec[i].0, x);
+                        let f = _mm512_mul_ps(dec[i].1, dx);
+                        acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, acc[i][t]);
                     }
                 }
             }
-            for t in 0..N {
-                let mut v = _mm512_reduce_add_ps(acc[t]);
+            if F::MINS16 {
+                // Whole super-blocks only (k-quant rows), so 16 groups of `sum` are there.
+                for t in 0..N {
+                    let s = _mm512_loadu_ps(acts[t].sum.as_ptr().add(base / 16));
+                    for i in 0..R {
+                        macc16[i][t] = _mm512_fmadd_ps(F::mins16(st[i].assume_init_ref()), s, macc16[i][t]);
+                    }
+                }
+            }
+            if F::MINS {
+                // A unit cut short by the row's end counts only its own 32-weight groups.
+                let cut = if k - base < F::UNIT { ((1u32 << ((k - base) / 32)) - 1) as u8 } else { u8::MAX };
+                for t in 0..N {
+                    let s = _mm256_loadu_ps(acts[t].sum32.as_ptr().add(base / 32));
+                    for i in 0..R {
+                        let m = _mm256_maskz_mov_ps(cut, F::mins(st[i].assume_init_ref()));
+                        macc[i][t] = _mm256_fmadd_ps(m, s, macc[i][t]);
+                    }
+                }
+            }
+        }
+        for t in 0..N {
+            let mut v = [_mm512_setzero_ps(); R];
+            for i in 0..R {
+                v[i] = acc[i][t];
                 if F::MINS {
-                    v += hsum256(macc[t]);
+                    v[i] = _mm512_add_ps(v[i], _mm512_zextps256_ps512(macc[i][t]));
                 }
                 if F::MINS16 {
-                    v += _mm512_reduce_add_ps(macc16[t]);
+                    v[i] = _mm512_add_ps(v[i], macc16[i][t]);
                 }
-                *y.add(t * ys + r) = v;
             }
+            reduce::<R>(&v, y.add(t * ys));
+        }
+    }
+}
+
+/// `y[i] = Σ lanes of v[i]`, every row summed in the same order (halves, quarters, then
+/// `(l0 + l1) + (l2 + l3)`), four rows sharing the last steps.
+#[inline(always)]
+unsafe fn reduce<const R: usize>(v: &[__m512; R], y: *mut f32) {
+    // SAFETY: AVX-512F enabled by the caller; y valid for R writes.
+    unsafe {
+        let mut q = [_mm_setzero_ps(); R];
+        for i in 0..R {
+            let h = _mm256_add_ps(_mm512_castps512_ps256(v[i]), _mm512_extractf32x8_ps::<1>(v[i]));
+            q[i] = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+        }
+        let mut i = 0;
+        while i + 4 <= R {
+            let ab = _mm_hadd_ps(q[i], q[i + 1]);
+            let cd = _mm_hadd_ps(q[i + 2], q[i + 3]);
+            _mm_storeu_ps(y.add(i), _mm_hadd_ps(ab, cd));
+            i += 4;
+        }
+        while i < R {
+            let h = _mm_hadd_ps(q[i], q[i]);
+            *y.add(i) = _mm_cvtss_f32(_mm_hadd_ps(h, h));
+            i += 1;
         }
     }
 }
@@ -656,14 +726,14 @@ pub(crate) unsafe fn gemv<F: Fused>(
     // SAFETY: forwarded.
     unsafe {
         match acts.len() {
-            1 => gemv_n::<F, 1>(w, row_bytes, k, acts, y, ys, rows),
-            2 => gemv_n::<F, 2>(w, row_bytes, k, acts, y, ys, rows),
-            3 => gemv_n::<F, 3>(w, row_bytes, k, acts, y, ys, rows),
-            4 => gemv_n::<F, 4>(w, row_bytes, k, acts, y, ys, rows),
-            5 => gemv_n::<F, 5>(w, row_bytes, k, acts, y, ys, rows),
-            6 => gemv_n::<F, 6>(w, row_bytes, k, acts, y, ys, rows),
-            7 => gemv_n::<F, 7>(w, row_bytes, k, acts, y, ys, rows),
-            8 => gemv_n::<F, 8>(w, row_bytes, k, acts, y, ys, rows),
+            1 => gemv_n::<F, 1, 4>(w, row_bytes, k, acts, y, ys, rows),
+            2 => gemv_n::<F, 2, 2>(w, row_bytes, k, acts, y, ys, rows),
+            3 => gemv_n::<F, 3, 1>(w, row_bytes, k, acts, y, ys, rows),
+            4 => gemv_n::<F, 4, 1>(w, row_bytes, k, acts, y, ys, rows),
+            5 => gemv_n::<F, 5, 1>(w, row_bytes, k, acts, y, ys, rows),
+            6 => gemv_n::<F, 6, 1>(w, row_bytes, k, acts, y, ys, rows),
+            7 => gemv_n::<F, 7, 1>(w, row_bytes, k, acts, y, ys, rows),
+            8 => gemv_n::<F, 8, 1>(w, row_bytes, k, acts, y, ys, rows),
             n => unreachable!("{n} tokens in one GEMV call"),
         }
     }
