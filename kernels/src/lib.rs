@@ -8,7 +8,9 @@
 //! - **GEMM** (larger batches, i.e. prefill / perplexity): a panel of rows is dequantized into an
 //!   L2-sized f32 buffer and multiplied by all tokens with faer's f32 GEMM; the panel is reused
 //!   across the whole batch, so dequantization costs ≪ 1 % of the multiply-adds. No f32 copy of a
-//!   whole matrix ever exists.
+//!   whole matrix ever exists. On CPUs with AMX-BF16 (Sapphire Rapids and later) the panel is
+//!   instead packed into bf16 hi + lo tiles and multiplied on the tile unit (`cpu::amx`, within
+//!   3·2⁻¹⁶ of each product; [`BatchPath`]).
 //!
 //! Every instruction set runs the same generic drivers (`cpu`), so a new format needs only a
 //! decoder and one line in [`kernel`]; a registered format without a decoder still runs, through
@@ -23,7 +25,9 @@ pub mod pool;
 
 pub use act::QAct;
 pub use cpu::MAX_GEMV_TOKENS;
-pub use matmul::{batch_path, faer_par, forward_group, BatchPath, QMatrix, WeightBytes};
+pub use matmul::{
+    amx_available, batch_path, faer_par, forward_group, forward_group_with, BatchPath, QMatrix, WeightBytes,
+};
 
 use quantkit_core::GgmlType;
 use quantkit_formats::Codec;

@@ -77,6 +77,23 @@ thread_local! {
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    static AMX_SCRATCH: RefCell<crate::cpu::amx::Scratch> = RefCell::new(Default::default());
+}
+
+/// Whether the AMX batch path can run here (x86-64 with AMX-BF16 and the OS's permission).
+pub fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::cpu::amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 impl QMatrix {
     /// Wrap stored bytes; checks the row length against the block size and the byte count.
     pub fn new(ty: GgmlType, rows: usize, cols: usize, data: WeightBytes) -> Result<Self> {
@@ -176,11 +193,7 @@ impl QMatrix {
                 return;
             }
         }
-        let threads = rayon::current_num_threads().max(1);
-        // ≈ 256 KiB–1 MiB of f32 per panel, and a multiple of the thread count of panels.
-        let target = (262_144 / k.max(1)).clamp(16, 512);
-        let tasks = rows.div_ceil(target).max(1).div_ceil(threads) * threads;
-        let panel = rows.div_ceil(tasks).max(1);
+        let panel = self.panel_rows(1);
         let yp = SendPtr(y.as_mut_ptr());
         (0..rows.div_ceil(panel)).into_par_iter().for_each(|p| {
             let (r0, r1) = (p * panel, ((p + 1) * panel).min(rows));
@@ -194,6 +207,39 @@ impl QMatrix {
                 let dst =
                     unsafe { MatMut::from_raw_parts_mut(yp.get().add(r0), n, r1 - r0, rows as isize, 1) };
                 faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::Seq);
+            });
+        });
+    }
+}
+
+impl QMatrix {
+    /// Rows per batch-path panel: ≈ 256 KiB–1 MiB of f32, a multiple of `align` rows, and a
+    /// multiple of the thread count of panels when the matrix allows.
+    fn panel_rows(&self, align: usize) -> usize {
+        let (rows, k) = (self.rows, self.cols);
+        let threads = rayon::current_num_threads().max(1);
+        let target = (262_144 / k.max(1)).clamp(16, 512);
+        let tasks = rows.div_ceil(target).max(1).div_ceil(threads) * threads;
+        rows.div_ceil(tasks).max(1).div_ceil(align) * align
+    }
+
+    /// The AMX batch path (`cpu::amx`): panels of 16-row groups, dequantized and packed into
+    /// bf16 hi/lo tiles, times every token of `a`.
+    #[cfg(target_arch = "x86_64")]
+    fn gemm_amx(&self, a: &crate::cpu::amx::Acts, y: &mut [f32]) {
+        assert_eq!(a.k, self.cols);
+        assert_eq!(y.len(), a.n * self.rows);
+        let rows = self.rows;
+        let panel = self.panel_rows(16);
+        let yp = SendPtr(y.as_mut_ptr());
+        (0..rows.div_ceil(panel)).into_par_iter().for_each(|p| {
+            let (r0, r1) = (p * panel, ((p + 1) * panel).min(rows));
+            AMX_SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                let deq = |i0: usize, i1: usize, out: &mut [f32]| self.dequantize_rows(r0 + i0, r0 + i1, out);
+                // SAFETY: `a` exists only when AMX is available; columns r0..r1 of the n × rows
+                // output belong to this task alone.
+                unsafe { crate::cpu::amx::gemm_panel(a, r1 - r0, &deq, &mut s, yp.get().add(r0), rows) };
             });
         });
     }
@@ -220,26 +266,55 @@ pub fn faer_par() -> Par {
 /// How batches larger than [`MAX_GEMV_TOKENS`] run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchPath {
-    /// Dequantized panels × f32 GEMM (the default).
+    /// Dequantized panels × f32 GEMM (faer): the exact reference, and the default without AMX.
     Gemm,
+    /// Dequantized panels × AMX-BF16 tiles, both operands split into bf16 hi + lo
+    /// (`cpu::amx`): within ~2⁻¹⁶ of the f32 GEMM, several times faster; the default where the
+    /// CPU has AMX. F32 matrices (e.g. `--dequantize`) keep the f32 GEMM.
+    Amx,
     /// The decode kernels (int8 activations), [`MAX_GEMV_TOKENS`] tokens at a time: slower, but
     /// lets a perplexity run measure exactly what generation computes.
     Gemv,
 }
 
-/// `QUANTKIT_BATCH=gemv` selects [`BatchPath::Gemv`]; read once.
+/// The batch path: [`BatchPath::Amx`] where the CPU has it, else [`BatchPath::Gemm`];
+/// `QUANTKIT_BATCH=gemm|amx|gemv` chooses (`amx` falls back to `gemm` without AMX). Read once.
 pub fn batch_path() -> BatchPath {
     static P: std::sync::OnceLock<BatchPath> = std::sync::OnceLock::new();
-    *P.get_or_init(|| match std::env::var("QUANTKIT_BATCH").as_deref() {
-        Ok("gemv") => BatchPath::Gemv,
-        _ => BatchPath::Gemm,
+    *P.get_or_init(|| {
+        let amx = if amx_available() { BatchPath::Amx } else { BatchPath::Gemm };
+        match std::env::var("QUANTKIT_BATCH").as_deref() {
+            Ok("gemv") => BatchPath::Gemv,
+            Ok("gemm") => BatchPath::Gemm,
+            _ => amx,
+        }
     })
+}
+
+/// The AMX batch path for a group: the activations are split once for every matrix.
+#[cfg(target_arch = "x86_64")]
+fn forward_amx(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) {
+    let k = x.len() / n;
+    let mut acts = None;
+    for (m, y) in ms.iter().zip(ys.iter_mut()) {
+        if m.ty == GgmlType::F32 {
+            m.gemm(x, n, y);
+        } else {
+            m.gemm_amx(acts.get_or_insert_with(|| crate::cpu::amx::Acts::new(x, n, k)), y);
+        }
+    }
 }
 
 /// `ys[i][n × ms[i].rows] = x[n × cols] · ms[i]ᵀ` for matrices sharing one input (q/k/v,
 /// gate/up): for small batches the activations are quantized once and all matrices' rows go to
 /// the thread pool as one job, so a decode step pays one fork/join per group, not per matrix.
 pub fn forward_group(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) {
+    forward_group_with(batch_path(), ms, x, n, ys)
+}
+
+/// [`forward_group`] with batches (`n > MAX_GEMV_TOKENS`) on the given path (`Amx` without AMX
+/// runs `Gemm`).
+pub fn forward_group_with(path: BatchPath, ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) {
     assert_eq!(ms.len(), ys.len());
     let Some(first) = ms.first() else { return };
     let k = first.cols;
@@ -252,11 +327,20 @@ pub fn forward_group(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]
         return;
     }
     if n > MAX_GEMV_TOKENS {
-        if batch_path() == BatchPath::Gemm {
-            for (m, y) in ms.iter().zip(ys.iter_mut()) {
-                m.gemm(x, n, y);
+        let path = if path == BatchPath::Amx && !amx_available() { BatchPath::Gemm } else { path };
+        match path {
+            BatchPath::Gemm => {
+                for (m, y) in ms.iter().zip(ys.iter_mut()) {
+                    m.gemm(x, n, y);
+                }
+                return;
             }
-            return;
+            #[cfg(target_arch = "x86_64")]
+            BatchPath::Amx => {
+                forward_amx(ms, x, n, ys);
+                return;
+            }
+            _ => {}
         }
         // Forced GEMV: blocks of MAX_GEMV_TOKENS tokens through the int8 kernels.
         let mut outs: Vec<Vec<f32>> = ms.iter().map(|m| vec![0f32; MAX_GEMV_TOKENS * m.rows]).collect();
@@ -265,7 +349,7 @@ pub fn forward_group(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]
             let nb = (n - t0).min(MAX_GEMV_TOKENS);
             let mut views: Vec<&mut [f32]> =
                 outs.iter_mut().zip(ms).map(|(o, m)| &mut o[..nb * m.rows]).collect();
-            forward_group(ms, &x[t0 * k..(t0 + nb) * k], nb, &mut views);
+            forward_group_with(path, ms, &x[t0 * k..(t0 + nb) * k], nb, &mut views);
             for ((o, m), y) in outs.iter().zip(ms).zip(ys.iter_mut()) {
                 y[t0 * m.rows..(t0 + nb) * m.rows].copy_from_slice(&o[..nb * m.rows]);
             }

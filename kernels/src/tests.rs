@@ -278,7 +278,7 @@ fn gemm_matches_an_f64_reference() {
             for isa in Isa::available() {
                 let (m, deq) = matrix(ty, rows, cols, &mut Rng(seed), isa);
                 let mut y = vec![f32::NAN; n * rows];
-                m.forward(&x, n, &mut y);
+                forward_group_with(BatchPath::Gemm, &[&m], &x, n, &mut [&mut y]);
                 for t in 0..n {
                     for r in 0..rows {
                         let (want, mag) = dot64(&deq[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols]);
@@ -295,6 +295,92 @@ fn gemm_matches_an_f64_reference() {
                 }
             }
         }
+    }
+}
+
+/// `v` rounded to bf16 (nearest even), as f32.
+fn bf16(v: f32) -> f32 {
+    let b = v.to_bits();
+    f32::from_bits((b.wrapping_add(0x7fff + ((b >> 16) & 1))) & 0xffff_0000)
+}
+
+/// The AMX path's dot: both operands split into bf16 `hi + lo`, `Σ hi·hi + hi·lo + lo·hi` in f64.
+fn dot_split(w: &[f32], x: &[f32]) -> f64 {
+    let split = |v: f32| {
+        let h = bf16(v);
+        (h as f64, bf16(v - h) as f64)
+    };
+    w.iter()
+        .zip(x)
+        .map(|(&a, &b)| {
+            let ((ah, al), (bh, bl)) = (split(a), split(b));
+            ah * bh + ah * bl + al * bh
+        })
+        .sum()
+}
+
+#[test]
+fn amx_gemm_matches_its_split_operands_and_the_f64_reference() {
+    if !amx_available() {
+        eprintln!("skipped: no AMX-BF16 on this CPU/OS");
+        return;
+    }
+    let mut rng = Rng(77);
+    // F32 matrices keep the f32 GEMM (the `--dequantize` reference path).
+    for ty in types().into_iter().filter(|&t| t != GgmlType::F32) {
+        for cols in row_lengths(ty) {
+            // Rows and tokens that are not multiples of 16 or 32: partial tiles on both sides.
+            for (rows, n) in [(45, MAX_GEMV_TOKENS + 5), (16, 32), (70, 75)] {
+                let x = rng.values(n * cols, 1.0);
+                let (m, deq) = matrix(ty, rows, cols, &mut rng, Isa::detect());
+                let mut y = vec![f32::NAN; n * rows];
+                forward_group_with(BatchPath::Amx, &[&m], &x, n, &mut [&mut y]);
+                for t in 0..n {
+                    for r in 0..rows {
+                        let (w, xt) = (&deq[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols]);
+                        let (exact, mag) = dot64(w, xt);
+                        let split = dot_split(w, xt);
+                        let got = y[t * rows + r] as f64;
+                        // The tile unit's f32 accumulation, as for the f32 GEMM.
+                        let acc = 1e-6 * mag * (cols as f64 / 256.0).sqrt().max(1.0);
+                        assert!(
+                            (got - split).abs() <= acc + 1e-30,
+                            "{} amx cols {cols} rows {rows} n {n} [{t},{r}]: {got} vs split {split}",
+                            ty.name()
+                        );
+                        // Each half rounds to 8 bits (≤ 2⁻⁸ relative), so the split keeps each
+                        // operand to 2⁻¹⁶ and a product to 3·2⁻¹⁶ (with the dropped lo·lo).
+                        assert!(
+                            (got - exact).abs() <= 4.6e-5 * mag + acc + 1e-30,
+                            "{} amx cols {cols} [{t},{r}]: {got} vs exact {exact}",
+                            ty.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn amx_gemm_is_deterministic_and_independent_of_the_thread_count() {
+    if !amx_available() {
+        eprintln!("skipped: no AMX-BF16 on this CPU/OS");
+        return;
+    }
+    let mut rng = Rng(78);
+    let (m, _) = matrix(GgmlType::Q4_K, 300, 768, &mut rng, Isa::detect());
+    let n = 100;
+    let x = rng.values(n * 768, 1.0);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+        let mut y = vec![0f32; n * 300];
+        pool.install(|| forward_group_with(BatchPath::Amx, &[&m], &x, n, &mut [&mut y]));
+        y
+    };
+    let one = run(1);
+    for threads in [2, 3, 5] {
+        assert!(one.iter().zip(run(threads)).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads");
     }
 }
 

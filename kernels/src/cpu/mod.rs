@@ -79,6 +79,8 @@ macro_rules! entry_points {
 pub(crate) use entry_points;
 
 #[cfg(target_arch = "x86_64")]
+pub mod amx;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod fused;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
