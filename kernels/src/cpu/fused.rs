@@ -690,7 +690,9 @@ unsafe fn reduce<const R: usize>(v: &[__m512; R], y: *mut f32) {
     unsafe {
         let mut q = [_mm_setzero_ps(); R];
         for i in 0..R {
-            let h = _mm256_add_ps(_mm512_castps512_ps256(v[i]), _mm512_extractf32x8_ps::<1>(v[i]));
+            // (The upper half through the f64 view: `extractf32x8` would need AVX-512 DQ.)
+            let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v[i])));
+            let h = _mm256_add_ps(_mm512_castps512_ps256(v[i]), upper);
             q[i] = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
         }
         let mut i = 0;
