@@ -199,27 +199,33 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
     use decode as d;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vbmi {
-        use cpu::fused::{self as f, gemv};
-        // The GEMM path's dequantizer and the activation quantizer are the Avx512 ones.
-        let with = |g: IntGemvFn, base: Kernel| match base.gemv {
-            Gemv::Int(_, q) => Kernel { gemv: Gemv::Int(g, q), fused: true, ..base },
+        use cpu::fused::{self as f, dequant, gemv};
+        // The activation quantizer is the Avx512 one; the GEMV and the batch path's dequantizer
+        // read the stored bytes with the fused decoders.
+        let with = |g: IntGemvFn, dq: DequantFn, base: Kernel| match base.gemv {
+            Gemv::Int(_, q) => Kernel { gemv: Gemv::Int(g, q), dequant: Some(dq), fused: true, ..base },
             _ => base,
         };
+        macro_rules! fused {
+            ($f:ty, $d:ty) => {
+                Some((gemv::<$f> as IntGemvFn, dequant::<$f> as DequantFn, int_kernel::<$d>(ty, isa)))
+            };
+        }
         let fused = match ty {
             // Keep this list in step with FUSED below.
-            GgmlType::Q4_0 => Some((gemv::<f::Q4_0> as IntGemvFn, int_kernel::<d::Q4_0>(ty, isa))),
-            GgmlType::Q4_1 => Some((gemv::<f::Q4_1> as IntGemvFn, int_kernel::<d::Q4_1>(ty, isa))),
-            GgmlType::Q5_0 => Some((gemv::<f::Q5_0> as IntGemvFn, int_kernel::<d::Q5_0>(ty, isa))),
-            GgmlType::Q5_1 => Some((gemv::<f::Q5_1> as IntGemvFn, int_kernel::<d::Q5_1>(ty, isa))),
-            GgmlType::Q8_0 => Some((gemv::<f::Q8_0> as IntGemvFn, int_kernel::<d::Q8_0>(ty, isa))),
-            GgmlType::Q2_K => Some((gemv::<f::Q2K> as IntGemvFn, int_kernel::<d::Q2K>(ty, isa))),
-            GgmlType::Q4_K => Some((gemv::<f::Q4K> as IntGemvFn, int_kernel::<d::Q4K>(ty, isa))),
-            GgmlType::Q5_K => Some((gemv::<f::Q5K> as IntGemvFn, int_kernel::<d::Q5K>(ty, isa))),
-            GgmlType::Q6_K => Some((gemv::<f::Q6K> as IntGemvFn, int_kernel::<d::Q6K>(ty, isa))),
+            GgmlType::Q4_0 => fused!(f::Q4_0, d::Q4_0),
+            GgmlType::Q4_1 => fused!(f::Q4_1, d::Q4_1),
+            GgmlType::Q5_0 => fused!(f::Q5_0, d::Q5_0),
+            GgmlType::Q5_1 => fused!(f::Q5_1, d::Q5_1),
+            GgmlType::Q8_0 => fused!(f::Q8_0, d::Q8_0),
+            GgmlType::Q2_K => fused!(f::Q2K, d::Q2K),
+            GgmlType::Q4_K => fused!(f::Q4K, d::Q4K),
+            GgmlType::Q5_K => fused!(f::Q5K, d::Q5K),
+            GgmlType::Q6_K => fused!(f::Q6K, d::Q6K),
             _ => None,
         };
-        if let Some((g, base)) = fused {
-            return Some(with(g, base));
+        if let Some((g, dq, base)) = fused {
+            return Some(with(g, dq, base));
         }
     }
     Some(match ty {

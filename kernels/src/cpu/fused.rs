@@ -710,6 +710,79 @@ unsafe fn reduce<const R: usize>(v: &[__m512; R], y: *mut f32) {
     }
 }
 
+/// Lane picks that spread 4 weight-scale lanes (4 codes each) over 16 f32 lanes, per quarter.
+static QUARTER_IDX: [[i32; 16]; 4] = {
+    let mut a = [[0i32; 16]; 4];
+    let mut q = 0;
+    while q < 4 {
+        let mut i = 0;
+        while i < 16 {
+            a[q][i] = (4 * q + i / 4) as i32;
+            i += 1;
+        }
+        q += 1;
+    }
+    a
+};
+
+/// Dequantize `rows` rows of `k` weights into `out` (the `DequantFn` signature) from the stored
+/// bytes with the fused decoders: `w = s·q + o` per weight, the multiply and the add rounded
+/// separately as in the generic drivers, so the values are the same bits on every ISA.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI/VBMI; `w` holds `rows` rows of `row_bytes`;
+/// `out.len() ≥ rows·k`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,fma,f16c")]
+pub(crate) unsafe fn dequant<F: Fused>(w: &[u8], row_bytes: usize, k: usize, rows: usize, out: &mut [f32]) {
+    assert!(out.len() >= rows * k && w.len() >= rows * row_bytes);
+    // SAFETY: as the GEMV: weight reads stay inside `w` (load64 masks past its end); stores go
+    // to out[r·k + off .. + 16] with off + 16 ≤ k (k is a whole number of 32-weight blocks).
+    unsafe {
+        let end = w.as_ptr().add(w.len());
+        let bias = _mm512_set1_ps(-((1u32 << F::BIAS_SHIFT) as f32));
+        for r in 0..rows {
+            let row = w.as_ptr().add(r * row_bytes);
+            let dst = out.as_mut_ptr().add(r * k);
+            for u in 0..k.div_ceil(F::UNIT) {
+                let p = row.add(u * F::UNIT_BYTES);
+                let st = F::state(p, end.offset_from(p) as usize);
+                let mins = _mm512_zextps256_ps512(F::mins(&st));
+                let mins16 = F::mins16(&st);
+                for j in 0..F::UNIT / 64 {
+                    let off = u * F::UNIT + 64 * j;
+                    if off >= k {
+                        break;
+                    }
+                    let (codes, fw) = F::sub(p, &st, j);
+                    for q in 0..4 {
+                        if off + 16 * q >= k {
+                            break;
+                        }
+                        let c = match q {
+                            0 => _mm512_extracti32x4_epi32::<0>(codes),
+                            1 => _mm512_extracti32x4_epi32::<1>(codes),
+                            2 => _mm512_extracti32x4_epi32::<2>(codes),
+                            _ => _mm512_extracti32x4_epi32::<3>(codes),
+                        };
+                        let code = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(c));
+                        let scale =
+                            _mm512_permutexvar_ps(_mm512_loadu_si512(QUARTER_IDX[q].as_ptr().cast()), fw);
+                        // The offset: −bias·s (exact), or the unit's per-32 / per-16 offset.
+                        let o = if F::MINS {
+                            _mm512_permutexvar_ps(_mm512_set1_epi32((2 * j + q / 2) as i32), mins)
+                        } else if F::MINS16 {
+                            _mm512_permutexvar_ps(_mm512_set1_epi32((4 * j + q) as i32), mins16)
+                        } else {
+                            _mm512_mul_ps(bias, scale)
+                        };
+                        _mm512_storeu_ps(dst.add(off + 16 * q), _mm512_add_ps(_mm512_mul_ps(scale, code), o));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The fused GEMV entry point for format `F` (the `IntGemvFn` signature).
 ///
 /// # Safety
