@@ -2,22 +2,24 @@
 //!
 //! The batch path dequantizes a panel of weight rows to f32 and multiplies it by all tokens. With
 //! AVX-512 FMAs that multiply is most of prompt processing; an AMX tile multiply (`tdpbf16ps`:
-//! 16 × 16 outputs × 32 products per instruction) does the same work several times faster. Its
-//! inputs are bf16, so both operands are split into two bf16 numbers, `v ≈ hi + lo` (`hi` is `v`
-//! rounded to bf16, `lo` is the rest rounded to bf16; together they keep 16 of f32's 24 mantissa
-//! bits), and each product is `hi·hi + hi·lo + lo·hi` (the dropped `lo·lo` and the two roundings
-//! are ≤ 2⁻¹⁶ of `|w·x|`), accumulated in f32 by the tile unit. The weights are the exact
-//! dequantized values; only the split loses bits, so a perplexity run on this path stays within
-//! a few 10⁻⁶ of the f32 reference (measured in docs/kernels.md) while prompt processing runs
-//! at several times the f32 GEMM's speed.
+//! 16 × 16 outputs × 32 products per instruction) does the same work faster. Its inputs are
+//! bf16, so both operands are split into two bf16 numbers, `v ≈ hi + lo` (`hi` is `v` rounded to
+//! bf16, `lo` the rest rounded to bf16: 16 of f32's 24 mantissa bits), and each product is
+//! `w_hi·x_hi + w_hi·x_lo + w_lo·x_hi`, accumulated in f32 by the tile unit: within 3·2⁻¹⁶ of the
+//! exact product (each half rounds to 2⁻⁸, the dropped `lo·lo` is below that). The weights are
+//! the exact dequantized values; SmolLM2's perplexity on this path equals the f32 path's to every
+//! printed digit (docs/kernels.md).
 //!
-//! Layout: the activations (A, tokens × k) stay in their natural row-major order as two bf16
-//! arrays, padded to 32 tokens and 32 columns; a panel's weights (B, k × rows) are packed per 16
-//! rows and 32 columns into 1 KiB tiles in the "VNNI" order `tdpbf16ps` reads (row `p` of a tile
-//! holds, for each of the 16 weight rows, the bf16 pair of columns `2p, 2p + 1`). The output tile
-//! C is 16 tokens × 16 rows, so it is stored straight into `y` (token-major) when whole.
+//! Layout (all tiles 16 rows × 64 bytes, in 64-byte-aligned buffers so no tile row straddles a
+//! cache line): a panel's weights are the A operand, 16 rows × 32 columns per tile in their
+//! natural order (no reshuffle of the many weights); the activations are the B operand, packed
+//! once per matrix group into the "VNNI" order `tdpbf16ps` reads (tile row `p` holds, for each of
+//! 16 tokens, the bf16 pair of columns `2p, 2p + 1`: a 16 × 16 register transpose). The output
+//! tile C is 16 rows × 16 tokens and is transposed on the way to `y` (token-major). The kernel
+//! keeps two C tiles (one row group × two token groups) and makes passes of `KC` column chunks,
+//! the partial sums going to memory between passes (exact: f32 either way).
 //!
-//! Each output is the sum over `k` in chunk order, whatever the panel, token block or thread that
+//! Each output is the sum over `k` in chunk order, whatever the panel, pass or thread that
 //! computes it, so results do not depend on the thread count.
 //!
 //! The tile instructions are written with `asm!` (Rust's AMX intrinsics are not stable); the
@@ -84,8 +86,7 @@ impl Buf {
 }
 
 /// Column chunks (of 32) per pass: a token pair's activation tiles for one pass (`KC × 4` KiB)
-/// stay in L1 while every 16-row group of the panel passes over them; the partial sums go to
-/// memory between passes (exactly: they are f32 either way).
+/// stay in L1 while every 16-row group of the panel passes over them.
 const KC: usize = 8;
 
 /// `f32` bits → bf16 bits, round to nearest even (finite inputs; ±∞ stay ±∞).
@@ -142,9 +143,9 @@ unsafe fn split32(src: &[f32], off: usize) -> (__m512i, __m512i) {
     }
 }
 
-/// A batch of activations as bf16 hi/lo in tile order: 1 KiB tiles of 16 tokens × 32 columns,
-/// token group-major then column chunk (`n` padded to 32 tokens, `k` to 32 columns, with zeros),
-/// so the kernel's tile loads are contiguous.
+/// A batch of activations as bf16 hi/lo in tile order: 1 KiB VNNI tiles of 32 columns × 16
+/// tokens, token group-major then column chunk (`n` padded to 32 tokens, `k` to 32 columns, with
+/// zeros), so the kernel's tile loads are contiguous.
 #[derive(Debug)]
 pub struct Acts {
     hi: Buf,
@@ -171,24 +172,32 @@ impl Acts {
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn split_rows(x: &[f32], n: usize, k: usize, hi: &mut [u16], lo: &mut [u16]) {
     let chunks = k.div_ceil(32);
-    for t in 0..n {
-        let row = &x[t * k..(t + 1) * k];
+    for tg in 0..n.div_ceil(16) {
         for c in 0..chunks {
-            let at = ((t / 16) * chunks + c) * 512 + (t % 16) * 32;
-            // SAFETY: 32c < k; the destination holds 32 u16 from `at` (inside tile (t/16, c)).
+            // SAFETY: AVX-512F enabled; tile (tg, c) is the 512 u16 from `at`, inside the buffers
+            // (sized for ⌈n / 32⌉·2 token groups × `chunks`).
             unsafe {
-                let (h, l) = split32(row, 32 * c);
-                _mm512_storeu_si512(hi.as_mut_ptr().add(at).cast(), h);
-                _mm512_storeu_si512(lo.as_mut_ptr().add(at).cast(), l);
+                let mut h = [_mm512_setzero_si512(); 16];
+                let mut l = [_mm512_setzero_si512(); 16];
+                for t in 0..(n - 16 * tg).min(16) {
+                    let row = &x[(16 * tg + t) * k..(16 * tg + t + 1) * k];
+                    (h[t], l[t]) = split32(row, 32 * c);
+                }
+                transpose16(&mut h);
+                transpose16(&mut l);
+                let at = (tg * chunks + c) * 512;
+                for p in 0..16 {
+                    _mm512_storeu_si512(hi.as_mut_ptr().add(at + 32 * p).cast(), h[p]);
+                    _mm512_storeu_si512(lo.as_mut_ptr().add(at + 32 * p).cast(), l[p]);
+                }
             }
         }
     }
 }
 
-/// Pack `rows ≤ 16` dequantized weight rows (`w`, `rows × k`) into the VNNI tiles of one
-/// 16-row group: `chunks = ⌈k / 32⌉` tiles of 256 u32 for hi and for lo (rows past `rows` zero).
-/// Row `p` of a tile holds, for each weight row `j`, the bf16 pair of columns `2p, 2p + 1`: the
-/// transpose of the 16 rows' pairs, done in registers.
+/// Pack `rows ≤ 16` dequantized weight rows (`w`, `rows × k`) into the tiles of one 16-row
+/// group: `chunks = ⌈k / 32⌉` tiles of 16 rows × 32 bf16 for hi and for lo (rows past `rows`
+/// zero), each row in its natural order.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn pack_group(w: &[f32], rows: usize, k: usize, hi: &mut [u32], lo: &mut [u32]) {
     let chunks = k.div_ceil(32);
@@ -196,16 +205,14 @@ unsafe fn pack_group(w: &[f32], rows: usize, k: usize, hi: &mut [u32], lo: &mut 
     // SAFETY: AVX-512F enabled; each chunk's 16 stores of 64 bytes fill its 1 KiB tile.
     unsafe {
         for c in 0..chunks {
-            let mut h = [_mm512_setzero_si512(); 16];
-            let mut l = [_mm512_setzero_si512(); 16];
-            for j in 0..rows {
-                (h[j], l[j]) = split32(&w[j * k..(j + 1) * k], 32 * c);
-            }
-            transpose16(&mut h);
-            transpose16(&mut l);
-            for p in 0..16 {
-                _mm512_storeu_si512(hi.as_mut_ptr().add(c * 256 + 16 * p).cast(), h[p]);
-                _mm512_storeu_si512(lo.as_mut_ptr().add(c * 256 + 16 * p).cast(), l[p]);
+            for j in 0..16 {
+                let (h, l) = if j < rows {
+                    split32(&w[j * k..(j + 1) * k], 32 * c)
+                } else {
+                    (_mm512_setzero_si512(), _mm512_setzero_si512())
+                };
+                _mm512_storeu_si512(hi.as_mut_ptr().add(c * 256 + 16 * j).cast(), h);
+                _mm512_storeu_si512(lo.as_mut_ptr().add(c * 256 + 16 * j).cast(), l);
             }
         }
     }
@@ -276,17 +283,26 @@ unsafe fn transpose_for_test(r: &mut [__m512i; 16]) {
     unsafe { transpose16(r) }
 }
 
-/// `y[t·ys + r] = part` (tile order, as `gemm_panel` leaves it) for `t < n`, `r < rows`.
+/// `y[t·ys + r] = part` for `t < n`, `r < rows`: each part tile (token group, row group) is
+/// 16 rows × 16 tokens, transposed on the way out.
 #[target_feature(enable = "avx512f")]
 unsafe fn copy_out(part: *const f32, n: usize, rows: usize, groups: usize, y: *mut f32, ys: usize) {
-    for t in 0..n {
+    for tg in 0..n.div_ceil(16) {
         for g in 0..groups {
             let r0 = 16 * g;
             let m = if rows - r0 >= 16 { 0xffff } else { ((1u32 << (rows - r0)) - 1) as u16 };
-            // SAFETY: the caller's part holds every tile; the masked store writes rows < `rows`.
+            // SAFETY: the caller's part holds every tile; the masked stores write rows < `rows`
+            // of tokens < n.
             unsafe {
-                let v = _mm512_loadu_ps(part.add(((t / 16) * groups + g) * 256 + (t % 16) * 16));
-                _mm512_mask_storeu_ps(y.add(t * ys + r0), m, v);
+                let tile = part.add((tg * groups + g) * 256);
+                let mut v = [_mm512_setzero_si512(); 16];
+                for (r, v) in v.iter_mut().enumerate() {
+                    *v = _mm512_loadu_si512(tile.add(16 * r).cast());
+                }
+                transpose16(&mut v);
+                for (t, v) in v.iter().enumerate().take((n - 16 * tg).min(16)) {
+                    _mm512_mask_storeu_ps(y.add((16 * tg + t) * ys + r0), m, _mm512_castsi512_ps(*v));
+                }
             }
         }
     }
@@ -356,7 +372,7 @@ pub unsafe fn gemm_panel(
             )
         };
     }
-    // Partial sums, tile by tile: [token group][row group][16 tokens × 16 rows].
+    // Partial sums, tile by tile: [token group][row group][16 rows × 16 tokens].
     let tgroups = a.n.div_ceil(32) * 2;
     s.part.reserve_bytes(4 * tgroups * groups * 256);
     let part = s.part.mut_ptr::<f32>();
@@ -398,14 +414,14 @@ pub unsafe fn gemm_panel(
                             "tileloadd tmm7, [{bl} + {s64}*1]",
                             "tileloadd tmm2, [{ah0} + {s64}*1]",
                             "tileloadd tmm3, [{al0} + {s64}*1]",
-                            "tdpbf16ps tmm0, tmm2, tmm6",
-                            "tdpbf16ps tmm0, tmm2, tmm7",
-                            "tdpbf16ps tmm0, tmm3, tmm6",
+                            "tdpbf16ps tmm0, tmm6, tmm2",
+                            "tdpbf16ps tmm0, tmm6, tmm3",
+                            "tdpbf16ps tmm0, tmm7, tmm2",
                             "tileloadd tmm4, [{ah1} + {s64}*1]",
                             "tileloadd tmm5, [{al1} + {s64}*1]",
-                            "tdpbf16ps tmm1, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            "tdpbf16ps tmm1, tmm5, tmm6",
+                            "tdpbf16ps tmm1, tmm6, tmm4",
+                            "tdpbf16ps tmm1, tmm6, tmm5",
+                            "tdpbf16ps tmm1, tmm7, tmm4",
                             bh = in(reg) bh.add(c * 256),
                             bl = in(reg) bl.add(c * 256),
                             ah0 = in(reg) ah0.add(512 * c),
