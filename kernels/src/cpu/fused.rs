@@ -801,8 +801,13 @@ pub(crate) unsafe fn gemv<F: Fused>(
     // SAFETY: forwarded.
     unsafe {
         match acts.len() {
-            1 => gemv_n::<F, 1, 4>(w, row_bytes, k, acts, y, ys, rows),
-            2 => gemv_n::<F, 2, 2>(w, row_bytes, k, acts, y, ys, rows),
+            // Several rows at a time only while their streams fit in the prefetch distance: each
+            // row prefetches `PREFETCH` ahead of itself, so with longer rows the start of a later
+            // row in the next step would be read cold.
+            1 if 4 * row_bytes <= PREFETCH => gemv_n::<F, 1, 4>(w, row_bytes, k, acts, y, ys, rows),
+            1 => gemv_n::<F, 1, 1>(w, row_bytes, k, acts, y, ys, rows),
+            2 if 2 * row_bytes <= PREFETCH => gemv_n::<F, 2, 2>(w, row_bytes, k, acts, y, ys, rows),
+            2 => gemv_n::<F, 2, 1>(w, row_bytes, k, acts, y, ys, rows),
             3 => gemv_n::<F, 3, 1>(w, row_bytes, k, acts, y, ys, rows),
             4 => gemv_n::<F, 4, 1>(w, row_bytes, k, acts, y, ys, rows),
             5 => gemv_n::<F, 5, 1>(w, row_bytes, k, acts, y, ys, rows),
