@@ -710,21 +710,6 @@ unsafe fn reduce<const R: usize>(v: &[__m512; R], y: *mut f32) {
     }
 }
 
-/// Lane picks that spread 4 weight-scale lanes (4 codes each) over 16 f32 lanes, per quarter.
-static QUARTER_IDX: [[i32; 16]; 4] = {
-    let mut a = [[0i32; 16]; 4];
-    let mut q = 0;
-    while q < 4 {
-        let mut i = 0;
-        while i < 16 {
-            a[q][i] = (4 * q + i / 4) as i32;
-            i += 1;
-        }
-        q += 1;
-    }
-    a
-};
-
 /// Dequantize `rows` rows of `k` weights into `out` (the `DequantFn` signature) from the stored
 /// bytes with the fused decoders: `w = s·q + o` per weight, the multiply and the add rounded
 /// separately as in the generic drivers, so the values are the same bits on every ISA.
@@ -765,8 +750,8 @@ pub(crate) unsafe fn dequant<F: Fused>(w: &[u8], row_bytes: usize, k: usize, row
                             _ => _mm512_extracti32x4_epi32::<3>(codes),
                         };
                         let code = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(c));
-                        let scale =
-                            _mm512_permutexvar_ps(_mm512_loadu_si512(QUARTER_IDX[q].as_ptr().cast()), fw);
+                        // Weights 16q..16q + 16 take lane scales 4q + i / 4: Q6_K's 16-weight group picks.
+                        let scale = _mm512_permutexvar_ps(_mm512_loadu_si512(K6_IDX[q].as_ptr().cast()), fw);
                         // The offset: −bias·s (exact), or the unit's per-32 / per-16 offset.
                         let o = if F::MINS {
                             _mm512_permutexvar_ps(_mm512_set1_epi32((2 * j + q / 2) as i32), mins)
