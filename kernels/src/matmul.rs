@@ -193,13 +193,11 @@ impl QMatrix {
                 return;
             }
         }
-        let panel = self.panel_rows(1);
         let yp = SendPtr(y.as_mut_ptr());
-        (0..rows.div_ceil(panel)).into_par_iter().for_each(|p| {
-            let (r0, r1) = (p * panel, ((p + 1) * panel).min(rows));
+        self.for_each_panel(1, |r0, r1| {
             PANEL.with(|buf| {
                 let mut buf = buf.borrow_mut();
-                buf.resize(panel * k, 0.0);
+                buf.resize((r1 - r0) * k, 0.0);
                 let w = &mut buf[..(r1 - r0) * k];
                 self.dequantize_rows(r0, r1, w);
                 let rhs = MatRef::from_column_major_slice(w, k, r1 - r0);
@@ -210,17 +208,17 @@ impl QMatrix {
             });
         });
     }
-}
 
-impl QMatrix {
-    /// Rows per batch-path panel: ≈ 256 KiB–1 MiB of f32, a multiple of `align` rows, and a
-    /// multiple of the thread count of panels when the matrix allows.
-    fn panel_rows(&self, align: usize) -> usize {
+    /// `f(r0, r1)` on rayon for each batch-path panel of rows: ≈ 256 KiB–1 MiB of f32, a
+    /// multiple of `align` rows, and a multiple of the thread count of panels when the matrix
+    /// allows.
+    fn for_each_panel(&self, align: usize, f: impl Fn(usize, usize) + Sync + Send) {
         let (rows, k) = (self.rows, self.cols);
         let threads = rayon::current_num_threads().max(1);
         let target = (262_144 / k.max(1)).clamp(16, 512);
         let tasks = rows.div_ceil(target).max(1).div_ceil(threads) * threads;
-        rows.div_ceil(tasks).max(1).div_ceil(align) * align
+        let panel = rows.div_ceil(tasks).max(1).div_ceil(align) * align;
+        (0..rows.div_ceil(panel)).into_par_iter().for_each(|p| f(p * panel, ((p + 1) * panel).min(rows)));
     }
 
     /// The AMX batch path (`cpu::amx`): panels of 16-row groups, dequantized and packed into
@@ -230,10 +228,8 @@ impl QMatrix {
         assert_eq!(a.k, self.cols);
         assert_eq!(y.len(), a.n * self.rows);
         let rows = self.rows;
-        let panel = self.panel_rows(16);
         let yp = SendPtr(y.as_mut_ptr());
-        (0..rows.div_ceil(panel)).into_par_iter().for_each(|p| {
-            let (r0, r1) = (p * panel, ((p + 1) * panel).min(rows));
+        self.for_each_panel(16, |r0, r1| {
             AMX_SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
                 let deq = |i0: usize, i1: usize, out: &mut [f32]| self.dequantize_rows(r0 + i0, r0 + i1, out);
@@ -293,8 +289,7 @@ pub fn batch_path() -> BatchPath {
 
 /// The AMX batch path for a group: the activations are split once for every matrix.
 #[cfg(target_arch = "x86_64")]
-fn forward_amx(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) {
-    let k = x.len() / n;
+fn forward_amx(ms: &[&QMatrix], x: &[f32], n: usize, k: usize, ys: &mut [&mut [f32]]) {
     let mut acts = None;
     for (m, y) in ms.iter().zip(ys.iter_mut()) {
         if m.ty == GgmlType::F32 {
@@ -337,7 +332,7 @@ pub fn forward_group_with(path: BatchPath, ms: &[&QMatrix], x: &[f32], n: usize,
             }
             #[cfg(target_arch = "x86_64")]
             BatchPath::Amx => {
-                forward_amx(ms, x, n, ys);
+                forward_amx(ms, x, n, k, ys);
                 return;
             }
             _ => {}
