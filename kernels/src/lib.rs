@@ -12,14 +12,17 @@
 //!   instead packed into bf16 hi + lo tiles and multiplied on the tile unit (`cpu::amx`, within
 //!   3·2⁻¹⁶ of each product; [`BatchPath`]).
 //!
-//! Every instruction set runs the same generic drivers (`cpu`), so a new format needs only a
-//! decoder and one line in [`kernel`]; a registered format without a decoder still runs, through
-//! its codec's scalar `dequantize_row` (`Gemv::Generic`).
+//! Every instruction set runs the same generic drivers (`cpu`) over each format's own decoder
+//! (`IntBlock::decode` / `FloatFormat::decode`, in the format's file in quantkit-formats), and the
+//! kernel table ([`kernel`], [`fused_formats`]) is generated from the formats registry
+//! (`quantkit_formats::for_each_format!`): a new format needs no line here.
 
 pub mod act;
 pub mod bw;
 pub mod cpu;
-pub mod decode;
+/// The decoded chunk form the generic kernels work on (owned by quantkit-formats, where each
+/// format's decoder lives).
+pub use quantkit_formats::decode;
 mod matmul;
 pub mod pool;
 
@@ -30,7 +33,7 @@ pub use matmul::{
 };
 
 use quantkit_core::GgmlType;
-use quantkit_formats::Codec;
+use quantkit_formats::{FloatFormat, IntBlock};
 
 /// An instruction set the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,8 +44,8 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL with VNNI.
     Avx512,
-    /// AVX-512 with VNNI and VBMI: fused kernels (`cpu::fused`) for the formats in [`FUSED`]; the
-    /// other formats run the `Avx512` kernels.
+    /// AVX-512 with VNNI and VBMI: fused kernels (`cpu::fused`) for the formats marked `fused` in
+    /// the registry ([`fused_formats`]); the other formats run the `Avx512` kernels.
     Avx512Vbmi,
 }
 
@@ -110,8 +113,6 @@ pub(crate) enum Gemv {
     Int(IntGemvFn, QActFn),
     /// f32 weights × f32 activations.
     Float(FloatGemvFn),
-    /// No decoder: the codec's scalar dequantization, then an f32 dot (correct, slow).
-    Generic(&'static Codec),
 }
 
 /// The kernels of one format for one instruction set.
@@ -120,7 +121,7 @@ pub struct Kernel {
     pub ty: GgmlType,
     pub isa: Isa,
     pub(crate) gemv: Gemv,
-    pub(crate) dequant: Option<DequantFn>,
+    pub(crate) dequant: DequantFn,
     /// The GEMV reads the stored bytes straight into registers (`cpu::fused`).
     pub fused: bool,
 }
@@ -139,115 +140,96 @@ impl std::fmt::Debug for Kernel {
 }
 
 impl Kernel {
-    /// `int8` (integer codes × quantized activations), `f32` or `generic`.
+    /// `int8` (integer codes × quantized activations) or `f32`.
     pub fn path(&self) -> &'static str {
         match self.gemv {
             Gemv::Int(..) => "int8",
             Gemv::Float(_) => "f32",
-            Gemv::Generic(_) => "generic",
         }
     }
 }
 
-fn int_kernel<D: decode::IntDecode>(ty: GgmlType, isa: Isa) -> Kernel {
+fn int_kernel<B: IntBlock>(isa: Isa) -> Kernel {
     let (g, q, d): (IntGemvFn, QActFn, DequantFn) = match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Vbmi => (
-            cpu::x86::int_gemv_avx512::<D>,
+            cpu::x86::int_gemv_avx512::<B>,
             cpu::x86::quantize_acts_avx512,
-            cpu::x86::int_dequant_avx512::<D>,
+            cpu::x86::int_dequant_avx512::<B>,
         ),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            (cpu::x86::int_gemv_avx2::<D>, cpu::x86::quantize_acts_avx2, cpu::x86::int_dequant_avx2::<D>)
+            (cpu::x86::int_gemv_avx2::<B>, cpu::x86::quantize_acts_avx2, cpu::x86::int_dequant_avx2::<B>)
         }
-        _ => (cpu::scalar::int_gemv::<D>, cpu::scalar::quantize_acts, cpu::scalar::int_dequant::<D>),
+        _ => (cpu::scalar::int_gemv::<B>, cpu::scalar::quantize_acts, cpu::scalar::int_dequant::<B>),
     };
-    Kernel { ty, isa, gemv: Gemv::Int(g, q), dequant: Some(d), fused: false }
+    Kernel { ty: B::TYPE, isa, gemv: Gemv::Int(g, q), dequant: d, fused: false }
 }
 
-fn float_kernel<D: decode::FloatDecode>(ty: GgmlType, isa: Isa) -> Kernel {
+/// A format with a fused kernel (`cpu::fused`): on AVX-512 VBMI its GEMV and the batch path's
+/// dequantizer read the stored bytes with the fused decoders (the activation quantizer stays the
+/// AVX-512 one); elsewhere its generic kernels.
+#[cfg(target_arch = "x86_64")]
+fn fused_kernel<B: IntBlock + cpu::fused::Fused>(isa: Isa) -> Kernel {
+    let base = int_kernel::<B>(isa);
+    match (isa, base.gemv) {
+        (Isa::Avx512Vbmi, Gemv::Int(_, q)) => Kernel {
+            gemv: Gemv::Int(cpu::fused::gemv::<B>, q),
+            dequant: cpu::fused::dequant::<B>,
+            fused: true,
+            ..base
+        },
+        _ => base,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fused_kernel<B: IntBlock>(isa: Isa) -> Kernel {
+    int_kernel::<B>(isa)
+}
+
+fn float_kernel<F: FloatFormat>(isa: Isa) -> Kernel {
     let (g, d): (FloatGemvFn, DequantFn) = match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Vbmi => {
-            (cpu::x86::float_gemv_avx512::<D>, cpu::x86::float_dequant_avx512::<D>)
+            (cpu::x86::float_gemv_avx512::<F>, cpu::x86::float_dequant_avx512::<F>)
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => (cpu::x86::float_gemv_avx2::<D>, cpu::x86::float_dequant_avx2::<D>),
-        _ => (cpu::scalar::float_gemv::<D>, cpu::scalar::float_dequant::<D>),
+        Isa::Avx2 => (cpu::x86::float_gemv_avx2::<F>, cpu::x86::float_dequant_avx2::<F>),
+        _ => (cpu::scalar::float_gemv::<F>, cpu::scalar::float_dequant::<F>),
     };
-    Kernel { ty, isa, gemv: Gemv::Float(g), dequant: Some(d), fused: false }
+    Kernel { ty: F::TYPE, isa, gemv: Gemv::Float(g), dequant: d, fused: false }
 }
 
-/// The formats with a fused AVX-512 VBMI GEMV (`cpu::fused`).
-pub const FUSED: [GgmlType; 9] = [
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
+/// The kernel table, generated from the formats registry (`quantkit_formats::for_each_format!`):
+/// a row's kind picks the generic integer or float drivers, `fused` adds its fused kernel.
+macro_rules! kernel_table {
+    ($($kind:ident $ty:ident $imp:path, $kernel:ident;)*) => {
+        /// The kernels for `ty` on `isa` (an ISA the CPU lacks must not be passed; see
+        /// [`Isa::available`]); `None` for a type that is not in the registry.
+        pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
+            $(if ty == GgmlType::$ty {
+                return Some(kernel_table!(@row $kind $kernel $imp, isa));
+            })*
+            None
+        }
 
-/// The kernels for `ty` on `isa` (an ISA the CPU lacks must not be passed; see
-/// [`Isa::available`]). Formats not listed here fall back to their codec (`None` only for a type
-/// with no codec at all).
-pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
-    use decode as d;
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vbmi {
-        use cpu::fused::{self as f, dequant, gemv};
-        // The activation quantizer is the Avx512 one; the GEMV and the batch path's dequantizer
-        // read the stored bytes with the fused decoders.
-        let with = |g: IntGemvFn, dq: DequantFn, base: Kernel| match base.gemv {
-            Gemv::Int(_, q) => Kernel { gemv: Gemv::Int(g, q), dequant: Some(dq), fused: true, ..base },
-            _ => base,
-        };
-        macro_rules! fused {
-            ($f:ty, $d:ty) => {
-                Some((gemv::<$f> as IntGemvFn, dequant::<$f> as DequantFn, int_kernel::<$d>(ty, isa)))
-            };
+        /// The formats with a fused AVX-512 VBMI GEMV (`cpu::fused`), in registry order.
+        pub fn fused_formats() -> Vec<GgmlType> {
+            let mut v = vec![];
+            $(if kernel_table!(@fused $kernel) {
+                v.push(GgmlType::$ty);
+            })*
+            v
         }
-        let fused = match ty {
-            // Keep this list in step with FUSED below.
-            GgmlType::Q4_0 => fused!(f::Q4_0, d::Q4_0),
-            GgmlType::Q4_1 => fused!(f::Q4_1, d::Q4_1),
-            GgmlType::Q5_0 => fused!(f::Q5_0, d::Q5_0),
-            GgmlType::Q5_1 => fused!(f::Q5_1, d::Q5_1),
-            GgmlType::Q8_0 => fused!(f::Q8_0, d::Q8_0),
-            GgmlType::Q2_K => fused!(f::Q2K, d::Q2K),
-            GgmlType::Q4_K => fused!(f::Q4K, d::Q4K),
-            GgmlType::Q5_K => fused!(f::Q5K, d::Q5K),
-            GgmlType::Q6_K => fused!(f::Q6K, d::Q6K),
-            _ => None,
-        };
-        if let Some((g, dq, base)) = fused {
-            return Some(with(g, dq, base));
-        }
-    }
-    Some(match ty {
-        GgmlType::F32 => float_kernel::<d::F32>(ty, isa),
-        GgmlType::F16 => float_kernel::<d::F16>(ty, isa),
-        GgmlType::BF16 => float_kernel::<d::BF16>(ty, isa),
-        GgmlType::Q4_0 => int_kernel::<d::Q4_0>(ty, isa),
-        GgmlType::Q4_1 => int_kernel::<d::Q4_1>(ty, isa),
-        GgmlType::Q5_0 => int_kernel::<d::Q5_0>(ty, isa),
-        GgmlType::Q5_1 => int_kernel::<d::Q5_1>(ty, isa),
-        GgmlType::Q8_0 => int_kernel::<d::Q8_0>(ty, isa),
-        GgmlType::Q2_K => int_kernel::<d::Q2K>(ty, isa),
-        GgmlType::Q3_K => int_kernel::<d::Q3K>(ty, isa),
-        GgmlType::Q4_K => int_kernel::<d::Q4K>(ty, isa),
-        GgmlType::Q5_K => int_kernel::<d::Q5K>(ty, isa),
-        GgmlType::Q6_K => int_kernel::<d::Q6K>(ty, isa),
-        _ => {
-            let codec = quantkit_formats::codec(ty).ok()?;
-            Kernel { ty, isa: Isa::Scalar, gemv: Gemv::Generic(codec), dequant: None, fused: false }
-        }
-    })
+    };
+    (@row float $kernel:ident $imp:path, $isa:expr) => { float_kernel::<$imp>($isa) };
+    (@row int generic $imp:path, $isa:expr) => { int_kernel::<$imp>($isa) };
+    (@row int fused $imp:path, $isa:expr) => { fused_kernel::<$imp>($isa) };
+    (@fused fused) => { true };
+    (@fused generic) => { false };
 }
+quantkit_formats::for_each_format!(kernel_table);
 
 #[cfg(test)]
 mod tests;

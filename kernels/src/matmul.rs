@@ -138,16 +138,8 @@ impl QMatrix {
     /// Dequantize rows `[r0, r1)` into `out` (`(r1 − r0) × cols`).
     pub fn dequantize_rows(&self, r0: usize, r1: usize, out: &mut [f32]) {
         let w = &self.bytes()[r0 * self.row_bytes..r1 * self.row_bytes];
-        match (self.kernel.dequant, self.kernel.gemv) {
-            // SAFETY: the kernel's ISA was checked at construction; sizes were validated.
-            (Some(f), _) => unsafe { f(w, self.row_bytes, self.cols, r1 - r0, out) },
-            (None, Gemv::Generic(c)) => {
-                for (src, dst) in w.chunks_exact(self.row_bytes).zip(out.chunks_exact_mut(self.cols)) {
-                    (c.dequantize_row)(src, dst);
-                }
-            }
-            (None, _) => unreachable!("every non-generic kernel has a dequantizer"),
-        }
+        // SAFETY: the kernel's ISA was checked at construction; sizes were validated.
+        unsafe { (self.kernel.dequant)(w, self.row_bytes, self.cols, r1 - r0, out) }
     }
 
     /// `y[n × rows] = x[n × cols] · Wᵀ`.
@@ -166,18 +158,6 @@ impl QMatrix {
             // SAFETY: ISA checked at construction; the caller guarantees y.
             Gemv::Int(f, _) => unsafe { f(w, self.row_bytes, self.cols, &acts[..n], y, self.rows, r1 - r0) },
             Gemv::Float(f) => unsafe { f(w, self.row_bytes, self.cols, x, n, y, self.rows, r1 - r0) },
-            Gemv::Generic(c) => {
-                let mut row = vec![0f32; self.cols];
-                for (r, src) in w.chunks_exact(self.row_bytes).enumerate() {
-                    (c.dequantize_row)(src, &mut row);
-                    for t in 0..n {
-                        let xr = &x[t * self.cols..(t + 1) * self.cols];
-                        let v: f32 = row.iter().zip(xr).map(|(a, b)| a * b).sum();
-                        // SAFETY: the caller guarantees y.
-                        unsafe { *y.add(t * self.rows + r) = v };
-                    }
-                }
-            }
         }
     }
 

@@ -11,13 +11,12 @@ use quantkit_engine::tokenizer::read_text;
 use quantkit_engine::{Model, Tokenizer, WeightMode};
 use quantkit_io::imatrix::Imatrix;
 use quantkit_io::source::ModelSource;
-use quantkit_quant::awq::AwqConfig;
-use quantkit_quant::calibrated::Method;
 use quantkit_quant::convert::{convert, ConvertOptions};
 use quantkit_quant::gptq::GptqConfig;
+use quantkit_quant::grid::IntSpec;
+use quantkit_quant::method::{GgufUse, Knobs, MethodKind, METHODS};
 use quantkit_quant::quantize::{quantize_with, OutFormat, Prepared, Progress, QuantizeOptions};
 use quantkit_quant::recipe::Recipe;
-use quantkit_quant::writers::IntFormat;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -32,7 +31,7 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone)]
 pub enum Spec {
     Gguf { recipe: Box<Recipe>, gptq: bool },
-    Int { method: Method, bits: u32, group: Option<usize>, sym: bool },
+    Int { method: MethodKind, int: IntSpec },
 }
 
 #[derive(Debug, Clone)]
@@ -61,40 +60,23 @@ impl RecipeSpec {
         }
         let parts: Vec<&str> = t.split(':').collect();
         let spec = match parts.as_slice() {
-            [m, rest @ ..] if !rest.is_empty() && ["rtn", "gptq", "awq"].contains(m) => {
+            [m, rest @ ..] if !rest.is_empty() && METHODS.iter().any(|i| i.name == *m) => {
+                let method: MethodKind = m.parse()?;
                 if rest.len() == 1 && rest[0].parse::<u32>().is_err() {
-                    if *m != "gptq" {
+                    if method.info().gguf != GgufUse::Grid {
                         return Err(Error::Invalid(format!(
                             "recipe {t:?}: only gptq feeds GGUF mixes (gptq:<mix>), or use {m}:<bits>:<group>"
                         )));
                     }
                     Spec::Gguf { recipe: Box::new(Recipe::named(rest[0])?), gptq: true }
                 } else {
-                    let method: Method = m.parse()?;
-                    let bits: u32 = rest[0]
-                        .parse()
-                        .map_err(|_| Error::Invalid(format!("recipe {t:?}: bits {:?} is not a number", rest[0])))?;
-                    if !(2..=8).contains(&bits) || (method == Method::Awq && bits != 4) {
-                        return Err(Error::Invalid(format!("recipe {t:?}: {bits} bits not supported here")));
+                    let info = method.info();
+                    let int = IntSpec::parse(rest, info.default_sym)
+                        .map_err(|e| Error::Invalid(format!("recipe {t:?}: {e}")))?;
+                    if !info.default_layout.packs_bits(int.bits) {
+                        return Err(Error::Invalid(format!("recipe {t:?}: {} bits not supported here", int.bits)));
                     }
-                    let group = match rest.get(1) {
-                        None => Some(128),
-                        Some(g) => match g.parse::<i64>() {
-                            Ok(g) if g <= 0 => None,
-                            Ok(g) => Some(g as usize),
-                            Err(_) => return Err(Error::Invalid(format!("recipe {t:?}: group {g:?} is not a number"))),
-                        },
-                    };
-                    let sym = match rest.get(2).copied() {
-                        None => method != Method::Awq,
-                        Some("sym") => true,
-                        Some("asym") => false,
-                        Some(o) => return Err(Error::Invalid(format!("recipe {t:?}: {o:?} (sym or asym)"))),
-                    };
-                    if rest.len() > 3 {
-                        return Err(Error::Invalid(format!("recipe {t:?}: too many fields")));
-                    }
-                    Spec::Int { method, bits, group, sym }
+                    Spec::Int { method, int }
                 }
             }
             [mix] => Spec::Gguf { recipe: Box::new(Recipe::named(mix)?), gptq: false },
@@ -122,7 +104,7 @@ impl RecipeSpec {
     pub fn needs_calibration(&self) -> bool {
         match &self.spec {
             Spec::Gguf { gptq, .. } => *gptq,
-            Spec::Int { method, .. } => *method != Method::Rtn,
+            Spec::Int { method, .. } => method.info().needs_calibration,
         }
     }
 
@@ -137,21 +119,13 @@ impl RecipeSpec {
             Spec::Gguf { recipe, gptq } => {
                 format!("gguf:{}{}", recipe.mix.name, if *gptq { " (gptq)" } else { "" })
             }
-            Spec::Int { method, bits, group, sym } => format!(
-                "{} int{bits} {}{}",
-                int_format(*method).dir_name(),
-                group.map(|g| format!("g{g}")).unwrap_or_else(|| "per-channel".into()),
-                if *sym { " sym" } else { " asym" }
+            Spec::Int { method, int } => format!(
+                "{} {}{}",
+                method.info().default_layout.dir_name(),
+                int.label(),
+                if int.sym { " sym" } else { " asym" }
             ),
         }
-    }
-}
-
-fn int_format(m: Method) -> IntFormat {
-    if m == Method::Awq {
-        IntFormat::Awq
-    } else {
-        IntFormat::GptqV1
     }
 }
 
@@ -214,31 +188,25 @@ pub fn quantize_recipe(
             let (opts, inner) = match &r.spec {
                 Spec::Gguf { recipe, .. } => (
                     QuantizeOptions {
-                        method: Method::Gptq,
-                        bits: 4,
-                        group: Some(128),
-                        sym: true,
-                        gptq: sh.gptq,
-                        awq: AwqConfig::default(),
+                        method: "gptq".parse()?,
+                        int: None,
+                        knobs: Knobs { gptq: sh.gptq, ..Knobs::default() },
                         formats: vec![OutFormat::Gguf(recipe.clone())],
                         calib: None,
                         write_imatrix: false,
                     },
                     format!("model-{}.gguf", recipe.mix.name),
                 ),
-                Spec::Int { method, bits, group, sym } => (
+                Spec::Int { method, int } => (
                     QuantizeOptions {
                         method: *method,
-                        bits: *bits,
-                        group: *group,
-                        sym: *sym,
-                        gptq: sh.gptq,
-                        awq: AwqConfig::default(),
-                        formats: vec![OutFormat::Int(int_format(*method))],
+                        int: Some(*int),
+                        knobs: Knobs { gptq: sh.gptq, ..Knobs::default() },
+                        formats: vec![OutFormat::Int(method.info().default_layout)],
                         calib: None,
                         write_imatrix: false,
                     },
-                    int_format(*method).dir_name().to_string(),
+                    method.info().default_layout.dir_name().to_string(),
                 ),
             };
             // quantize writes a folder (the output plus its report): build it beside `dest`, then
@@ -412,11 +380,18 @@ mod tests {
         assert!(r.is_gguf() && r.needs_calibration());
         assert_eq!(r.slug(), "gptq-q4_k_m");
         let r = RecipeSpec::parse("gptq:4:128", b).expect("int");
-        assert!(matches!(r.spec, Spec::Int { method: Method::Gptq, bits: 4, group: Some(128), sym: true }));
+        let int = |bits, group, sym| IntSpec { bits, group, sym };
+        assert!(
+            matches!(r.spec, Spec::Int { method, int: i } if method.name() == "gptq" && i == int(4, Some(128), true))
+        );
         let r = RecipeSpec::parse("awq:4:64", b).expect("awq");
-        assert!(matches!(r.spec, Spec::Int { method: Method::Awq, group: Some(64), sym: false, .. }));
+        assert!(
+            matches!(r.spec, Spec::Int { method, int: i } if method.name() == "awq" && i == int(4, Some(64), false))
+        );
         let r = RecipeSpec::parse("rtn:3:-1:asym", b).expect("rtn");
-        assert!(matches!(r.spec, Spec::Int { method: Method::Rtn, bits: 3, group: None, sym: false }));
+        assert!(
+            matches!(r.spec, Spec::Int { method, int: i } if method.name() == "rtn" && i == int(3, None, false))
+        );
         assert!(!r.needs_calibration());
         for bad in
             ["q9_z", "awq:3:128", "rtn:q4_k_m", "gptq:x:128", "gptq:4:128:maybe", "a:b:c:d:e", "missing.toml"]

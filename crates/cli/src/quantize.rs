@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use quantkit_core::{Error, Result};
-use quantkit_quant::awq::AwqConfig;
-use quantkit_quant::calibrated::Method;
 use quantkit_quant::gptq::GptqConfig;
+use quantkit_quant::grid::IntSpec;
+use quantkit_quant::method::{Knobs, MethodKind};
 use quantkit_quant::quantize::{quantize as run, CalibOptions, OutFormat, QuantizeOptions};
 use serde_json::json;
 
@@ -81,7 +81,7 @@ pub struct QuantizeArgs {
 }
 
 pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
-    let method: Method = a.method.parse()?;
+    let method: MethodKind = a.method.parse()?;
     let formats = a.formats.iter().map(|f| OutFormat::parse(f)).collect::<Result<Vec<_>>>()?;
     let (ds, dl) = match a.preset.as_str() {
         "default" => (128, 512),
@@ -94,29 +94,21 @@ pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
         seqlen: a.seqlen.unwrap_or(dl),
         seed: a.seed,
     });
-    let group = match a.group {
-        g if g <= 0 => None,
-        g => Some(g as usize),
-    };
+    let sym = if a.asym { false } else { a.sym || method.info().default_sym };
+    // Layouts without g_idx (awq, compressed-tensors) take act-order with static groups.
+    let no_g_idx = formats.iter().any(|f| f.layout().is_some_and(|l| !l.stores_g_idx()));
     let opts = QuantizeOptions {
         method,
-        bits: a.bits,
-        group,
-        sym: if a.asym {
-            false
-        } else if a.sym {
-            true
-        } else {
-            method != Method::Awq
+        int: Some(IntSpec::new(a.bits, a.group, sym)?),
+        knobs: Knobs {
+            gptq: GptqConfig {
+                block: a.block,
+                damp: a.damp,
+                act_order: !a.no_act_order,
+                static_groups: a.static_groups || (!a.no_act_order && no_g_idx),
+            },
+            ..Knobs::default()
         },
-        gptq: GptqConfig {
-            block: a.block,
-            damp: a.damp,
-            act_order: !a.no_act_order,
-            static_groups: a.static_groups
-                || (!a.no_act_order && a.formats.iter().any(|f| f == "awq" || f == "compressed-tensors")),
-        },
-        awq: AwqConfig::default(),
         formats,
         calib,
         write_imatrix: a.imatrix,
@@ -142,7 +134,7 @@ pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
     }
     for p in &report.passes {
         println!(
-            "{:>14}: {} layers in {:.1} s; mean relative output error {:.3e} ({:?}) vs {:.3e} (RTN)",
+            "{:>14}: {} layers in {:.1} s; mean relative output error {:.3e} ({}) vs {:.3e} (RTN)",
             p.target,
             p.layers.len(),
             p.seconds,

@@ -1,27 +1,70 @@
 //! Plain float storage: F32, F16 (IEEE half, round to nearest even) and BF16 (ggml's rounding).
 
-use crate::Codec;
+use crate::decode::CHUNK;
+use crate::FloatFormat;
 use half::slice::HalfFloatSliceExt;
 use quantkit_core::GgmlType;
 
-pub const F32: Codec = Codec {
-    ty: GgmlType::F32,
-    quantize_row: f32_to_bytes,
-    dequantize_row: bytes_to_f32,
-    quantize_row_weighted: None,
-};
-pub const F16: Codec = Codec {
-    ty: GgmlType::F16,
-    quantize_row: f32_to_f16,
-    dequantize_row: f16_to_f32,
-    quantize_row_weighted: None,
-};
-pub const BF16: Codec = Codec {
-    ty: GgmlType::BF16,
-    quantize_row: f32_to_bf16,
-    dequantize_row: bf16_to_f32,
-    quantize_row_weighted: None,
-};
+/// F32: values as they are.
+#[derive(Debug)]
+pub struct F32;
+/// F16: IEEE half, round to nearest even.
+#[derive(Debug)]
+pub struct F16;
+/// BF16: ggml's rounding (NaN forced quiet).
+#[derive(Debug)]
+pub struct BF16;
+
+impl FloatFormat for F32 {
+    const TYPE: GgmlType = GgmlType::F32;
+    const BYTES: usize = 4;
+    fn quantize_row(x: &[f32], out: &mut [u8]) {
+        f32_to_bytes(x, out)
+    }
+    fn dequantize_row(src: &[u8], out: &mut [f32]) {
+        bytes_to_f32(src, out)
+    }
+    #[inline(always)]
+    fn decode(src: &[u8], n: usize, out: &mut [f32; CHUNK]) {
+        for (o, b) in out[..n].iter_mut().zip(src.chunks_exact(4)) {
+            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+}
+
+impl FloatFormat for F16 {
+    const TYPE: GgmlType = GgmlType::F16;
+    const BYTES: usize = 2;
+    fn quantize_row(x: &[f32], out: &mut [u8]) {
+        f32_to_f16(x, out)
+    }
+    fn dequantize_row(src: &[u8], out: &mut [f32]) {
+        f16_to_f32(src, out)
+    }
+    #[inline(always)]
+    fn decode(src: &[u8], n: usize, out: &mut [f32; CHUNK]) {
+        for (o, b) in out[..n].iter_mut().zip(src.chunks_exact(2)) {
+            *o = crate::decode::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        }
+    }
+}
+
+impl FloatFormat for BF16 {
+    const TYPE: GgmlType = GgmlType::BF16;
+    const BYTES: usize = 2;
+    fn quantize_row(x: &[f32], out: &mut [u8]) {
+        f32_to_bf16(x, out)
+    }
+    fn dequantize_row(src: &[u8], out: &mut [f32]) {
+        bf16_to_f32(src, out)
+    }
+    #[inline(always)]
+    fn decode(src: &[u8], n: usize, out: &mut [f32; CHUNK]) {
+        for (o, b) in out[..n].iter_mut().zip(src.chunks_exact(2)) {
+            *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+        }
+    }
+}
 
 fn f32_to_bytes(x: &[f32], out: &mut [u8]) {
     for (v, o) in x.iter().zip(out.chunks_exact_mut(4)) {
@@ -35,13 +78,13 @@ fn bytes_to_f32(src: &[u8], out: &mut [f32]) {
     }
 }
 
-const CHUNK: usize = 4096;
+const BUF: usize = 4096;
 
 fn f32_to_f16(x: &[f32], out: &mut [u8]) {
     // half's slice conversion uses F16C when the CPU has it; both it and the scalar path round to
     // nearest even, as ggml does.
-    let mut buf = [half::f16::ZERO; CHUNK];
-    for (xc, oc) in x.chunks(CHUNK).zip(out.chunks_mut(CHUNK * 2)) {
+    let mut buf = [half::f16::ZERO; BUF];
+    for (xc, oc) in x.chunks(BUF).zip(out.chunks_mut(BUF * 2)) {
         let b = &mut buf[..xc.len()];
         b.convert_from_f32_slice(xc);
         for (h, o) in b.iter().zip(oc.chunks_exact_mut(2)) {
@@ -51,8 +94,8 @@ fn f32_to_f16(x: &[f32], out: &mut [u8]) {
 }
 
 fn f16_to_f32(src: &[u8], out: &mut [f32]) {
-    let mut buf = [half::f16::ZERO; CHUNK];
-    for (sc, oc) in src.chunks(CHUNK * 2).zip(out.chunks_mut(CHUNK)) {
+    let mut buf = [half::f16::ZERO; BUF];
+    for (sc, oc) in src.chunks(BUF * 2).zip(out.chunks_mut(BUF)) {
         let b = &mut buf[..oc.len()];
         for (h, s) in b.iter_mut().zip(sc.chunks_exact(2)) {
             *h = half::f16::from_le_bytes([s[0], s[1]]);

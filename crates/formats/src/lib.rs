@@ -1,17 +1,31 @@
 //! quantkit-formats: every tensor storage format, one file each, behind one registry.
 //!
-//! Each block format is a `#[repr(C)]` struct of byte arrays (alignment 1, so any byte slice can be
-//! viewed as blocks) with a compile-time size assert, a scalar reference `quantize` that is
-//! **bit-exact with ggml's `quantize_row_*_ref`**, and a `dequantize`. The [`REGISTRY`] table is
-//! llama.cpp's `type_traits` idea: adding a format is one file plus one line there.
+//! A format's file owns everything about its bytes: the `#[repr(C)]` block struct (byte arrays,
+//! alignment 1, so any byte slice can be viewed as blocks) with a compile-time size assert; the
+//! scalar reference `quantize` (**bit-exact with ggml's `quantize_row_*_ref`**) and its
+//! importance-weighted variant; `dequantize`; and for integer formats the chunk decoder the
+//! kernels and GPTQ's GGUF grids use ([`IntBlock::decode`], into the shared [`decode::IntChunk`]
+//! form), its inverse ([`IntBlock::set_code`]) and its largest code. [`for_each_format!`] is the
+//! registry — one line per format — from which [`REGISTRY`] (the row-level [`Codec`]s) and, in
+//! quantkit-kernels, every kernel table are generated: adding a format is its file plus its line
+//! (docs/adding-a-format.md).
+//!
+//! Modules: [`float`] (F32, F16, BF16), [`ggml`] (the legacy and k-quant block formats, their
+//! shared searches and importance-weighted helpers), [`decode`] (the decoded chunk form and the
+//! decoders' shared helpers).
 //!
 //! The reference code here is the ground truth that optimised kernels are tested against; it is
 //! written for clarity, not speed (conversion parallelises over rows instead).
 
+pub mod decode;
 pub mod float;
 pub mod ggml;
 
+use decode::{Half8, IntChunk, SoftHalf, CHUNK};
 use quantkit_core::{Error, GgmlType, Result};
+
+/// `(row, importance weights, out)`: one row quantized with ggml's `quant_weights` path.
+pub type WeightedRowFn = fn(&[f32], &[f32], &mut [u8]);
 
 /// A fixed-size block of `QK` weights.
 pub trait BlockFormat: bytemuck::Pod + bytemuck::Zeroable {
@@ -19,18 +33,53 @@ pub trait BlockFormat: bytemuck::Pod + bytemuck::Zeroable {
     const TYPE: GgmlType;
     /// Weights per block.
     const QK: usize;
+    /// Bytes per block.
+    const BYTES: usize = std::mem::size_of::<Self>();
+    /// Importance-weighted quantization of one whole row (one weight per column), ggml's
+    /// `quant_weights` path; `None` where ggml ignores an imatrix (Q8_0).
+    const WEIGHTED: Option<WeightedRowFn> = None;
     /// Reference quantization of exactly `QK` values.
     fn quantize(x: &[f32]) -> Self;
     /// Dequantize into exactly `QK` values.
     fn dequantize(&self, y: &mut [f32]);
 }
 
-/// `(row, importance weights, out)`: one row quantized with ggml's `quant_weights` path.
-pub type WeightedRowFn = fn(&[f32], &[f32], &mut [u8]);
+/// An integer block format: its bytes decode to the shared chunk form
+/// `w[i] = s[i/16]·q[i] + o[i/16]` with unsigned (biased) codes `q ∈ 0..=MAXQ`.
+pub trait IntBlock: BlockFormat {
+    /// The largest code.
+    const MAXQ: u8;
+    /// `n` weights (a multiple of `QK`, at most [`CHUNK`]) from `src` into `out`.
+    fn decode<C: Half8>(src: &[u8], n: usize, out: &mut IntChunk);
+    /// Write code `q` (as [`IntBlock::decode`] produces it) of weight `j` into one block's bytes:
+    /// the inverse of the decoder's bit unpacking (GPTQ's GGUF grids).
+    fn set_code(block: &mut [u8], j: usize, q: u8);
+}
+
+/// A float format: one value per element.
+pub trait FloatFormat {
+    const TYPE: GgmlType;
+    /// Bytes per value.
+    const BYTES: usize;
+    fn quantize_row(x: &[f32], out: &mut [u8]);
+    fn dequantize_row(src: &[u8], out: &mut [f32]);
+    /// `n` values (at most [`CHUNK`]) from `src`, written so that it vectorises inside the kernels.
+    fn decode(src: &[u8], n: usize, out: &mut [f32; CHUNK]);
+}
+
+/// An integer format's grid for GPTQ (the rows that have one).
+#[derive(Debug, Clone, Copy)]
+pub struct GridOps {
+    /// [`IntBlock::decode`] with the portable f16 conversion.
+    pub decode: fn(&[u8], usize, &mut IntChunk),
+    /// [`IntBlock::set_code`].
+    pub set_code: fn(&mut [u8], usize, u8),
+    /// [`IntBlock::MAXQ`].
+    pub maxq: u8,
+}
 
 /// Row-level entry points of one registered format.
 #[derive(Debug, Clone, Copy)]
-
 pub struct Codec {
     pub ty: GgmlType,
     /// Quantize `x` (a whole number of blocks) into `out` (exactly `row_bytes(x.len())` bytes).
@@ -40,22 +89,37 @@ pub struct Codec {
     /// Importance-weighted quantization of one whole row (`x`, one weight per column in `qw`),
     /// ggml's `quant_weights` path; `None` where ggml ignores an imatrix (floats, Q8_0).
     pub quantize_row_weighted: Option<WeightedRowFn>,
+    /// The format as a GPTQ grid; `None`: it cannot serve as one (floats; an integer format whose
+    /// codes do not fit the chunk form says so with [`Codec::without_grid`]).
+    pub grid: Option<GridOps>,
 }
 
 impl Codec {
-    /// The codec of a block format, built from its block functions.
-    pub const fn of<B: BlockFormat>() -> Codec {
+    /// The codec of an integer block format, built from its block functions.
+    pub const fn int<B: IntBlock>() -> Codec {
         Codec {
             ty: B::TYPE,
             quantize_row: quantize_blocks::<B>,
             dequantize_row: dequantize_blocks::<B>,
-            quantize_row_weighted: None,
+            quantize_row_weighted: B::WEIGHTED,
+            grid: Some(GridOps { decode: decode_soft::<B>, set_code: B::set_code, maxq: B::MAXQ }),
         }
     }
 
-    /// The same codec with an importance-weighted row quantizer.
-    pub const fn with_imatrix(self, f: WeightedRowFn) -> Codec {
-        Codec { quantize_row_weighted: Some(f), ..self }
+    /// The codec of a float format.
+    pub const fn float<F: FloatFormat>() -> Codec {
+        Codec {
+            ty: F::TYPE,
+            quantize_row: F::quantize_row,
+            dequantize_row: F::dequantize_row,
+            quantize_row_weighted: None,
+            grid: None,
+        }
+    }
+
+    /// The same codec, refused as a GPTQ grid.
+    pub const fn without_grid(self) -> Codec {
+        Codec { grid: None, ..self }
     }
 
     /// Quantize one row, with importance weights when given and the format has a weighted path.
@@ -65,6 +129,10 @@ impl Codec {
             _ => (self.quantize_row)(x, out),
         }
     }
+}
+
+fn decode_soft<B: IntBlock>(src: &[u8], n: usize, out: &mut IntChunk) {
+    B::decode::<SoftHalf>(src, n, out)
 }
 
 fn quantize_blocks<B: BlockFormat>(x: &[f32], out: &mut [u8]) {
@@ -83,22 +151,42 @@ fn dequantize_blocks<B: BlockFormat>(src: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Every format quantkit can encode and decode. One line per format.
-pub static REGISTRY: &[Codec] = &[
-    float::F32,
-    float::F16,
-    float::BF16,
-    Codec::of::<ggml::q4_0::BlockQ4_0>().with_imatrix(ggml::imatrix::q4_0),
-    Codec::of::<ggml::q4_1::BlockQ4_1>().with_imatrix(ggml::imatrix::q4_1),
-    Codec::of::<ggml::q5_0::BlockQ5_0>().with_imatrix(ggml::imatrix::q5_0),
-    Codec::of::<ggml::q5_1::BlockQ5_1>().with_imatrix(ggml::imatrix::q5_1),
-    Codec::of::<ggml::q8_0::BlockQ8_0>(),
-    Codec::of::<ggml::k::q2_k::BlockQ2K>().with_imatrix(ggml::imatrix::q2_k),
-    Codec::of::<ggml::k::q3_k::BlockQ3K>().with_imatrix(ggml::imatrix::q3_k),
-    Codec::of::<ggml::k::q4_k::BlockQ4K>().with_imatrix(ggml::imatrix::q4_k),
-    Codec::of::<ggml::k::q5_k::BlockQ5K>().with_imatrix(ggml::imatrix::q5_k),
-    Codec::of::<ggml::k::q6_k::BlockQ6K>().with_imatrix(ggml::imatrix::q6_k),
-];
+/// The registry: one line per format, `KIND TYPE TYPE_IMPL, KERNEL;` — `KIND` is `float`
+/// ([`FloatFormat`]) or `int` ([`IntBlock`]); `KERNEL` is `fused` when quantkit-kernels has a
+/// fused SIMD GEMV for the format (its own file under `kernels/src/cpu/fused/`, an `impl Fused`
+/// for the block type), else `generic`. Invoked with a callback macro's name, it hands the rows
+/// to it: [`REGISTRY`] below and the kernel tables are generated this way, so no other code lists
+/// the formats.
+#[macro_export]
+macro_rules! for_each_format {
+    ($callback:ident) => {
+        $callback! {
+            float F32 $crate::float::F32, generic;
+            float F16 $crate::float::F16, generic;
+            float BF16 $crate::float::BF16, generic;
+            int Q4_0 $crate::ggml::q4_0::BlockQ4_0, fused;
+            int Q4_1 $crate::ggml::q4_1::BlockQ4_1, fused;
+            int Q5_0 $crate::ggml::q5_0::BlockQ5_0, fused;
+            int Q5_1 $crate::ggml::q5_1::BlockQ5_1, fused;
+            int Q8_0 $crate::ggml::q8_0::BlockQ8_0, fused;
+            int Q2_K $crate::ggml::k::q2_k::BlockQ2K, fused;
+            int Q3_K $crate::ggml::k::q3_k::BlockQ3K, generic;
+            int Q4_K $crate::ggml::k::q4_k::BlockQ4K, fused;
+            int Q5_K $crate::ggml::k::q5_k::BlockQ5K, fused;
+            int Q6_K $crate::ggml::k::q6_k::BlockQ6K, fused;
+        }
+    };
+}
+
+macro_rules! codecs {
+    ($($kind:ident $ty:ident $imp:path, $kernel:ident;)*) => {
+        /// Every format quantkit can encode and decode, in [`for_each_format!`]'s order.
+        pub static REGISTRY: &[Codec] = &[$(codecs!(@row $kind $imp)),*];
+    };
+    (@row float $imp:path) => { Codec::float::<$imp>() };
+    (@row int $imp:path) => { Codec::int::<$imp>() };
+}
+for_each_format!(codecs);
 
 /// The codec for `ty`, or an error naming the unsupported type.
 pub fn codec(ty: GgmlType) -> Result<&'static Codec> {

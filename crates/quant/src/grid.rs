@@ -6,7 +6,11 @@
 //! fp16 `s`, unsigned `q` of `bits`, one `(s, z)` per row and group) and
 //! [`crate::gguf_grid::GgufGrid`] (every GGUF integer type, block by block).
 
+use faer::{Accum, Mat, MatRef, Par};
 use half::f16;
+use quantkit_core::{Error, GgmlType, Result};
+
+use crate::gguf_grid::GgufGrid;
 
 /// Integer group-affine quantization, as GPTQ/AutoGPTQ define it: per row and group,
 /// `xmin = min(x, 0)`, `xmax = max(x, 0)`; symmetric: `xmax = max(|xmin|, xmax)`, `xmin = −xmax`,
@@ -31,7 +35,71 @@ pub struct IntParams {
     pub zero: u8,
 }
 
+/// The integer grid a job asks for, validated once — from CLI flags or a recipe string — and
+/// turned into an [`IntGrid`] for the layouts being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct IntSpec {
+    pub bits: u32,
+    /// `None`: one group per row (per channel).
+    #[serde(rename = "group_size")]
+    pub group: Option<usize>,
+    pub sym: bool,
+}
+
+impl IntSpec {
+    /// `bits` in 2..=8; a group size ≤ 0 means one group per output channel.
+    pub fn new(bits: u32, group: i64, sym: bool) -> Result<Self> {
+        if !(2..=8).contains(&bits) {
+            return Err(Error::Invalid(format!("{bits} bits (the integer grids take 2..8)")));
+        }
+        Ok(IntSpec { bits, group: (group > 0).then_some(group as usize), sym })
+    }
+
+    /// A recipe string's fields after the method: `BITS[:GROUP[:sym|asym]]` (group 128 and the
+    /// method's default symmetry when left out).
+    pub fn parse(fields: &[&str], default_sym: bool) -> Result<Self> {
+        let b = fields.first().copied().unwrap_or("");
+        let bits: u32 = b.parse().map_err(|_| Error::Invalid(format!("bits {b:?} is not a number")))?;
+        let group = match fields.get(1) {
+            None => 128,
+            Some(g) => {
+                g.parse::<i64>().map_err(|_| Error::Invalid(format!("group {g:?} is not a number")))?
+            }
+        };
+        let sym = match fields.get(2).copied() {
+            None => default_sym,
+            Some("sym") => true,
+            Some("asym") => false,
+            Some(o) => return Err(Error::Invalid(format!("{o:?} (sym or asym)"))),
+        };
+        if fields.len() > 3 {
+            return Err(Error::Invalid("too many fields".into()));
+        }
+        IntSpec::new(bits, group, sym)
+    }
+
+    /// `int4 g128`, `int3 per-channel`.
+    pub fn label(&self) -> String {
+        format!(
+            "int{} {}",
+            self.bits,
+            self.group.map(|g| format!("g{g}")).unwrap_or_else(|| "per-channel".into())
+        )
+    }
+
+    /// The grid, with the smallest zero point the layouts can store.
+    pub fn grid(&self, zero_min: u8) -> IntGrid {
+        IntGrid { bits: self.bits, sym: self.sym, group: self.group, zero_min }
+    }
+}
+
 impl IntGrid {
+    /// The report's storage column: `int4 g128 sym`, `int4 per-channel`.
+    pub fn storage(&self) -> String {
+        let spec = IntSpec { bits: self.bits, group: self.group, sym: self.sym };
+        format!("{}{}", spec.label(), if self.sym { " sym" } else { "" })
+    }
+
     pub fn maxq(&self) -> u32 {
         (1u32 << self.bits) - 1
     }
@@ -146,6 +214,68 @@ impl IntMatrix {
         let g_idx = (0..cols).map(|c| (c / gs) as u32).collect();
         IntMatrix { grid, rows, cols, codes, params, g_idx }
     }
+}
+
+/// Where weights land.
+#[derive(Debug, Clone, Copy)]
+pub enum Grid {
+    Int(IntGrid),
+    Gguf(GgufGrid),
+}
+
+/// A quantized matrix.
+#[derive(Debug, Clone)]
+pub enum Quantized {
+    Int(IntMatrix),
+    /// Row-major GGUF bytes of `ty`.
+    Gguf {
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: Vec<u8>,
+    },
+}
+
+impl Quantized {
+    pub fn dequantize(&self) -> Result<Vec<f32>> {
+        match self {
+            Quantized::Int(m) => Ok(m.dequantize()),
+            Quantized::Gguf { ty, cols, bytes, .. } => quantkit_formats::dequantize(*ty, bytes, *cols),
+        }
+    }
+}
+
+/// `Σ_r (w_r − q_r)ᵀ XᵀX (w_r − q_r) / tokens`: the mean squared output error `‖(W − Q)x‖²` per
+/// token, from the accumulated `XᵀX` (`xtx`, `cols × cols`), without running the layer again.
+pub fn output_error(w: &[f32], q: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
+    let e: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
+    quadratic(&e, rows, xtx, cols) / tokens.max(1) as f64
+}
+
+/// `Σ_r w_rᵀ XᵀX w_r / tokens`: the mean squared output `‖Wx‖²` (for relative errors).
+pub fn output_energy(w: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
+    quadratic(w, rows, xtx, cols) / tokens.max(1) as f64
+}
+
+/// `Σ_r e_rᵀ M e_r` with one f32 GEMM (`E·M`), summed in f64.
+fn quadratic(e: &[f32], rows: usize, xtx: &[f64], cols: usize) -> f64 {
+    let m: Vec<f32> = xtx.iter().map(|&v| v as f32).collect();
+    let mut em = Mat::<f32>::zeros(rows, cols);
+    faer::linalg::matmul::matmul(
+        em.as_mut(),
+        Accum::Replace,
+        MatRef::from_row_major_slice(e, rows, cols),
+        MatRef::from_row_major_slice(&m, cols, cols),
+        1.0f32,
+        Par::Seq,
+    );
+    let mut s = 0.0f64;
+    for r in 0..rows {
+        for c in 0..cols {
+            s += em[(r, c)] as f64 * e[r * cols + c] as f64;
+        }
+    }
+    s
 }
 
 #[cfg(test)]

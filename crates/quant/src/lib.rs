@@ -5,15 +5,14 @@
 //! * [`convert`] — the streaming pipeline: source tensors → f32 → quantize (rows in parallel,
 //!   output independent of the thread count) → GGUF written atomically.
 
-pub mod awq;
-pub mod calibrated;
 pub mod convert;
 pub mod gguf_grid;
-pub mod gptq;
 pub mod grid;
+pub mod method;
 pub mod quantize;
 pub mod recipe;
 pub mod writers;
 
 pub use convert::{convert, ConvertOptions, ConvertReport};
+pub use method::{awq, gptq, rtn};
 pub use recipe::{Recipe, TensorPlan};

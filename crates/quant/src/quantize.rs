@@ -17,11 +17,9 @@ use quantkit_io::imatrix::{Entry, Imatrix};
 use quantkit_io::source::ModelSource;
 use serde::Serialize;
 
-use crate::awq::AwqConfig;
-use crate::calibrated::{Calibrator, LayerReport, Method, PassResult, Target};
 use crate::convert::{convert, ConvertOptions, TensorOverride};
-use crate::gptq::{GptqConfig, Quantized};
-use crate::grid::{IntGrid, IntMatrix};
+use crate::grid::{IntMatrix, IntSpec, Quantized};
+use crate::method::{GgufUse, Knobs, LayerReport, MethodKind, Pass, PassResult, Target};
 use crate::recipe::{ModelInfo, Recipe};
 use crate::writers::{self, IntFormat, QuantInfo, WriteReport};
 
@@ -35,20 +33,23 @@ pub enum OutFormat {
 impl OutFormat {
     /// `gptq`, `gptq-v2`, `awq`, `compressed-tensors`, `gguf:<type or mix>`.
     pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "gptq" => OutFormat::Int(IntFormat::GptqV1),
-            "gptq-v2" => OutFormat::Int(IntFormat::GptqV2),
-            "awq" => OutFormat::Int(IntFormat::Awq),
-            "compressed-tensors" => OutFormat::Int(IntFormat::CompressedTensors),
-            _ => match s.strip_prefix("gguf:") {
-                Some(t) => OutFormat::Gguf(Box::new(Recipe::named(t)?)),
-                None => {
-                    return Err(Error::Invalid(format!(
-                        "unknown format {s:?} (gptq, gptq-v2, awq, compressed-tensors, gguf:<type>)"
-                    )))
-                }
-            },
-        })
+        if let Some(f) = IntFormat::parse(s) {
+            return Ok(OutFormat::Int(f));
+        }
+        match s.strip_prefix("gguf:") {
+            Some(t) => Ok(OutFormat::Gguf(Box::new(Recipe::named(t)?))),
+            None => Err(Error::Invalid(format!(
+                "unknown format {s:?} (gptq, gptq-v2, awq, compressed-tensors, gguf:<type>)"
+            ))),
+        }
+    }
+
+    /// The integer layout, when it is one.
+    pub fn layout(&self) -> Option<IntFormat> {
+        match self {
+            OutFormat::Int(f) => Some(*f),
+            OutFormat::Gguf(_) => None,
+        }
     }
 }
 
@@ -64,13 +65,11 @@ pub struct CalibOptions {
 
 #[derive(Debug, Clone)]
 pub struct QuantizeOptions {
-    pub method: Method,
-    pub bits: u32,
-    /// `None`: one group per row (per-channel).
-    pub group: Option<usize>,
-    pub sym: bool,
-    pub gptq: GptqConfig,
-    pub awq: AwqConfig,
+    pub method: MethodKind,
+    /// The integer grid (required when an integer layout is among `formats`).
+    pub int: Option<IntSpec>,
+    /// The methods' knobs.
+    pub knobs: Knobs,
     pub formats: Vec<OutFormat>,
     /// Required for GPTQ/AWQ and for GGUF outputs of `rtn` that should use an imatrix.
     pub calib: Option<CalibOptions>,
@@ -106,11 +105,10 @@ pub struct OutputReport {
 pub struct QuantizeReport {
     pub model: PathBuf,
     pub out: PathBuf,
-    pub method: Method,
-    pub bits: u32,
-    pub group_size: Option<usize>,
-    pub sym: bool,
-    pub gptq: GptqConfig,
+    pub method: MethodKind,
+    #[serde(flatten)]
+    pub int: Option<IntSpec>,
+    pub gptq: crate::method::gptq::GptqConfig,
     pub calibration: Option<Manifest>,
     pub calibration_seconds: f64,
     pub passes: Vec<PassReport>,
@@ -196,10 +194,60 @@ pub fn imatrix_pass(
     progress: &dyn Progress,
 ) -> Result<Imatrix> {
     let mut model = Model::load_with(src, WeightMode::Dequantized)?;
-    let mut hook = Calibrator::new(Method::Rtn, Target::Stats, GptqConfig::default(), AwqConfig::default());
+    let mut pass = Pass::new(MethodKind::rtn(), &Knobs::default(), Target::Stats);
     progress.stage("imatrix", (model.num_layers() * prep.samples.count() * 5) as u64);
-    quantkit_calibration::run(&mut model, &prep.samples, &mut hook, &|d, _| progress.tick(d))?;
-    Ok(to_imatrix(&hook.result, Some(&prep.manifest), path))
+    quantkit_calibration::run(&mut model, &prep.samples, &mut pass, &|d, _| progress.tick(d))?;
+    Ok(to_imatrix(&pass.into_result(), Some(&prep.manifest), path))
+}
+
+/// What a job will do, checked before anything runs: the integer layouts and their grid.
+#[derive(Debug)]
+struct Plan {
+    layouts: Vec<IntFormat>,
+    /// The integer grid, when an integer layout is requested.
+    int: Option<IntSpec>,
+}
+
+/// Every rule that decides whether a job can run, in one place: the method's needs and each
+/// layout's capabilities.
+fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
+    if opts.formats.is_empty() {
+        return Err(Error::Invalid("no --format given".into()));
+    }
+    let info = opts.method.info();
+    if info.needs_calibration && opts.calib.is_none() && !prepared {
+        return Err(Error::Invalid(format!(
+            "{} needs calibration text: --calib FILE|FOLDER (or --calib self to sample from the model)",
+            info.name
+        )));
+    }
+    let layouts: Vec<IntFormat> = opts.formats.iter().filter_map(OutFormat::layout).collect();
+    let int = if layouts.is_empty() {
+        None
+    } else {
+        let spec = opts.int.ok_or_else(|| {
+            Error::Invalid("an integer layout needs an integer grid (bits, group, symmetry)".into())
+        })?;
+        if let Some(f) = layouts.iter().find(|f| !f.packs_bits(spec.bits)) {
+            return Err(Error::Unsupported(format!(
+                "{} checkpoints cannot hold {}-bit weights (AWQ GEMM checkpoints hold 4-bit weights, not {})",
+                f.dir_name(),
+                spec.bits,
+                spec.bits
+            )));
+        }
+        Some(spec)
+    };
+    let g = opts.knobs.gptq;
+    if info.reorders_columns && g.act_order && !g.static_groups {
+        if let Some(f) = layouts.iter().find(|f| !f.stores_g_idx()) {
+            return Err(Error::Unsupported(format!(
+                "act-order without --static-groups needs g_idx, which {} files do not have",
+                f.dir_name()
+            )));
+        }
+    }
+    Ok(Plan { layouts, int })
 }
 
 /// Run the whole job: calibrate, quantize, write every format into `out` (a folder).
@@ -221,39 +269,11 @@ pub fn quantize_with(
     progress: &dyn Progress,
 ) -> Result<QuantizeReport> {
     let start = Instant::now();
-    if opts.formats.is_empty() {
-        return Err(Error::Invalid("no --format given".into()));
-    }
-    if !(2..=8).contains(&opts.bits) {
-        return Err(Error::Invalid(format!("--bits {} (2..8)", opts.bits)));
-    }
-    if opts.method != Method::Rtn && opts.calib.is_none() && prepared.is_none() {
-        return Err(Error::Invalid(format!(
-            "{:?} needs calibration text: --calib FILE|FOLDER (or --calib self to sample from the model)",
-            opts.method
-        )));
-    }
+    let plan = plan(opts, prepared.is_some())?;
     if out.is_file() {
         return Err(Error::Invalid(format!("{} is a file; -o names an output folder", out.display())));
     }
     let src = ModelSource::open(model_path)?;
-    let int_formats: Vec<IntFormat> =
-        opts.formats.iter().filter_map(|f| if let OutFormat::Int(i) = f { Some(*i) } else { None }).collect();
-    if int_formats.contains(&IntFormat::Awq) && opts.bits != 4 {
-        return Err(Error::Unsupported(format!(
-            "AWQ GEMM checkpoints hold 4-bit weights, not {}",
-            opts.bits
-        )));
-    }
-    if opts.method == Method::Gptq
-        && opts.gptq.act_order
-        && !opts.gptq.static_groups
-        && int_formats.iter().any(|f| matches!(f, IntFormat::Awq | IntFormat::CompressedTensors))
-    {
-        return Err(Error::Unsupported(
-            "act-order without --static-groups needs g_idx, which awq and compressed-tensors files do not have".into(),
-        ));
-    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
     // Calibration samples, once.
@@ -269,26 +289,28 @@ pub fn quantize_with(
     let samples: Option<&Samples> = prepared.map(|p| &p.samples);
     let manifest: Option<&Manifest> = prepared.map(|p| &p.manifest);
     let calibration_seconds = prepared.map_or(0.0, |p| p.seconds);
+    let gptq = opts.knobs.gptq;
+    // Only a method that reorders columns records act-order.
+    let act_order = opts.method.info().reorders_columns && gptq.act_order;
     let info = QuantInfo {
-        method: format!("{:?}", opts.method).to_lowercase(),
-        // Only GPTQ reorders columns (RTN and AWQ record no act-order).
-        act_order: opts.method == Method::Gptq && opts.gptq.act_order,
-        static_groups: opts.method == Method::Gptq && opts.gptq.act_order && opts.gptq.static_groups,
-        damp: opts.gptq.damp,
+        method: opts.method.name().to_string(),
+        act_order,
+        static_groups: act_order && gptq.static_groups,
+        damp: gptq.damp,
     };
     let run_pass = |target: Target, label: &str| -> Result<(PassResult, f64)> {
         let t0 = Instant::now();
         let samples = samples.expect("checked: calibration given");
         let mut model = Model::load_with(&src, WeightMode::Dequantized)?;
         // GGUF stores no column permutation: act-order there runs with static blocks (gptq.rs).
-        let gptq = match target {
-            Target::Gguf { .. } => GptqConfig { static_groups: true, ..opts.gptq },
-            _ => opts.gptq,
-        };
-        let mut hook = Calibrator::new(opts.method, target, gptq, opts.awq);
+        let mut knobs = opts.knobs;
+        if let Target::Gguf { .. } = target {
+            knobs.gptq.static_groups = true;
+        }
+        let mut pass = Pass::new(opts.method, &knobs, target);
         progress.stage(label, (model.num_layers() * samples.count() * 5) as u64);
-        quantkit_calibration::run(&mut model, samples, &mut hook, &|d, _| progress.tick(d))?;
-        Ok((hook.result, t0.elapsed().as_secs_f64()))
+        quantkit_calibration::run(&mut model, samples, &mut pass, &|d, _| progress.tick(d))?;
+        Ok((pass.into_result(), t0.elapsed().as_secs_f64()))
     };
     let mut passes = vec![];
     let mut outputs = vec![];
@@ -303,19 +325,13 @@ pub fn quantize_with(
     };
 
     // Integer checkpoints: one quantization, every layout.
-    if !int_formats.is_empty() {
-        let skip = writers::skipped(&src, &int_formats, opts.bits)?;
-        let grid = IntGrid {
-            bits: opts.bits,
-            sym: opts.sym,
-            group: opts.group,
-            zero_min: if int_formats.contains(&IntFormat::GptqV1) && !opts.sym { 1 } else { 0 },
-        };
-        let label = format!(
-            "int{} {}",
-            opts.bits,
-            opts.group.map(|g| format!("g{g}")).unwrap_or_else(|| "per-channel".into())
-        );
+    if let Some(spec) = plan.int {
+        let int_formats = &plan.layouts;
+        let skip = writers::skipped(&src, int_formats, spec.bits)?;
+        // The smallest zero point every layout can store (asymmetric grids only).
+        let zero_min = if spec.sym { 0 } else { int_formats.iter().map(|f| f.zero_min()).max().unwrap_or(0) };
+        let grid = spec.grid(zero_min);
+        let label = spec.label();
         let (quantized, floats): (BTreeMap<String, IntMatrix>, BTreeMap<String, Vec<f32>>) = if samples
             .is_some()
         {
@@ -347,7 +363,7 @@ pub fn quantize_with(
             }
             (q, BTreeMap::new())
         };
-        for fmt in &int_formats {
+        for fmt in int_formats {
             let dest = out.join(fmt.dir_name());
             progress.stage(fmt.dir_name(), 1);
             let rep = writers::write_int_checkpoint(*fmt, &src, &quantized, &floats, &info, &dest)?;
@@ -373,37 +389,26 @@ pub fn quantize_with(
         let mut overrides = BTreeMap::new();
         let mut imatrix = None;
         if samples.is_some() {
-            let target =
-                match opts.method {
-                    Method::Rtn => Target::Stats,
-                    Method::Gptq => Target::Gguf {
-                        types: plans
-                            .iter()
-                            .filter(|p| {
-                                p.name.starts_with("blk.")
-                                    && Proj::ALL
-                                        .iter()
-                                        .any(|q| p.name.ends_with(&format!(".{}.weight", q.gguf())))
-                            })
-                            .map(|p| (p.name.clone(), p.ty))
-                            .collect::<BTreeMap<String, GgmlType>>(),
-                    },
-                    Method::Awq => return Err(Error::Unsupported(
-                        "AWQ into GGUF (use gguf with --method gptq or rtn, or an integer format with awq)"
-                            .into(),
-                    )),
-                };
-            let label = format!(
-                "gguf:{mix}{}",
-                if opts.gptq.act_order && opts.method == Method::Gptq {
-                    " (act-order, static blocks)"
-                } else {
-                    ""
-                }
-            );
+            let target = match opts.method.info().gguf {
+                GgufUse::Imatrix => Target::Stats,
+                GgufUse::Grid => Target::Gguf {
+                    types: plans
+                        .iter()
+                        .filter(|p| {
+                            p.name.starts_with("blk.")
+                                && Proj::ALL
+                                    .iter()
+                                    .any(|q| p.name.ends_with(&format!(".{}.weight", q.gguf())))
+                        })
+                        .map(|p| (p.name.clone(), p.ty))
+                        .collect::<BTreeMap<String, GgmlType>>(),
+                },
+                GgufUse::No(why) => return Err(Error::Unsupported(why.into())),
+            };
+            let label = format!("gguf:{mix}{}", if act_order { " (act-order, static blocks)" } else { "" });
             let (r, secs) = run_pass(target, &label)?;
             write_imatrix(&r)?;
-            if opts.method != Method::Rtn {
+            if opts.method.info().gguf != GgufUse::Imatrix {
                 passes.push(pass_report(label, secs, &r));
             }
             // Recorded in the GGUF by name only (as written by --imatrix): the file stays independent
@@ -436,10 +441,8 @@ pub fn quantize_with(
         model: model_path.to_path_buf(),
         out: out.to_path_buf(),
         method: opts.method,
-        bits: opts.bits,
-        group_size: opts.group,
-        sym: opts.sym,
-        gptq: opts.gptq,
+        int: plan.int,
+        gptq,
         calibration: manifest.cloned(),
         calibration_seconds,
         passes,

@@ -59,6 +59,28 @@ impl IntFormat {
             IntFormat::CompressedTensors => true,
         }
     }
+
+    /// The layout's name for the CLI (`--format`) and the folder it is written to.
+    pub fn parse(s: &str) -> Option<Self> {
+        [IntFormat::GptqV1, IntFormat::GptqV2, IntFormat::Awq, IntFormat::CompressedTensors]
+            .into_iter()
+            .find(|f| f.dir_name() == s)
+    }
+
+    /// The bit widths it stores: AWQ GEMM checkpoints hold 4-bit weights only.
+    pub fn packs_bits(self, bits: u32) -> bool {
+        self != IntFormat::Awq || bits == 4
+    }
+
+    /// Whether it stores `g_idx` (a column permutation for act-order).
+    pub fn stores_g_idx(self) -> bool {
+        matches!(self, IntFormat::GptqV1 | IntFormat::GptqV2)
+    }
+
+    /// The smallest zero point it can store: GPTQ v1 stores `zero − 1`.
+    pub fn zero_min(self) -> u8 {
+        (self == IntFormat::GptqV1) as u8
+    }
 }
 
 /// How the weights were made (for the configs).

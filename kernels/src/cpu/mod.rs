@@ -5,7 +5,8 @@
 //! inside `#[target_feature]` entry points (`x86.rs`), so decoders vectorise for the ISA at hand.
 
 use crate::act::QAct;
-use crate::decode::{FloatDecode, Half8, IntChunk, IntDecode, CHUNK, GROUP};
+use crate::decode::{Half8, IntChunk, CHUNK, GROUP};
+use quantkit_formats::{FloatFormat, IntBlock};
 
 /// The entry points of one instruction set: the generic drivers instantiated with its dot product
 /// and f16 conversion, under its `#[target_feature]` attribute (none for the scalar reference).
@@ -15,7 +16,7 @@ macro_rules! entry_points {
         /// # Safety
         /// The CPU must support the instruction set; see `int_gemv`.
         $(#[$attr])*
-        pub(crate) unsafe fn $int<D: crate::decode::IntDecode>(
+        pub(crate) unsafe fn $int<D: quantkit_formats::IntBlock>(
             w: &[u8],
             row_bytes: usize,
             k: usize,
@@ -31,7 +32,7 @@ macro_rules! entry_points {
         /// The CPU must support the instruction set; see `float_gemv`.
         $(#[$attr])*
         #[allow(clippy::too_many_arguments)]
-        pub(crate) unsafe fn $float<D: crate::decode::FloatDecode>(
+        pub(crate) unsafe fn $float<D: quantkit_formats::FloatFormat>(
             w: &[u8],
             row_bytes: usize,
             k: usize,
@@ -47,7 +48,7 @@ macro_rules! entry_points {
         /// # Safety
         /// The CPU must support the instruction set.
         $(#[$attr])*
-        pub(crate) unsafe fn $ideq<D: crate::decode::IntDecode>(
+        pub(crate) unsafe fn $ideq<D: quantkit_formats::IntBlock>(
             w: &[u8],
             row_bytes: usize,
             k: usize,
@@ -59,7 +60,7 @@ macro_rules! entry_points {
         /// # Safety
         /// The CPU must support the instruction set.
         $(#[$attr])*
-        pub(crate) unsafe fn $fdeq<D: crate::decode::FloatDecode>(
+        pub(crate) unsafe fn $fdeq<D: quantkit_formats::FloatFormat>(
             w: &[u8],
             row_bytes: usize,
             k: usize,
@@ -123,8 +124,8 @@ pub trait FloatDot {
 
 /// Bytes of one decoded chunk's worth of blocks.
 #[inline(always)]
-fn chunk_bytes<D: IntDecode>() -> usize {
-    CHUNK / D::BLOCK * D::BLOCK_BYTES
+fn chunk_bytes<D: IntBlock>() -> usize {
+    CHUNK / D::QK * D::BYTES
 }
 
 /// `y[t·ys + r] = row_r · x_t` for `rows` rows of `w` and every token `t` of `acts`.
@@ -132,7 +133,7 @@ fn chunk_bytes<D: IntDecode>() -> usize {
 /// # Safety
 /// `K`'s instruction set must be available; `y` must be valid for the writes described.
 #[inline(always)]
-pub(crate) unsafe fn int_gemv<D: IntDecode, K: IntDot, C: Half8>(
+pub(crate) unsafe fn int_gemv<D: IntBlock, K: IntDot, C: Half8>(
     w: &[u8],
     row_bytes: usize,
     k: usize,
@@ -192,7 +193,7 @@ pub(crate) unsafe fn int_gemv<D: IntDecode, K: IntDot, C: Half8>(
 /// As [`int_gemv`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn float_gemv<D: FloatDecode, K: FloatDot>(
+pub(crate) unsafe fn float_gemv<D: FloatFormat, K: FloatDot>(
     w: &[u8],
     row_bytes: usize,
     k: usize,
@@ -226,7 +227,7 @@ pub(crate) unsafe fn float_gemv<D: FloatDecode, K: FloatDot>(
 
 /// Dequantize `rows` rows of an integer format to f32 (`out[r·k + i]`), for the GEMM path.
 #[inline(always)]
-pub(crate) fn int_dequant<D: IntDecode, C: Half8>(
+pub(crate) fn int_dequant<D: IntBlock, C: Half8>(
     w: &[u8],
     row_bytes: usize,
     k: usize,
@@ -258,7 +259,7 @@ pub(crate) fn int_dequant<D: IntDecode, C: Half8>(
 
 /// Dequantize `rows` rows of a float format to f32.
 #[inline(always)]
-pub(crate) fn float_dequant<D: FloatDecode>(
+pub(crate) fn float_dequant<D: FloatFormat>(
     w: &[u8],
     row_bytes: usize,
     k: usize,

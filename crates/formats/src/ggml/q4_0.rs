@@ -1,7 +1,10 @@
 //! Q4_0: 32 weights, one fp16 scale, 4-bit codes `q ∈ [0,15]`, `w = d·(q − 8)`. 4.5 bits/weight.
 //! Low nibbles hold weights 0..16, high nibbles 16..32.
 
-use crate::{f16_bits, f16_value, BlockFormat};
+use crate::decode::{legacy_scales, nibbles, set_nibble, Half8, IntChunk};
+use crate::ggml::imatrix::legacy_blocks;
+use crate::ggml::k::search::make_qx_quants;
+use crate::{f16_bits, f16_value, BlockFormat, IntBlock, WeightedRowFn};
 use quantkit_core::GgmlType;
 
 #[repr(C)]
@@ -14,6 +17,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 
 impl BlockFormat for BlockQ4_0 {
     const TYPE: GgmlType = GgmlType::Q4_0;
+    const WEIGHTED: Option<WeightedRowFn> = Some(quantize_weighted);
     const QK: usize = 32;
 
     /// `quantize_row_q4_0_ref`.
@@ -39,4 +43,32 @@ impl BlockFormat for BlockQ4_0 {
             y[j + 16] = ((self.qs[j] >> 4) as i32 - 8) as f32 * d;
         }
     }
+}
+
+impl IntBlock for BlockQ4_0 {
+    const MAXQ: u8 = 15;
+
+    #[inline(always)]
+    fn decode<C: Half8>(src: &[u8], n: usize, out: &mut IntChunk) {
+        legacy_scales::<C>(src, n, 18, None, -8.0, out);
+        for b in 0..n / 32 {
+            nibbles(&src[b * 18 + 2..], &mut out.q[32 * b..]);
+        }
+    }
+    #[inline]
+    fn set_code(b: &mut [u8], j: usize, q: u8) {
+        set_nibble(b, 2, j, q);
+    }
+}
+
+/// `quantize_row_q4_0_impl`.
+pub fn quantize_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let out: &mut [BlockQ4_0] = bytemuck::cast_slice_mut(out);
+    legacy_blocks(x, qw, out, |xb, weight, y| {
+        let mut l = [0i8; 32];
+        y.d = f16_bits(make_qx_quants(xb, 8, &mut l, 1, Some(weight)));
+        for j in 0..16 {
+            y.qs[j] = (l[j] as u8) | ((l[j + 16] as u8) << 4);
+        }
+    });
 }

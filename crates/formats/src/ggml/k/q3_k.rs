@@ -3,7 +3,10 @@
 //! 3.4375 bits/weight.
 
 use super::QK_K;
-use crate::{f16_value, BlockFormat};
+use crate::decode::{f16_at, put_bits, Half8, IntChunk};
+use crate::ggml::imatrix::block_weights;
+use crate::ggml::k::search::{make_qx_quants, q3_k_finish};
+use crate::{f16_bits, f16_value, BlockFormat, IntBlock, WeightedRowFn};
 use quantkit_core::GgmlType;
 
 #[repr(C)]
@@ -40,6 +43,7 @@ pub fn unpack_q3_scales(s: &[u8; 12]) -> [i8; 16] {
 
 impl BlockFormat for BlockQ3K {
     const TYPE: GgmlType = GgmlType::Q3_K;
+    const WEIGHTED: Option<WeightedRowFn> = Some(quantize_weighted);
     const QK: usize = QK_K;
 
     fn quantize(x: &[f32]) -> Self {
@@ -69,5 +73,78 @@ impl BlockFormat for BlockQ3K {
                 m <<= 1;
             }
         }
+    }
+}
+
+impl IntBlock for BlockQ3K {
+    const MAXQ: u8 = 7;
+
+    #[inline(always)]
+    fn decode<C: Half8>(src: &[u8], _n: usize, out: &mut IntChunk) {
+        let (hmask, qs) = (&src[0..32], &src[32..96]);
+        let mut sc12 = [0u8; 12];
+        sc12.copy_from_slice(&src[96..108]);
+        let scales = unpack_q3_scales(&sc12);
+        let d = f16_at(src, 108);
+        for g in 0..16 {
+            let dl = d * (scales[g] as i32 - 32) as f32;
+            out.s[g] = dl;
+            out.o[g] = -4.0 * dl;
+        }
+        for n in 0..2 {
+            for (k, shift) in [0u32, 2, 4, 6].into_iter().enumerate() {
+                let m = 4 * n + k;
+                for l in 0..32 {
+                    let lo = (qs[32 * n + l] >> shift) & 3;
+                    let hi = ((hmask[l] >> m) & 1) << 2;
+                    out.q[128 * n + 32 * k + l] = lo | hi;
+                }
+            }
+        }
+    }
+    #[inline]
+    fn set_code(b: &mut [u8], j: usize, q: u8) {
+        let (n, k, l) = (j / 128, (j % 128) / 32, j % 32);
+        put_bits(&mut b[32 + 32 * n + l], 2 * k as u32, 2, q & 3);
+        put_bits(&mut b[l], (4 * n + k) as u32, 1, q >> 2);
+    }
+}
+
+/// `quantize_row_q3_K_impl`.
+pub fn quantize_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let out: &mut [BlockQ3K] = bytemuck::cast_slice_mut(out);
+    for (i, y) in out.iter_mut().enumerate() {
+        let (x, qw) = (&x[QK_K * i..QK_K * (i + 1)], &qw[QK_K * i..QK_K * (i + 1)]);
+        let mut sumx2 = 0.0f32;
+        for &v in x {
+            sumx2 += v * v;
+        }
+        let sigma2 = 2.0 * sumx2 / QK_K as f32;
+        let mut l = [0i8; QK_K];
+        let (mut scales, mut sw) = ([0f32; 16], [0f32; 16]);
+        for j in 0..16 {
+            let s = 16 * j..16 * j + 16;
+            let weight = block_weights::<16>(&x[s.clone()], &qw[s.clone()], sigma2);
+            let mut sumw = 0.0f32;
+            for w in weight {
+                sumw += w;
+            }
+            sw[j] = sumw;
+            scales[j] = make_qx_quants(&x[s.clone()], 4, &mut l[s], 1, Some(&weight));
+        }
+        let mut ls = [0i8; 16];
+        let d_block = make_qx_quants(&scales, 32, &mut ls, 1, Some(&sw));
+        *y = BlockQ3K { hmask: [0; 32], qs: [0; 64], scales: [0; 12], d: f16_bits(d_block) };
+        for j in 0..16 {
+            let mut lv = ls[j] as u8;
+            if j < 8 {
+                y.scales[j] = lv & 0xF;
+            } else {
+                y.scales[j - 8] |= (lv & 0xF) << 4;
+            }
+            lv >>= 4;
+            y.scales[j % 4 + 8] |= lv << (2 * (j / 4));
+        }
+        q3_k_finish(x, &mut l, y);
     }
 }

@@ -1,7 +1,10 @@
 //! Q5_K: as Q4_K with a 5th bit per weight in `qh`. 5.5 bits/weight.
 
 use super::{get_scale_min_k4, QK_K};
-use crate::{f16_value, BlockFormat};
+use crate::decode::{k4_scales, put_bits, Half8, IntChunk};
+use crate::ggml::imatrix::q45_k_weighted;
+use crate::ggml::k::search::pack_q5_k;
+use crate::{f16_value, BlockFormat, IntBlock, WeightedRowFn};
 use quantkit_core::GgmlType;
 
 #[repr(C)]
@@ -17,6 +20,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 
 impl BlockFormat for BlockQ5K {
     const TYPE: GgmlType = GgmlType::Q5_K;
+    const WEIGHTED: Option<WeightedRowFn> = Some(quantize_weighted);
     const QK: usize = QK_K;
 
     fn quantize(x: &[f32]) -> Self {
@@ -43,5 +47,39 @@ impl BlockFormat for BlockQ5K {
             u1 <<= 2;
             u2 <<= 2;
         }
+    }
+}
+
+impl IntBlock for BlockQ5K {
+    const MAXQ: u8 = 31;
+
+    #[inline(always)]
+    fn decode<C: Half8>(src: &[u8], _n: usize, out: &mut IntChunk) {
+        k4_scales(src, out);
+        let (qh, qs) = (&src[16..48], &src[48..176]);
+        for j in 0..4 {
+            for l in 0..32 {
+                let h1 = ((qh[l] >> (2 * j)) & 1) << 4;
+                let h2 = ((qh[l] >> (2 * j + 1)) & 1) << 4;
+                out.q[64 * j + l] = (qs[32 * j + l] & 0xf) | h1;
+                out.q[64 * j + 32 + l] = (qs[32 * j + l] >> 4) | h2;
+            }
+        }
+    }
+    #[inline]
+    fn set_code(b: &mut [u8], j: usize, q: u8) {
+        let (c, l) = (j / 64, j % 64);
+        put_bits(&mut b[48 + 32 * c + l % 32], if l < 32 { 0 } else { 4 }, 4, q & 15);
+        put_bits(&mut b[16 + l % 32], (2 * c + (l >= 32) as usize) as u32, 1, q >> 4);
+    }
+}
+
+/// `quantize_row_q5_K_impl`.
+pub fn quantize_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let out: &mut [BlockQ5K] = bytemuck::cast_slice_mut(out);
+    for (i, y) in out.iter_mut().enumerate() {
+        let s = QK_K * i..QK_K * (i + 1);
+        let (d, dmin, scales, l) = q45_k_weighted(&x[s.clone()], &qw[s], 31, true);
+        *y = pack_q5_k(d, dmin, scales, &l);
     }
 }

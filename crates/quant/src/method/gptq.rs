@@ -9,16 +9,19 @@
 //! (the grid's parameters are per row), so rows are processed in fixed chunks of 16 in parallel and
 //! the result does not depend on the thread count. The grid is pluggable: the integer
 //! group-affine grid ([`IntGrid`]; static groups and act-order with `g_idx`), or any GGUF integer
-//! type ([`GgufGrid`]), whose block scales are searched inside the column loop.
+//! type ([`crate::gguf_grid::GgufGrid`]), whose block scales are searched inside the column loop.
 
 use faer::linalg::solvers::DenseSolveCore;
-use faer::{Accum, Mat, MatRef, Par, Side};
-use quantkit_core::{Error, GgmlType, Result};
-use quantkit_kernels::decode::IntChunk;
+use faer::{Mat, Side};
+use quantkit_core::{Error, Result};
+use quantkit_formats::decode::IntChunk;
 use rayon::prelude::*;
 
-use crate::gguf_grid::GgufGrid;
-use crate::grid::{IntGrid, IntMatrix, IntParams};
+use crate::grid::{Grid, IntGrid, IntMatrix, IntParams, Quantized};
+use crate::writers::IntFormat;
+use quantkit_engine::{BlockWeights, Site};
+
+use super::{name, GgufUse, Knobs, Method, MethodInfo, Outcome, PassCtx};
 
 /// GPTQ's knobs.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -37,35 +40,6 @@ pub struct GptqConfig {
 impl Default for GptqConfig {
     fn default() -> Self {
         GptqConfig { block: 128, damp: 0.01, act_order: false, static_groups: false }
-    }
-}
-
-/// Where weights land.
-#[derive(Debug, Clone, Copy)]
-pub enum Grid {
-    Int(IntGrid),
-    Gguf(GgufGrid),
-}
-
-/// A quantized matrix.
-#[derive(Debug, Clone)]
-pub enum Quantized {
-    Int(IntMatrix),
-    /// Row-major GGUF bytes of `ty`.
-    Gguf {
-        ty: GgmlType,
-        rows: usize,
-        cols: usize,
-        bytes: Vec<u8>,
-    },
-}
-
-impl Quantized {
-    pub fn dequantize(&self) -> Result<Vec<f32>> {
-        match self {
-            Quantized::Int(m) => Ok(m.dequantize()),
-            Quantized::Gguf { ty, cols, bytes, .. } => quantkit_formats::dequantize(*ty, bytes, *cols),
-        }
     }
 }
 
@@ -350,42 +324,44 @@ fn column_loop(
     }
 }
 
-/// `Σ_r (w_r − q_r)ᵀ XᵀX (w_r − q_r) / tokens`: the mean squared output error `‖(W − Q)x‖²` per
-/// token, from the accumulated `XᵀX` (`xtx`, `cols × cols`), without running the layer again.
-pub fn output_error(w: &[f32], q: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
-    let e: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
-    quadratic(&e, rows, xtx, cols) / tokens.max(1) as f64
+/// The registry row.
+pub const INFO: MethodInfo = MethodInfo {
+    name: "gptq",
+    needs_calibration: true,
+    default_sym: true,
+    default_layout: IntFormat::GptqV1,
+    reorders_columns: true,
+    gguf: GgufUse::Grid,
+    make,
+};
+
+fn make(k: &Knobs) -> Box<dyn Method> {
+    Box::new(Gptq(k.gptq))
 }
 
-/// `Σ_r w_rᵀ XᵀX w_r / tokens`: the mean squared output `‖Wx‖²` (for relative errors).
-pub fn output_energy(w: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
-    quadratic(w, rows, xtx, cols) / tokens.max(1) as f64
-}
+/// The method: [`gptq`] on each projection of a site, against the site's Hessian.
+#[derive(Debug)]
+pub struct Gptq(pub GptqConfig);
 
-/// `Σ_r e_rᵀ M e_r` with one f32 GEMM (`E·M`), summed in f64.
-fn quadratic(e: &[f32], rows: usize, xtx: &[f64], cols: usize) -> f64 {
-    let m: Vec<f32> = xtx.iter().map(|&v| v as f32).collect();
-    let mut em = Mat::<f32>::zeros(rows, cols);
-    faer::linalg::matmul::matmul(
-        em.as_mut(),
-        Accum::Replace,
-        MatRef::from_row_major_slice(e, rows, cols),
-        MatRef::from_row_major_slice(&m, cols, cols),
-        1.0f32,
-        Par::Seq,
-    );
-    let mut s = 0.0f64;
-    for r in 0..rows {
-        for c in 0..cols {
-            s += em[(r, c)] as f64 * e[r * cols + c] as f64;
-        }
+impl Method for Gptq {
+    fn at_site(&mut self, cx: &mut PassCtx, layer: usize, site: Site, bw: &mut BlockWeights) -> Result<()> {
+        let cfg = self.0;
+        cx.quantize_site(layer, site, bw, |cx, j| {
+            let h = j.stats.hessian();
+            let (rows, cols) = j.shape;
+            let out = gptq(j.w, rows, cols, &h, Some(j.imp), cx.grid(j.layer, j.p)?, cfg)
+                .map_err(|e| Error::bad_tensor(name(j.layer, j.p), e.to_string()))?;
+            Ok(Some(Outcome { q: out.q, damp: Some(out.damp), dead: Some(out.dead) }))
+        })
     }
-    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gguf_grid::GgufGrid;
+    use crate::grid::output_error;
+    use quantkit_core::GgmlType;
 
     fn lcg(n: usize, seed: u64) -> Vec<f32> {
         let mut r = quantkit_calibration::corpus::Rng::new(seed);

@@ -9,10 +9,17 @@
 //! e.g. after attention — a difference), the clip search per row and group with the group's
 //! diagonal block of `XᵀX` (as AutoAWQ's per-group error).
 
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use quantkit_calibration::SiteStats;
+use quantkit_core::{Error, Result};
+use quantkit_engine::{BlockWeights, Proj, Site};
 use rayon::prelude::*;
 
-use crate::gptq::output_error;
-use crate::grid::{IntGrid, IntMatrix};
+use super::{name, GgufUse, Knobs, LayerReport, Method, MethodInfo, PassCtx, Target};
+use crate::grid::{output_energy, output_error, IntGrid, IntMatrix, Quantized};
+use crate::writers::IntFormat;
 
 /// AWQ's knobs (AutoAWQ's defaults).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -138,6 +145,161 @@ pub fn rescale_stats(xtx: &mut [f64], mean_abs: &mut [f64], s: &[f32]) {
             xtx[i * d + j] /= s[i] as f64 * s[j] as f64;
         }
         mean_abs[i] /= s[i] as f64;
+    }
+}
+
+/// The registry row.
+pub const INFO: MethodInfo = MethodInfo {
+    name: "awq",
+    needs_calibration: true,
+    default_sym: false,
+    default_layout: IntFormat::Awq,
+    reorders_columns: false,
+    gguf: GgufUse::No("AWQ into GGUF (use gguf with --method gptq or rtn, or an integer format with awq)"),
+    make,
+};
+
+fn make(k: &Knobs) -> Box<dyn Method> {
+    Box::new(Awq { cfg: k.awq, originals: BTreeMap::new(), alphas: BTreeMap::new() })
+}
+
+/// The method: at each site the scale search, folded into what produces the input; at the end of
+/// the block the clip search and quantization of every projection.
+#[derive(Debug)]
+pub struct Awq {
+    cfg: AwqConfig,
+    /// Weights and statistics before scaling (for the RTN comparison), per projection.
+    originals: BTreeMap<Proj, (Vec<f32>, SiteStats)>,
+    alphas: BTreeMap<Proj, f32>,
+}
+
+fn int_grid(cx: &PassCtx) -> Result<IntGrid> {
+    match &cx.target {
+        Target::Int { grid, .. } => Ok(*grid),
+        _ => Err(Error::Unsupported(
+            "AWQ writes integer checkpoints (gptq, gptq-v2, awq, compressed-tensors)".into(),
+        )),
+    }
+}
+
+impl Method for Awq {
+    /// Search and fold the input scale of `site` (when a preceding operation can absorb it).
+    fn at_site(&mut self, cx: &mut PassCtx, layer: usize, site: Site, bw: &mut BlockWeights) -> Result<()> {
+        let grid = int_grid(cx)?;
+        let mut projs = vec![];
+        for &p in site.projs() {
+            if cx.storage(layer, p)?.is_some() {
+                projs.push(p);
+            }
+        }
+        for &p in &projs {
+            self.originals.insert(p, (bw.get(p).to_vec(), cx.stats[&site].clone()));
+        }
+        // What absorbs 1/s: the norm before q/k/v and gate/up; the rows of v (only without GQA)
+        // before o; the rows of up before down.
+        let prev_ok = match site {
+            Site::AttnIn | Site::FfnIn => true,
+            Site::AttnOut => bw.shape(Proj::V).0 == bw.shape(Proj::O).1,
+            Site::FfnDownIn => true,
+        };
+        if projs.is_empty() || !prev_ok {
+            return Ok(());
+        }
+        let st = cx.stats.get_mut(&site).ok_or_else(|| Error::Invalid(format!("{site:?} not observed")))?;
+        let cols = st.dim;
+        let mean_abs = st.mean_abs();
+        let ws: Vec<(&[f32], usize)> = projs.iter().map(|&p| (bw.get(p), bw.shape(p).0)).collect();
+        let s = search_scale(&ws, cols, &mean_abs, &st.xtx, st.rows, grid, self.cfg);
+        for &p in &projs {
+            self.alphas.insert(p, s.alpha);
+        }
+        if s.alpha == 0.0 {
+            return Ok(());
+        }
+        let sc = &s.scales;
+        for &p in &projs {
+            for row in bw.get_mut(p).chunks_exact_mut(cols) {
+                for (v, f) in row.iter_mut().zip(sc) {
+                    *v *= f;
+                }
+            }
+        }
+        match site {
+            Site::AttnIn => bw.attn_norm.iter_mut().zip(sc).for_each(|(v, f)| *v /= f),
+            Site::FfnIn => bw.ffn_norm.iter_mut().zip(sc).for_each(|(v, f)| *v /= f),
+            Site::AttnOut | Site::FfnDownIn => {
+                let prev = if site == Site::AttnOut { Proj::V } else { Proj::Up };
+                let pc = bw.shape(prev).1;
+                for (row, f) in bw.get_mut(prev).chunks_exact_mut(pc).zip(sc) {
+                    row.iter_mut().for_each(|v| *v /= f);
+                }
+            }
+        }
+        let mut mean = st.abs_sum.clone();
+        rescale_stats(&mut st.xtx, &mut mean, sc);
+        st.abs_sum = mean;
+        for (v, f) in st.sq_sum.iter_mut().zip(sc) {
+            *v /= (*f as f64) * (*f as f64);
+        }
+        Ok(())
+    }
+
+    /// Clip search and quantization of every projection of the block; the folded norms and the
+    /// float weights it leaves unquantized go to the result.
+    fn finish_block(&mut self, cx: &mut PassCtx, layer: usize, bw: &mut BlockWeights) -> Result<()> {
+        let grid = int_grid(cx)?;
+        for p in Proj::ALL {
+            let Some(storage) = cx.storage(layer, p)? else { continue };
+            let t0 = Instant::now();
+            let (rows, cols) = bw.shape(p);
+            let st = &cx.stats[&p.site()];
+            let w = bw.get(p).to_vec();
+            let clip = if matches!(p, Proj::Q | Proj::K) {
+                None
+            } else {
+                Some(search_clip(&w, rows, cols, &st.xtx, grid, self.cfg))
+            };
+            let m = IntMatrix::rtn(grid, &w, rows, cols, clip.as_deref());
+            let deq = m.dequantize();
+            let err = output_error(&w, &deq, rows, cols, &st.xtx, st.rows);
+            let (ow, ost) = &self.originals[&p];
+            let err_rtn = output_error(
+                ow,
+                &IntMatrix::rtn(grid, ow, rows, cols, None).dequantize(),
+                rows,
+                cols,
+                &ost.xtx,
+                ost.rows,
+            );
+            let energy = output_energy(ow, rows, cols, &ost.xtx, ost.rows).max(f64::MIN_POSITIVE);
+            bw.set(p, deq)?;
+            cx.result.layers.push(LayerReport {
+                name: name(layer, p),
+                rows,
+                cols,
+                storage,
+                error: err,
+                error_rtn: err_rtn,
+                rel_error: err / energy,
+                rel_error_rtn: err_rtn / energy,
+                damp: None,
+                dead_inputs: None,
+                awq_alpha: self.alphas.get(&p).copied(),
+                seconds: t0.elapsed().as_secs_f64(),
+            });
+            cx.result.quantized.insert(name(layer, p), Quantized::Int(m));
+        }
+        self.originals.clear();
+        self.alphas.clear();
+        cx.result.norms.insert(format!("blk.{layer}.attn_norm.weight"), bw.attn_norm.clone());
+        cx.result.norms.insert(format!("blk.{layer}.ffn_norm.weight"), bw.ffn_norm.clone());
+        // AWQ also changes the float weights it leaves unquantized (folded scales).
+        for p in Proj::ALL {
+            if cx.storage(layer, p)?.is_none() {
+                cx.result.norms.insert(name(layer, p), bw.get(p).to_vec());
+            }
+        }
+        Ok(())
     }
 }
 
