@@ -310,6 +310,8 @@ fn write_results(dir: &Path, r: &Results) -> Result<()> {
         r.tokens_scored,
         r.text.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
     );
-    write_atomic(&dir.join("plot.svg"), plot::svg(&points, &title, Some(r.base_ppl)).as_bytes())?;
-    write_atomic(&dir.join("plot.png"), &plot::png(&points, &title, Some(r.base_ppl)))
+    let plot_err = |e: plot::PlotError| Error::Invalid(e.to_string());
+    let svg = plot::svg(&points, &title, Some(r.base_ppl)).map_err(plot_err)?;
+    write_atomic(&dir.join("plot.svg"), svg.as_bytes())?;
+    write_atomic(&dir.join("plot.png"), &plot::png(&points, &title, Some(r.base_ppl)).map_err(plot_err)?)
 }
