@@ -179,7 +179,7 @@ impl Calibrator {
         let t0 = Instant::now();
         let (rows, cols) = bw.shape(p);
         let w = bw.get(p).to_vec();
-        let st = &self.stats[&p.site()];
+        let st = &self.stats[&Site::of(p)];
         let imp: Vec<f32> = st.mean_sq().iter().map(|&v| v as f32).collect();
         let storage = self.storage(layer, p).expect("checked by the caller");
         let rtn = self.rtn_of(layer, p, &w, rows, cols, Some(&imp))?;
@@ -287,7 +287,7 @@ impl Calibrator {
             }
             let t0 = Instant::now();
             let (rows, cols) = bw.shape(p);
-            let st = &self.stats[&p.site()];
+            let st = &self.stats[&Site::of(p)];
             let w = bw.get(p).to_vec();
             let clip = if matches!(p, Proj::Q | Proj::K) {
                 None
