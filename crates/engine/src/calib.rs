@@ -22,66 +22,22 @@ use quantkit_kernels::{QMatrix, WeightBytes};
 use crate::linear::{forward_group, Linear, QLinear};
 use crate::model::{attention, rmsnorm, swiglu, Dims, Model, Site};
 
-/// One of a block's seven projections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub enum Proj {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
+/// One of a block's seven projections (the names table is `quantkit_io::names`).
+pub use quantkit_io::names::Proj;
 
-impl Proj {
-    /// In file order.
-    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+impl Site {
+    /// In execution order.
+    pub const ALL: [Site; 4] = [Site::AttnIn, Site::AttnOut, Site::FfnIn, Site::FfnDownIn];
 
-    /// The GGUF tensor stem (`blk.N.<stem>.weight`).
-    pub fn gguf(self) -> &'static str {
-        match self {
-            Proj::Q => "attn_q",
-            Proj::K => "attn_k",
-            Proj::V => "attn_v",
-            Proj::O => "attn_output",
-            Proj::Gate => "ffn_gate",
-            Proj::Up => "ffn_up",
-            Proj::Down => "ffn_down",
-        }
-    }
-
-    /// The HF module path inside a layer (`model.layers.N.<path>`).
-    pub fn hf(self) -> &'static str {
-        match self {
-            Proj::Q => "self_attn.q_proj",
-            Proj::K => "self_attn.k_proj",
-            Proj::V => "self_attn.v_proj",
-            Proj::O => "self_attn.o_proj",
-            Proj::Gate => "mlp.gate_proj",
-            Proj::Up => "mlp.up_proj",
-            Proj::Down => "mlp.down_proj",
-        }
-    }
-
-    /// Where its input is observed.
-    pub fn site(self) -> Site {
-        match self {
+    /// Where `p`'s input is observed.
+    pub fn of(p: Proj) -> Site {
+        match p {
             Proj::Q | Proj::K | Proj::V => Site::AttnIn,
             Proj::O => Site::AttnOut,
             Proj::Gate | Proj::Up => Site::FfnIn,
             Proj::Down => Site::FfnDownIn,
         }
     }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl Site {
-    /// In execution order.
-    pub const ALL: [Site; 4] = [Site::AttnIn, Site::AttnOut, Site::FfnIn, Site::FfnDownIn];
 
     /// The projections that read this input.
     pub fn projs(self) -> &'static [Proj] {
@@ -370,7 +326,7 @@ mod tests {
     fn proj_and_site_tables_agree() {
         for s in Site::ALL {
             for p in s.projs() {
-                assert_eq!(p.site(), s);
+                assert_eq!(Site::of(*p), s);
             }
         }
         let n: usize = Site::ALL.iter().map(|s| s.projs().len()).sum();

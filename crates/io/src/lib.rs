@@ -4,6 +4,8 @@
 //! * [`safetensors`] — memory-mapped safetensors reader and streaming writer.
 //! * [`hf`] — Hugging Face checkpoint folders (sharded or not), [`config`] — the model description,
 //!   [`names`] — HF ⇄ GGUF tensor names and the q/k permutation, [`vocab`] — tokenizer metadata.
+//! * [`layout`] — the integer checkpoint layouts (GPTQ v1/v2, AWQ GEMM, compressed-tensors):
+//!   packing for the writers, dequantizing for the reader.
 //! * [`source`] — one view of a model (HF or GGUF) in GGUF naming, which the converter consumes.
 //! * [`export`] — GGUF → HF folder. [`imatrix`] — llama.cpp importance-matrix files.
 
@@ -12,8 +14,8 @@ pub mod export;
 pub mod gguf;
 pub mod hf;
 pub mod imatrix;
+pub mod layout;
 pub mod names;
-pub mod qcheckpoint;
 pub mod safetensors;
 pub mod source;
 pub mod vocab;

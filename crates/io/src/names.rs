@@ -1,17 +1,62 @@
-//! HF ⇄ GGUF tensor names for the Llama family, and llama.cpp's q/k row permutation.
+//! HF ⇄ GGUF tensor names for the Llama family (the one table: [`Proj`] for the seven projections,
+//! the norms and globals beside it), and llama.cpp's q/k row permutation.
 
-/// (HF suffix inside `model.layers.{i}.`, GGUF suffix inside `blk.{i}.`)
-const LAYER_MAP: &[(&str, &str)] = &[
-    ("input_layernorm", "attn_norm"),
-    ("post_attention_layernorm", "ffn_norm"),
-    ("self_attn.q_proj", "attn_q"),
-    ("self_attn.k_proj", "attn_k"),
-    ("self_attn.v_proj", "attn_v"),
-    ("self_attn.o_proj", "attn_output"),
-    ("mlp.gate_proj", "ffn_gate"),
-    ("mlp.up_proj", "ffn_up"),
-    ("mlp.down_proj", "ffn_down"),
-];
+/// One of a block's seven projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    /// In file order.
+    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+
+    /// The GGUF tensor stem (`blk.N.<stem>.weight`).
+    pub fn gguf(self) -> &'static str {
+        match self {
+            Proj::Q => "attn_q",
+            Proj::K => "attn_k",
+            Proj::V => "attn_v",
+            Proj::O => "attn_output",
+            Proj::Gate => "ffn_gate",
+            Proj::Up => "ffn_up",
+            Proj::Down => "ffn_down",
+        }
+    }
+
+    /// The HF module path inside a layer (`model.layers.N.<path>`).
+    pub fn hf(self) -> &'static str {
+        match self {
+            Proj::Q => "self_attn.q_proj",
+            Proj::K => "self_attn.k_proj",
+            Proj::V => "self_attn.v_proj",
+            Proj::O => "self_attn.o_proj",
+            Proj::Gate => "mlp.gate_proj",
+            Proj::Up => "mlp.up_proj",
+            Proj::Down => "mlp.down_proj",
+        }
+    }
+
+    /// Its position in [`Proj::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The layer's other tensors: (HF suffix inside `model.layers.{i}.`, GGUF suffix inside `blk.{i}.`).
+const LAYER_NORMS: &[(&str, &str)] =
+    &[("input_layernorm", "attn_norm"), ("post_attention_layernorm", "ffn_norm")];
+
+/// Every per-layer (HF, GGUF) suffix pair: the norms, then the projections.
+fn layer_map() -> impl Iterator<Item = (&'static str, &'static str)> {
+    LAYER_NORMS.iter().copied().chain(Proj::ALL.into_iter().map(|p| (p.hf(), p.gguf())))
+}
 
 const GLOBAL_MAP: &[(&str, &str)] =
     &[("model.embed_tokens", "token_embd"), ("model.norm", "output_norm"), ("lm_head", "output")];
@@ -34,7 +79,7 @@ pub fn hf_to_gguf(name: &str) -> Option<String> {
     let rest = stem.strip_prefix("model.layers.")?;
     let (idx, part) = rest.split_once('.')?;
     let layer: u64 = idx.parse().ok()?;
-    let (_, g) = LAYER_MAP.iter().find(|(h, _)| *h == part)?;
+    let (_, g) = layer_map().find(|(h, _)| *h == part)?;
     Some(format!("blk.{layer}.{g}.{suffix}"))
 }
 
@@ -47,7 +92,7 @@ pub fn gguf_to_hf(name: &str) -> Option<String> {
     let rest = stem.strip_prefix("blk.")?;
     let (idx, part) = rest.split_once('.')?;
     let layer: u64 = idx.parse().ok()?;
-    let (h, _) = LAYER_MAP.iter().find(|(_, g)| *g == part)?;
+    let (h, _) = layer_map().find(|(_, g)| *g == part)?;
     Some(format!("model.layers.{layer}.{h}.{suffix}"))
 }
 
@@ -119,6 +164,11 @@ mod tests {
         );
         assert_eq!(hf_to_gguf("model.layers.x.mlp.up_proj.weight"), None);
         assert_eq!(hf_to_gguf("vision_tower.weight"), None);
+        for p in Proj::ALL {
+            let g = format!("blk.5.{}.weight", p.gguf());
+            assert_eq!(gguf_to_hf(&g), Some(format!("model.layers.5.{}.weight", p.hf())));
+            assert_eq!(Proj::ALL[p.index()], p);
+        }
     }
 
     #[test]

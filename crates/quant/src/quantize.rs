@@ -33,7 +33,7 @@ pub enum OutFormat {
 impl OutFormat {
     /// `gptq`, `gptq-v2`, `awq`, `compressed-tensors`, `gguf:<type or mix>`.
     pub fn parse(s: &str) -> Result<Self> {
-        if let Some(f) = IntFormat::parse(s) {
+        if let Ok(f) = IntFormat::parse(s) {
             return Ok(OutFormat::Int(f));
         }
         match s.strip_prefix("gguf:") {
@@ -228,13 +228,8 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
         let spec = opts.int.ok_or_else(|| {
             Error::Invalid("an integer layout needs an integer grid (bits, group, symmetry)".into())
         })?;
-        if let Some(f) = layouts.iter().find(|f| !f.packs_bits(spec.bits)) {
-            return Err(Error::Unsupported(format!(
-                "{} checkpoints cannot hold {}-bit weights (AWQ GEMM checkpoints hold 4-bit weights, not {})",
-                f.dir_name(),
-                spec.bits,
-                spec.bits
-            )));
+        for f in &layouts {
+            f.check_bits(spec.bits)?;
         }
         Some(spec)
     };
@@ -329,7 +324,7 @@ pub fn quantize_with(
         let int_formats = &plan.layouts;
         let skip = writers::skipped(&src, int_formats, spec.bits)?;
         // The smallest zero point every layout can store (asymmetric grids only).
-        let zero_min = if spec.sym { 0 } else { int_formats.iter().map(|f| f.zero_min()).max().unwrap_or(0) };
+        let zero_min = int_formats.iter().map(|f| f.zero_min(spec.sym)).max().unwrap_or(0);
         let grid = spec.grid(zero_min);
         let label = spec.label();
         let (quantized, floats): (BTreeMap<String, IntMatrix>, BTreeMap<String, Vec<f32>>) = if samples

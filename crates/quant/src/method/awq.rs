@@ -252,7 +252,7 @@ impl Method for Awq {
             let Some(storage) = cx.storage(layer, p)? else { continue };
             let t0 = Instant::now();
             let (rows, cols) = bw.shape(p);
-            let st = &cx.stats[&p.site()];
+            let st = &cx.stats[&Site::of(p)];
             let w = bw.get(p).to_vec();
             let clip = if matches!(p, Proj::Q | Proj::K) {
                 None

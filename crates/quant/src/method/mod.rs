@@ -267,7 +267,7 @@ impl PassCtx {
             let shape = bw.shape(p);
             let (rows, cols) = shape;
             let w = bw.get(p).to_vec();
-            let st = &self.stats[&p.site()];
+            let st = &self.stats[&Site::of(p)];
             let imp: Vec<f32> = st.mean_sq().iter().map(|&v| v as f32).collect();
             let rtn = self.rtn(layer, p, &w, shape, Some(&imp))?;
             let rtn_deq = rtn.dequantize()?;
@@ -281,7 +281,7 @@ impl PassCtx {
                 }
                 None => (rtn, rtn_deq, None, None),
             };
-            let st = &self.stats[&p.site()];
+            let st = &self.stats[&Site::of(p)];
             let err = output_error(&w, &deq, rows, cols, &st.xtx, st.rows);
             bw.set(p, deq)?;
             self.result.layers.push(LayerReport {
