@@ -14,7 +14,7 @@ mod dtype;
 mod error;
 
 pub use atomic::{remove_stale, replace_path, AtomicDir, AtomicFile};
-pub use dtype::{GgmlType, LlamaFileType};
+pub use dtype::GgmlType;
 pub use error::{Error, Result};
 
 /// Multiply tensor dimensions, failing instead of overflowing (dims come from untrusted headers).
