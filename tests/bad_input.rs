@@ -1,5 +1,5 @@
 //! Bad input gets a clear error that names the problem and the place, exit code 1, no panic and
-//! no output file left behind. (The generated corpus of damaged files is tests/malformed.rs.)
+//! no output file left behind. (The generated corpus of damaged files is tests/malformed/.)
 
 mod common;
 

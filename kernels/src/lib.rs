@@ -1,4 +1,5 @@
-//! Fused dequant-matmul kernels for every GGUF weight format, with runtime SIMD dispatch.
+//! quantkit-kernels: fused dequant-matmul kernels for every GGUF weight format, with runtime SIMD
+//! dispatch ([`Isa`], [`kernel`]).
 //!
 //! - **Decode** (`decode`): per format, a chunk of ≤ 256 weights → unsigned codes plus a scale
 //!   and an offset per 16 weights (integer formats), or → f32 (F32/F16/BF16).
@@ -16,6 +17,12 @@
 //! (`IntBlock::decode` / `FloatFormat::decode`, in the format's file in quantkit-formats), and the
 //! kernel table ([`kernel`], [`fused_formats`]) is generated from the formats registry
 //! (`quantkit_formats::for_each_format!`): a new format needs no line here.
+//!
+//! Modules: [`act`] (int8 activations, one scale per 16: `QAct`) · [`cpu`] (the generic drivers
+//! per instruction set: `scalar`, `x86` AVX2/AVX-512 VNNI, `fused` AVX-512 VBMI one file per
+//! format, `amx` AMX-BF16 batch GEMM) · `matmul` ([`QMatrix`] over mapped bytes, threaded
+//! GEMV/GEMM, [`forward_group`], [`BatchPath`]) · [`pool`] (the spinning decode pool) · [`bw`]
+//! (STREAM-style bandwidth) · [`decode`] (re-exported from quantkit-formats: the chunk form).
 
 pub mod act;
 pub mod bw;

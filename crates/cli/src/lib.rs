@@ -1,5 +1,20 @@
-//! The `quantkit` command line. Each subcommand is a thin layer over the library crates; every
-//! error is printed as one clear message (and as JSON with `--json`) with a non-zero exit code.
+//! quantkit-cli: the `quantkit` command line. Each subcommand is a thin layer over the library
+//! crates; every error is printed as one clear message (and as JSON with `--json`) with a non-zero
+//! exit code.
+//!
+//! * `commands` — `convert`, `inspect`, `export-hf`.
+//! * `eval` — `ppl`, `generate`, `kld`: the engine from the command line.
+//! * `quantize` — `quantize`: calibrated quantization (RTN, GPTQ, AWQ) into GGUF and integer
+//!   checkpoints.
+//! * `sweep` — many recipes on one model → one table and two plots of accuracy vs bits.
+//! * `batch` — unattended quantization jobs from a job file, with quality gates, manifests, resume
+//!   and shards.
+//! * `jobs` — what `sweep` and `batch` share: recipe strings, quantizing one recipe, scoring,
+//!   hashing.
+//! * `bench` — prompt-processing and generation speed against the measured memory bandwidth.
+//! * `plot` — the sweep plots (SVG and a dependency-free PNG).
+//! * `progress` — progress bars on stderr.
+//! * [`fuzzing`] — the fuzz harness: one entry per parser of untrusted input.
 
 mod batch;
 mod bench;

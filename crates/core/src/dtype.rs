@@ -110,48 +110,6 @@ impl std::fmt::Display for GgmlType {
     }
 }
 
-/// llama.cpp's `llama_ftype`: the value of `general.file_type`, naming a file's dominant type.
-#[allow(non_camel_case_types)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum LlamaFileType {
-    AllF32 = 0,
-    MostlyF16 = 1,
-    MostlyQ4_0 = 2,
-    MostlyQ4_1 = 3,
-    MostlyQ8_0 = 7,
-    MostlyQ5_0 = 8,
-    MostlyQ5_1 = 9,
-    MostlyQ2K = 10,
-    MostlyQ3KM = 12,
-    MostlyQ4KM = 15,
-    MostlyQ5KM = 17,
-    MostlyQ6K = 18,
-    MostlyBF16 = 32,
-}
-
-impl LlamaFileType {
-    /// The file type llama.cpp records when (almost) every weight is of type `t`.
-    pub fn for_type(t: GgmlType) -> Option<Self> {
-        Some(match t {
-            GgmlType::F32 => Self::AllF32,
-            GgmlType::F16 => Self::MostlyF16,
-            GgmlType::BF16 => Self::MostlyBF16,
-            GgmlType::Q4_0 => Self::MostlyQ4_0,
-            GgmlType::Q4_1 => Self::MostlyQ4_1,
-            GgmlType::Q8_0 => Self::MostlyQ8_0,
-            GgmlType::Q5_0 => Self::MostlyQ5_0,
-            GgmlType::Q5_1 => Self::MostlyQ5_1,
-            // llama-quantize's --pure files of a single k-quant type carry the matching mix's id.
-            GgmlType::Q2_K => Self::MostlyQ2K,
-            GgmlType::Q3_K => Self::MostlyQ3KM,
-            GgmlType::Q4_K => Self::MostlyQ4KM,
-            GgmlType::Q5_K => Self::MostlyQ5KM,
-            GgmlType::Q6_K => Self::MostlyQ6K,
-            _ => return None,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

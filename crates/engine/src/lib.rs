@@ -3,6 +3,8 @@
 //!
 //! * [`model`] — Llama-family forward pass (weights in their stored format or dequantized), KV cache,
 //!   chunked prefill, and the [`model::Observer`] seam for calibration.
+//! * [`calib`] — block-staged execution for calibration: one block at a time over a batch, with a
+//!   [`BlockHook`] that sees each linear group's input and may replace weights between stages.
 //! * [`linear`] — the [`linear::Linear`] trait and [`linear::QLinear`], a weight in its stored
 //!   format run by `quantkit-kernels`.
 //! * [`tokenizer`] — HF `tokenizers` from tokenizer.json or from GGUF metadata.

@@ -1,13 +1,18 @@
-//! quantkit-io: reading and writing model files.
+//! quantkit-io: reading and writing model files, and presenting any of them as one model in GGUF
+//! naming.
 //!
 //! * [`gguf`] — GGUF v3 reader (hostile-input hardened) and streaming writer.
 //! * [`safetensors`] — memory-mapped safetensors reader and streaming writer.
-//! * [`hf`] — Hugging Face checkpoint folders (sharded or not), [`config`] — the model description,
-//!   [`names`] — HF ⇄ GGUF tensor names and the q/k permutation, [`vocab`] — tokenizer metadata.
+//! * [`hf`] — Hugging Face checkpoint folders (sharded or not).
 //! * [`layout`] — the integer checkpoint layouts (GPTQ v1/v2, AWQ GEMM, compressed-tensors):
 //!   packing for the writers, dequantizing for the reader.
+//! * [`config`] — the architecture-neutral model description (HF `config.json` ⇄ GGUF metadata).
+//! * [`names`] — HF ⇄ GGUF tensor names (the one table, [`names::Proj`]) and llama.cpp's q/k
+//!   permutation.
+//! * [`vocab`] — tokenizer metadata (HF tokenizer files ⇄ GGUF `tokenizer.*` keys).
 //! * [`source`] — one view of a model (HF or GGUF) in GGUF naming, which the converter consumes.
-//! * [`export`] — GGUF → HF folder. [`imatrix`] — llama.cpp importance-matrix files.
+//! * [`export`] — GGUF → HF folder.
+//! * [`imatrix`] — llama.cpp importance-matrix files.
 
 pub mod config;
 pub mod export;

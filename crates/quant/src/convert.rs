@@ -30,8 +30,6 @@ pub struct ConvertOptions {
 pub enum TensorOverride {
     /// Already encoded in the plan's type (e.g. GPTQ on a GGUF grid).
     Encoded { ty: GgmlType, bytes: Vec<u8> },
-    /// New f32 values (e.g. AWQ-folded), quantized as planned.
-    Values(Vec<f32>),
 }
 
 /// What a conversion did.
@@ -151,14 +149,6 @@ pub fn convert(
                         ));
                     }
                     sink(bytes)?;
-                    done += t.numel();
-                    progress(done, total);
-                    return Ok(());
-                }
-                Some(TensorOverride::Values(v)) => {
-                    let bytes = quantize_parallel(plans[i].ty, v, row_len, weights[i].as_deref())
-                        .map_err(|e| Error::bad_tensor(&t.name, e.to_string()))?;
-                    sink(&bytes)?;
                     done += t.numel();
                     progress(done, total);
                     return Ok(());

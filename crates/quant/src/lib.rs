@@ -4,6 +4,15 @@
 //!   tensor to a storage type, with the reason for any deviation from the requested type.
 //! * [`convert`] — the streaming pipeline: source tensors → f32 → quantize (rows in parallel,
 //!   output independent of the thread count) → GGUF written atomically.
+//! * [`quantize`] — the calibrated job: plan (every rule checked once) → one layer-sequential
+//!   pass per target → write every requested output.
+//! * [`method`] — the calibrated methods behind one trait, one file each ([`rtn`], [`gptq`],
+//!   [`awq`]), and the pass that drives them.
+//! * [`grid`] — the integer group-affine grid ([`grid::IntSpec`], the one validated value for it)
+//!   and quantized matrices; [`gguf_grid`] — every GGUF integer type as a GPTQ grid, from the
+//!   formats registry.
+//! * [`writers`] — GPTQ v1/v2, AWQ and compressed-tensors checkpoint folders (the bytes come from
+//!   `quantkit_io::layout`).
 
 pub mod convert;
 pub mod gguf_grid;

@@ -1,0 +1,129 @@
+//! Loading a [`Model`] from a [`ModelSource`]: every tensor by its GGUF name, weights memory-mapped
+//! in their stored format (or dequantized to f32), and the RoPE frequencies.
+
+use std::sync::Arc;
+
+use quantkit_core::{Error, GgmlType, Result};
+use quantkit_io::config::RopeScaling;
+use quantkit_io::source::{ModelSource, SourceTensor};
+use quantkit_kernels::{QMatrix, WeightBytes};
+
+use super::{Layer, Model, WeightMode};
+use crate::calib::Proj;
+use crate::linear::QLinear;
+
+impl Model {
+    /// Load a model with its weights in their stored format ([`WeightMode::Native`]).
+    pub fn load(src: &ModelSource) -> Result<Self> {
+        Self::load_with(src, WeightMode::Native)
+    }
+
+    pub fn load_with(src: &ModelSource, mode: WeightMode) -> Result<Self> {
+        let cfg = src.config().clone();
+        if let Some(RopeScaling::Yarn { .. }) = cfg.rope_scaling {
+            return Err(Error::Unsupported("YaRN RoPE scaling in the engine".into()));
+        }
+        let tensors = src.tensors()?;
+        let find = |name: &str| -> Result<&SourceTensor> {
+            tensors.iter().find(|t| t.name == name).ok_or_else(|| Error::MissingTensor {
+                path: src.path(),
+                tensor: name.to_string(),
+                hint: String::new(),
+            })
+        };
+        // Read a tensor as f32 and drop the source's mapped pages behind it (RSS ≈ the f32 copy).
+        let read = |t: &SourceTensor| -> Result<Vec<f32>> {
+            let v = src.read(t)?;
+            src.release_rows(t, 0, t.rows());
+            Ok(v)
+        };
+        // GGUF weights stay in the file's bytes: one shared read-only map of the whole file.
+        let map: Option<Arc<memmap2::Mmap>> = match (mode, src) {
+            (WeightMode::Native, ModelSource::Gguf { file, .. }) => {
+                let f = std::fs::File::open(file.path()).map_err(|e| Error::io(file.path(), e))?;
+                // SAFETY: read-only map; see GgufFile::open on files changed underneath.
+                Some(Arc::new(unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(file.path(), e))?))
+            }
+            _ => None,
+        };
+        let matrix = |t: &SourceTensor| -> Result<QMatrix> {
+            let (cols, rows) = (t.row_len(), t.rows());
+            let bad = |e: Error| Error::bad_tensor(&t.name, e.to_string());
+            if let (Some(map), ModelSource::Gguf { file, .. }) = (&map, src) {
+                let info =
+                    file.tensor(&t.name).ok_or_else(|| bad(Error::Invalid("not in the file".into())))?;
+                let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = map.clone();
+                let start = (file.data_offset() + info.offset) as usize;
+                let bytes = WeightBytes::new(owner, start, info.size as usize).map_err(bad)?;
+                return QMatrix::new(info.ty, rows, cols, bytes).map_err(bad);
+            }
+            let v = read(t)?;
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            QMatrix::new(GgmlType::F32, rows, cols, WeightBytes::owned(bytes)).map_err(bad)
+        };
+        let vec = |name: &str| -> Result<Vec<f32>> { read(find(name)?) };
+        let linear = |name: &str| -> Result<QLinear> {
+            let t = find(name)?;
+            let bias_name = name.replace(".weight", ".bias");
+            let bias = match tensors.iter().find(|t| t.name == bias_name) {
+                Some(b) => Some(read(b)?),
+                None => None,
+            };
+            Ok(QLinear { m: matrix(t)?, bias })
+        };
+        let embed = matrix(find("token_embd.weight")?)?;
+        let mut layers = Vec::with_capacity(cfg.num_layers as usize);
+        for l in 0..cfg.num_layers {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: vec(&n("attn_norm"))?,
+                q: linear(&n(Proj::Q.gguf()))?,
+                k: linear(&n(Proj::K.gguf()))?,
+                v: linear(&n(Proj::V.gguf()))?,
+                o: linear(&n(Proj::O.gguf()))?,
+                ffn_norm: vec(&n("ffn_norm"))?,
+                gate: linear(&n(Proj::Gate.gguf()))?,
+                up: linear(&n(Proj::Up.gguf()))?,
+                down: linear(&n(Proj::Down.gguf()))?,
+            });
+        }
+        let h = cfg.hidden_size as usize;
+        if embed.cols != h {
+            return Err(Error::bad_tensor(
+                "token_embd.weight",
+                format!("rows of {} but hidden size {h}", embed.cols),
+            ));
+        }
+        let lm_head = if tensors.iter().any(|t| t.name == "output.weight") {
+            linear("output.weight")?
+        } else {
+            QLinear { m: embed.clone(), bias: None }
+        };
+        let hd = cfg.head_dim as usize;
+        let factors = cfg.llama3_rope_factors();
+        let linear = match cfg.rope_scaling {
+            Some(RopeScaling::Linear { factor }) => factor as f32,
+            _ => 1.0,
+        };
+        let inv_freq = (0..hd / 2)
+            .map(|i| {
+                let f = 1.0 / (cfg.rope_theta as f32).powf(2.0 * i as f32 / hd as f32);
+                let f = f / linear;
+                match &factors {
+                    Some(fa) => f / fa[i],
+                    None => f,
+                }
+            })
+            .collect();
+        Ok(Model {
+            mode,
+            interleaved: cfg.arch.permutes_qk(),
+            norm: vec("output_norm.weight")?,
+            cfg,
+            embed,
+            layers,
+            lm_head,
+            inv_freq,
+        })
+    }
+}
