@@ -233,6 +233,7 @@ macro_rules! kernel_table {
     (@row float $kernel:ident $imp:path, $isa:expr) => { float_kernel::<$imp>($isa) };
     (@row int generic $imp:path, $isa:expr) => { int_kernel::<$imp>($isa) };
     (@row int fused $imp:path, $isa:expr) => { fused_kernel::<$imp>($isa) };
+    (@row int_nogrid $kernel:ident $imp:path, $isa:expr) => { kernel_table!(@row int $kernel $imp, $isa) };
     (@fused fused) => { true };
     (@fused generic) => { false };
 }

@@ -89,8 +89,8 @@ pub struct Codec {
     /// Importance-weighted quantization of one whole row (`x`, one weight per column in `qw`),
     /// ggml's `quant_weights` path; `None` where ggml ignores an imatrix (floats, Q8_0).
     pub quantize_row_weighted: Option<WeightedRowFn>,
-    /// The format as a GPTQ grid; `None`: it cannot serve as one (floats; an integer format whose
-    /// codes do not fit the chunk form says so with [`Codec::without_grid`]).
+    /// The format as a GPTQ grid; `None`: it cannot serve as one (floats, and `int_nogrid` rows:
+    /// integer formats whose levels are not evenly spaced, [`Codec::without_grid`]).
     pub grid: Option<GridOps>,
 }
 
@@ -152,7 +152,9 @@ fn dequantize_blocks<B: BlockFormat>(src: &[u8], out: &mut [f32]) {
 }
 
 /// The registry: one line per format, `KIND TYPE TYPE_IMPL, KERNEL;` — `KIND` is `float`
-/// ([`FloatFormat`]) or `int` ([`IntBlock`]); `KERNEL` is `fused` when quantkit-kernels has a
+/// ([`FloatFormat`]), `int` ([`IntBlock`], also a GPTQ grid) or `int_nogrid` (an [`IntBlock`]
+/// whose codes are not evenly spaced levels, so GPTQ's rounding cannot target them; asking for
+/// GPTQ on it is a clear error); `KERNEL` is `fused` when quantkit-kernels has a
 /// fused SIMD GEMV for the format (its own file under `kernels/src/cpu/fused/`, an `impl Fused`
 /// for the block type), else `generic`. Invoked with a callback macro's name, it hands the rows
 /// to it: [`REGISTRY`] below and the kernel tables are generated this way, so no other code lists
@@ -185,6 +187,7 @@ macro_rules! codecs {
     };
     (@row float $imp:path) => { Codec::float::<$imp>() };
     (@row int $imp:path) => { Codec::int::<$imp>() };
+    (@row int_nogrid $imp:path) => { Codec::int::<$imp>().without_grid() };
 }
 for_each_format!(codecs);
 

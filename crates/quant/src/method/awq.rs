@@ -17,7 +17,7 @@ use quantkit_core::{Error, Result};
 use quantkit_engine::{BlockWeights, Proj, Site};
 use rayon::prelude::*;
 
-use super::{name, GgufUse, Knobs, LayerReport, Method, MethodInfo, PassCtx, Target};
+use super::{name, Errors, GgufUse, Knobs, LayerReport, Method, MethodInfo, PassCtx, Target};
 use crate::grid::{output_energy, output_error, IntGrid, IntMatrix, Quantized};
 use crate::writers::IntFormat;
 
@@ -273,19 +273,10 @@ impl Method for Awq {
             );
             let energy = output_energy(ow, rows, cols, &ost.xtx, ost.rows).max(f64::MIN_POSITIVE);
             bw.set(p, deq)?;
+            let errors = Errors { error: err, error_rtn: err_rtn, energy };
             cx.result.layers.push(LayerReport {
-                name: name(layer, p),
-                rows,
-                cols,
-                storage,
-                error: err,
-                error_rtn: err_rtn,
-                rel_error: err / energy,
-                rel_error_rtn: err_rtn / energy,
-                damp: None,
-                dead_inputs: None,
                 awq_alpha: self.alphas.get(&p).copied(),
-                seconds: t0.elapsed().as_secs_f64(),
+                ..LayerReport::new(name(layer, p), (rows, cols), storage, errors, t0)
             });
             cx.result.quantized.insert(name(layer, p), Quantized::Int(m));
         }

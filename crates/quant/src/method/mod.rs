@@ -168,6 +168,35 @@ pub struct LayerReport {
     pub seconds: f64,
 }
 
+/// A layer's output errors (this method, RTN) and its output energy, for [`LayerReport::new`].
+#[derive(Debug, Clone, Copy)]
+pub struct Errors {
+    pub error: f64,
+    pub error_rtn: f64,
+    /// ‖Wx‖² of the original weights (the relative errors' denominator).
+    pub energy: f64,
+}
+
+impl LayerReport {
+    /// The report line of one layer quantized since `t0` (method-specific fields empty).
+    pub fn new(name: String, (rows, cols): (usize, usize), storage: String, e: Errors, t0: Instant) -> Self {
+        LayerReport {
+            name,
+            rows,
+            cols,
+            storage,
+            error: e.error,
+            error_rtn: e.error_rtn,
+            rel_error: e.error / e.energy,
+            rel_error_rtn: e.error_rtn / e.energy,
+            damp: None,
+            dead_inputs: None,
+            awq_alpha: None,
+            seconds: t0.elapsed().as_secs_f64(),
+        }
+    }
+}
+
 /// What one pass produced.
 #[derive(Debug, Default)]
 pub struct PassResult {
@@ -284,19 +313,11 @@ impl PassCtx {
             let st = &self.stats[&Site::of(p)];
             let err = output_error(&w, &deq, rows, cols, &st.xtx, st.rows);
             bw.set(p, deq)?;
+            let errors = Errors { error: err, error_rtn: err_rtn, energy };
             self.result.layers.push(LayerReport {
-                name: name(layer, p),
-                rows,
-                cols,
-                storage,
-                error: err,
-                error_rtn: err_rtn,
-                rel_error: err / energy,
-                rel_error_rtn: err_rtn / energy,
                 damp,
                 dead_inputs: dead,
-                awq_alpha: None,
-                seconds: t0.elapsed().as_secs_f64(),
+                ..LayerReport::new(name(layer, p), shape, storage, errors, t0)
             });
             self.result.quantized.insert(name(layer, p), q);
         }
