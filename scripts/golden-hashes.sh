@@ -11,7 +11,8 @@
 # integer layout (gptq, gptq-v2, awq, compressed-tensors) and gguf:q4_k_m; `export-hf` of a GGUF and of
 # a GPTQ folder. report.json files (timings) are left out. The calibration pass runs the engine, whose
 # batch path depends on the CPU (AMX or not): compare recordings made on the same kind of machine.
-# tests/fixtures/golden-hashes.txt is the recording made before the seams refactor (issue 19).
+# tests/fixtures/golden-hashes.txt is the recording made by the code before the seams refactor
+# (issue 19) on this project's x86-64 machines.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 check=""
@@ -33,6 +34,9 @@ run_model() {
   local tag=$1 model=$2 samples=$3 seqlen=$4
   local d=$work/$tag
   mkdir -p "$d"
+  # Relative paths from here on: a GGUF converted with --imatrix records the imatrix path as given.
+  cd "$d"
+  d=.
   q quantize "$model" --method rtn --calib "$calib" --samples "$samples" --seqlen "$seqlen" \
     --format gguf:q4_k_m --imatrix -o "$d/im"
   for t in $types; do
@@ -55,6 +59,7 @@ run_model() {
   q export-hf "$d/convert-q4_k_m.gguf" -o "$d/export-gguf"
   q export-hf "$d/quantize-gptq/gptq" -o "$d/export-gptq"
   rm -f "$d"/*/report.json
+  cd "$work"
 }
 run_model stories "$stories" 8 64
 run_model smollm2 "$smol" 4 64
