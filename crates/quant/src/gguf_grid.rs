@@ -75,7 +75,10 @@ mod tests {
     fn set_code_inverts_every_decoder() {
         let grids: Vec<GgmlType> =
             quantkit_formats::REGISTRY.iter().filter(|c| c.grid.is_some()).map(|c| c.ty).collect();
-        assert_eq!(grids.len(), 10, "every ggml integer type is a grid: {grids:?}");
+        use GgmlType as T;
+        for ty in [T::Q4_0, T::Q4_1, T::Q5_0, T::Q5_1, T::Q8_0, T::Q2_K, T::Q3_K, T::Q4_K, T::Q5_K, T::Q6_K] {
+            assert!(grids.contains(&ty), "{ty} is a grid: {grids:?}");
+        }
         for ty in grids {
             let g = GgufGrid::new(ty).expect("grid");
             let n = g.block();
