@@ -221,6 +221,9 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
             info.name
         )));
     }
+    if let (GgufUse::No(why), true) = (info.gguf, opts.formats.iter().any(|f| f.layout().is_none())) {
+        return Err(Error::Unsupported(why.into()));
+    }
     let layouts: Vec<IntFormat> = opts.formats.iter().filter_map(OutFormat::layout).collect();
     let int = if layouts.is_empty() {
         None
