@@ -13,6 +13,7 @@
 
 pub mod awq;
 pub mod gptq;
+pub mod mse;
 pub mod rtn;
 
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ use crate::gguf_grid::GgufGrid;
 use crate::grid::{output_energy, output_error, Grid, IntGrid, IntMatrix, Quantized};
 
 /// The registry: one line per method.
-pub static METHODS: &[MethodInfo] = &[rtn::INFO, gptq::INFO, awq::INFO];
+pub static METHODS: &[MethodInfo] = &[rtn::INFO, gptq::INFO, awq::INFO, mse::INFO];
 
 /// How a method serves a GGUF mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
