@@ -74,16 +74,21 @@ impl RecipeSpec {
                     let int = IntSpec::parse(rest, info.default_sym)
                         .map_err(|e| Error::Invalid(format!("recipe {t:?}: {e}")))?;
                     if !info.default_layout.packs_bits(int.bits) {
-                        return Err(Error::Invalid(format!("recipe {t:?}: {} bits not supported here", int.bits)));
+                        return Err(Error::Invalid(format!(
+                            "recipe {t:?}: {} bits not supported here",
+                            int.bits
+                        )));
                     }
                     Spec::Int { method, int }
                 }
             }
             [mix] => Spec::Gguf { recipe: Box::new(Recipe::named(mix)?), gptq: false },
             _ => {
+                let methods: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
                 return Err(Error::Invalid(format!(
-                    "recipe {t:?}: expected a mix (q4_k_m), gptq:<mix>, rtn|gptq|awq:<bits>:<group>[:sym|asym] or a .toml file"
-                )))
+                    "recipe {t:?}: expected a mix (q4_k_m), gptq:<mix>, {}:<bits>:<group>[:sym|asym] or a .toml file",
+                    methods.join("|")
+                )));
             }
         };
         Ok(RecipeSpec { text: t.into(), spec, file_text: None })

@@ -141,7 +141,7 @@ are computed once; calibration samples are drawn once and the fp imatrix collect
 use it when --calib is given). Writes DIR/results.{csv,json,md}, DIR/plot.{svg,png} (PPL and KLD vs\n\
 bits per weight, Pareto front marked) and the quantized files under DIR/models/.\n\n\
 Recipes: a mix (q8_0, q6_k, q5_k_m, q4_k_m, q4_0, q3_k_m, q2_k, ...), gptq:<mix> (GPTQ-fed GGUF),\n\
-rtn|gptq|awq:<bits>:<group>[:sym|asym] (integer checkpoints), or a recipe .toml file\n\
+rtn|gptq|awq|mse:<bits>:<group>[:sym|asym] (integer checkpoints), or a recipe .toml file\n\
 (`quantkit convert --type q4_k_m --print-recipe > my.toml`, then edit tensor_types).",
         after_help = "Examples:\n  quantkit sweep ./SmolLM2 --recipes q8_0,q6_k,q4_k_m,q4_0,q3_k_m,q2_k --text wiki.test.raw --chunks 20 -o sweep/\n  \
 quantkit sweep ./SmolLM2 --recipes q4_k_m,gptq:q4_k_m,gptq:4:128,awq:4:128,my-mix.toml \\\n      --text wiki.test.raw --calib shakespeare.txt --samples 32 --seqlen 512 -o sweep/"

@@ -21,7 +21,7 @@ pub struct QuantizeArgs {
     /// model-<MIX>.gguf) plus report.json.
     #[arg(long, short)]
     pub output: PathBuf,
-    /// rtn, gptq or awq.
+    /// rtn, gptq, awq or mse (activation-weighted MSE clipping, integer grids only).
     #[arg(long, default_value = "gptq")]
     pub method: String,
     /// gptq, gptq-v2, awq, compressed-tensors or gguf:<type or mix> (repeat for several; they

@@ -22,7 +22,7 @@ use crate::progress::StageBars;
 pub struct SweepArgs {
     /// HF checkpoint folder or GGUF file (the unquantized reference).
     pub model: PathBuf,
-    /// Comma-separated recipes: mixes (q8_0, q4_k_m, …), gptq:<mix>, rtn|gptq|awq:<bits>:<group>[:sym|asym],
+    /// Comma-separated recipes: mixes (q8_0, q4_k_m, …), gptq:<mix>, rtn|gptq|awq|mse:<bits>:<group>[:sym|asym],
     /// or recipe .toml files.
     #[arg(long, value_delimiter = ',', required = true)]
     pub recipes: Vec<String>,
