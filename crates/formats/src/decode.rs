@@ -28,11 +28,16 @@ pub struct IntChunk {
     pub q: [u8; CHUNK],
     pub s: [f32; CHUNK / GROUP],
     pub o: [f32; CHUNK / GROUP],
+    /// Non-zero for formats whose codes are biased (`w = s·(q − bias)`): then `o[g] == −bias·s[g]`
+    /// exactly for every group, and an integer dot may sum `Σ (q − bias)·a` in integers instead of
+    /// adding `o·Σa` in floats (which cancels against `s·Σqa` where most codes sit at the bias).
+    /// Every decoder sets it (the chunk buffers are reused).
+    pub bias: u8,
 }
 
 impl Default for IntChunk {
     fn default() -> Self {
-        IntChunk { q: [0; CHUNK], s: [0.0; CHUNK / GROUP], o: [0.0; CHUNK / GROUP] }
+        IntChunk { q: [0; CHUNK], s: [0.0; CHUNK / GROUP], o: [0.0; CHUNK / GROUP], bias: 0 }
     }
 }
 
@@ -157,6 +162,8 @@ pub(crate) fn legacy_scales<C: Half8>(
         out.s[g] = d[g / 2];
         out.o[g] = m[g / 2];
     }
+    // `bias·d` with a power-of-two bias is exact, so `o == −b·s` holds to the bit.
+    out.bias = if min_at.is_none() { (-bias) as u8 } else { 0 };
 }
 
 /// Byte b → 8 bytes, byte i = 0x10 if bit i of b is set.
@@ -203,6 +210,7 @@ pub(crate) fn k4_scales(src: &[u8], out: &mut IntChunk) {
         out.o[2 * j] = m;
         out.o[2 * j + 1] = m;
     }
+    out.bias = 0;
 }
 
 /// Write `bits` bits of `v` at bit `shift` of `b` (the other bits unchanged): the formats'

@@ -14,13 +14,21 @@ impl IntDot for Scalar {
     }
     #[inline(always)]
     unsafe fn chunk(acc: &mut f32, ch: &IntChunk, a: &QAct, off: usize, n: usize) {
+        let bias = ch.bias as i32;
         for g in 0..n / GROUP {
             let ag = off / GROUP + g;
-            let mut isum = 0i32;
+            let (mut isum, mut asum) = (0i32, 0i32);
             for i in 0..GROUP {
-                isum += ch.q[g * GROUP + i] as i32 * a.q[off + g * GROUP + i] as i32;
+                let x = a.q[off + g * GROUP + i] as i32;
+                isum += ch.q[g * GROUP + i] as i32 * x;
+                asum += x;
             }
-            *acc += isum as f32 * (ch.s[g] * a.d[ag]) + ch.o[g] * a.sum[ag];
+            if bias != 0 {
+                // Biased codes: Σ (q − bias)·a exactly in integers (o = −bias·s).
+                *acc += (isum - bias * asum) as f32 * (ch.s[g] * a.d[ag]);
+            } else {
+                *acc += isum as f32 * (ch.s[g] * a.d[ag]) + ch.o[g] * a.sum[ag];
+            }
         }
     }
     unsafe fn reduce(acc: f32) -> f32 {

@@ -15,6 +15,23 @@ use crate::decode::{IntChunk, CHUNK, GROUP};
 #[derive(Debug)]
 pub struct Avx512;
 
+/// The start of `vpdpbusd` for 16 lanes of a chunk with biased codes: `bias · s4n` (each lane's
+/// `−bias·Σa` of its 4 activation codes); zero for unbiased codes.
+///
+/// # Safety
+/// Inside an AVX-512F kernel; 16 readable lanes at `s4n` (`QAct` pads them).
+#[inline(always)]
+unsafe fn bias_start(bias: u8, s4n: *const i32) -> __m512i {
+    // SAFETY: as documented.
+    unsafe {
+        if bias == 0 {
+            _mm512_setzero_si512()
+        } else {
+            _mm512_mullo_epi32(_mm512_loadu_si512(s4n.cast()), _mm512_set1_epi32(bias as i32))
+        }
+    }
+}
+
 impl IntDot for Avx512 {
     type Acc = __m512;
     #[inline(always)]
@@ -31,11 +48,14 @@ impl IntDot for Avx512 {
             let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
             let aq = a.q.as_ptr().add(off);
             let ad = a.d.as_ptr().add(off / GROUP);
+            // Biased codes (o = −bias·s): each lane's sum starts from −bias·Σa of its 4 codes
+            // (`QAct::s4n`, padded to whole 64-code units), so Σ (q − bias)·a is exact in integers.
+            let s4n = a.s4n.as_ptr().add(off / 4);
             let mut j = 0;
             while j + 64 <= n {
                 let w = _mm512_loadu_si512(ch.q.as_ptr().add(j).cast());
                 let x = _mm512_loadu_si512(aq.add(j).cast());
-                let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+                let isum = _mm512_dpbusd_epi32(bias_start(ch.bias, s4n.add(j / 4)), w, x);
                 let f =
                     _mm_mul_ps(_mm_loadu_ps(ch.s.as_ptr().add(j / GROUP)), _mm_loadu_ps(ad.add(j / GROUP)));
                 let f = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
@@ -46,7 +66,8 @@ impl IntDot for Avx512 {
                 // 32 codes left (n is a multiple of 32).
                 let w = _mm512_maskz_loadu_epi8(0xffff_ffff, ch.q.as_ptr().add(j).cast());
                 let x = _mm512_maskz_loadu_epi8(0xffff_ffff, aq.add(j).cast());
-                let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+                // Lanes 8..16 of `start` cover padding codes (zero), so they add nothing.
+                let isum = _mm512_dpbusd_epi32(bias_start(ch.bias, s4n.add(j / 4)), w, x);
                 let f = _mm_mul_ps(
                     _mm_maskz_loadu_ps(0b11, ch.s.as_ptr().add(j / GROUP)),
                     _mm_maskz_loadu_ps(0b11, ad.add(j / GROUP)),
@@ -54,11 +75,13 @@ impl IntDot for Avx512 {
                 let f = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), f, *acc);
             }
-            let g = n / GROUP;
-            let m: __mmask16 = if g >= 16 { 0xffff } else { (1u16 << g) - 1 };
-            let o = _mm512_maskz_loadu_ps(m, ch.o.as_ptr());
-            let s = _mm512_maskz_loadu_ps(m, a.sum.as_ptr().add(off / GROUP));
-            *acc = _mm512_fmadd_ps(o, s, *acc);
+            if ch.bias == 0 {
+                let g = n / GROUP;
+                let m: __mmask16 = if g >= 16 { 0xffff } else { (1u16 << g) - 1 };
+                let o = _mm512_maskz_loadu_ps(m, ch.o.as_ptr());
+                let s = _mm512_maskz_loadu_ps(m, a.sum.as_ptr().add(off / GROUP));
+                *acc = _mm512_fmadd_ps(o, s, *acc);
+            }
         }
     }
     #[inline(always)]
@@ -128,14 +151,21 @@ impl IntDot for Avx2 {
         // SAFETY: AVX2+FMA guaranteed by the caller; 16-byte loads stay inside groups < n.
         unsafe {
             let mut offs = 0f32;
+            // Biased codes (o = −bias·s): subtract bias·(a₂ᵢ + a₂ᵢ₊₁) per lane in integers, so
+            // Σ (q − bias)·a is exact and no float offset term is added.
+            let bias = _mm256_set1_epi16(ch.bias as i16);
             for g in 0..n / GROUP {
                 let ag = off / GROUP + g;
                 let w = _mm256_cvtepu8_epi16(_mm_loadu_si128(ch.q.as_ptr().add(g * GROUP).cast()));
                 let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.q.as_ptr().add(off + g * GROUP).cast()));
-                let p = _mm256_madd_epi16(w, x);
+                let mut p = _mm256_madd_epi16(w, x);
+                if ch.bias != 0 {
+                    p = _mm256_sub_epi32(p, _mm256_madd_epi16(bias, x));
+                } else {
+                    offs += ch.o[g] * a.sum[ag];
+                }
                 let f = _mm256_set1_ps(ch.s[g] * a.d[ag]);
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), f, *acc);
-                offs += ch.o[g] * a.sum[ag];
             }
             *acc = _mm256_add_ps(*acc, _mm256_setr_ps(offs, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0));
         }

@@ -69,6 +69,7 @@ impl IntBlock for BlockQ2K {
             out.s[g] = d * (scales[g] & 0xf) as f32;
             out.o[g] = -(dmin * (scales[g] >> 4) as f32);
         }
+        out.bias = 0;
         // Group g = 8n + 2·(shift/2) + half covers weights 16g..16g+16.
         for n in 0..2 {
             for (k, shift) in [0u32, 2, 4, 6].into_iter().enumerate() {

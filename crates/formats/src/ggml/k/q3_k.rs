@@ -91,6 +91,7 @@ impl IntBlock for BlockQ3K {
             out.s[g] = dl;
             out.o[g] = -4.0 * dl;
         }
+        out.bias = 4;
         for n in 0..2 {
             for (k, shift) in [0u32, 2, 4, 6].into_iter().enumerate() {
                 let m = 4 * n + k;

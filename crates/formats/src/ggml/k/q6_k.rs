@@ -59,6 +59,7 @@ impl IntBlock for BlockQ6K {
             out.s[g] = s;
             out.o[g] = -32.0 * s;
         }
+        out.bias = 32;
         for n in 0..2 {
             let (ql, qh) = (&ql[64 * n..64 * n + 64], &qh[32 * n..32 * n + 32]);
             let q = &mut out.q[128 * n..128 * n + 128];
