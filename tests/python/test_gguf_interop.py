@@ -133,6 +133,23 @@ def test_bit_exact_with_gguf_py_on_random_data_and_ggml_cos_vector(tmp_path, bin
                 assert err < 0.002, (tname, err)
 
 
+def test_tq2_0_bit_exact_with_gguf_py(tmp_path, bin_ok):
+    """Ternary TQ2_0 (a type no llama-quantize mix names: chosen per tensor) against gguf-py's
+    quantizer, then dequantized by gguf-py to the values our engine reads."""
+    rng = np.random.default_rng(7)
+    tensors = {"blk.0.ffn_up.weight": rng.standard_normal((8, 1024)).astype(np.float32),
+               "blk.0.ffn_down.weight": (rng.uniform(-1, 1, (4, 512)) * [[1e-3], [1], [30], [0]]).astype(np.float32)}
+    src = tmp_path / "t.gguf"
+    write_test_gguf(src, tensors)
+    out = tmp_path / "t-tq2_0.gguf"
+    run("convert", src, "--type", "q8_0", "--tensor-type", ".*=tq2_0", "--allow-partial", "-o", out)
+    r = gguf.GGUFReader(out)
+    for t in r.tensors:
+        assert t.tensor_type == Q.TQ2_0, (t.name, t.tensor_type)
+        ref = gguf.quants.quantize(tensors[t.name], Q.TQ2_0)
+        assert ref.tobytes() == bytes(t.data), f"{t.name} differs from gguf-py"
+
+
 @pytest.fixture(scope="module")
 def smol_export(tmp_path_factory, bin_ok):
     if not SMOL_GGUF.exists():

@@ -176,6 +176,7 @@ macro_rules! for_each_format {
             int Q4_K $crate::ggml::k::q4_k::BlockQ4K, fused;
             int Q5_K $crate::ggml::k::q5_k::BlockQ5K, fused;
             int Q6_K $crate::ggml::k::q6_k::BlockQ6K, fused;
+            int TQ2_0 $crate::ggml::tq2_0::BlockTq2_0, generic;
         }
     };
 }

@@ -35,6 +35,7 @@ fn every_registered_format_roundtrips_within_ggml_ceilings() {
         // test-quantize-fns.cpp's ceilings: MAX_QUANTIZATION_TOTAL_ERROR{,_2BITS,_3BITS}.
         let ceiling = match c.ty {
             GgmlType::Q2_K => 0.0075,
+            GgmlType::TQ2_0 => 0.01, // MAX_QUANTIZATION_TOTAL_ERROR_TERNARY
             GgmlType::Q3_K => 0.0040,
             _ => 0.002,
         };
@@ -44,7 +45,7 @@ fn every_registered_format_roundtrips_within_ggml_ceilings() {
         let true_rmse =
             (x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / x.len() as f64).sqrt();
         let code_bits = match c.ty {
-            GgmlType::Q2_K => 2,
+            GgmlType::Q2_K | GgmlType::TQ2_0 => 2,
             GgmlType::Q3_K => 3,
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 4,
             GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 5,

@@ -8,6 +8,7 @@ pub mod q4_1;
 pub mod q5_0;
 pub mod q5_1;
 pub mod q8_0;
+pub mod tq2_0;
 
 /// Index and value of the element with the largest magnitude (first one on ties), as ggml's
 /// `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` loop picks it.
