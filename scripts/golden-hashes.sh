@@ -17,7 +17,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 check=""
 if [[ "${1:-}" == "--check" ]]; then
-  check=$2
+  check=$(realpath "$2")
   shift 2
 fi
 bin=${1:-$root/target/release/quantkit}
