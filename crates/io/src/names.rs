@@ -47,6 +47,19 @@ impl Proj {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// Its weight's GGUF name in `layer`: `blk.{layer}.<stem>.weight`.
+    pub fn weight_name(self, layer: usize) -> String {
+        format!("blk.{layer}.{}.weight", self.gguf())
+    }
+
+    /// The projection whose weight `gguf_name` is (`blk.N.<stem>.weight`), if it is one.
+    pub fn of_weight(gguf_name: &str) -> Option<Proj> {
+        if !gguf_name.starts_with("blk.") {
+            return None;
+        }
+        Proj::ALL.into_iter().find(|p| gguf_name.ends_with(&format!(".{}.weight", p.gguf())))
+    }
 }
 
 /// The layer's other tensors: (HF suffix inside `model.layers.{i}.`, GGUF suffix inside `blk.{i}.`).
@@ -143,6 +156,17 @@ fn reorder_rows(data: &[f32], rows: usize, n_head: usize, inverse: bool) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn projection_weight_names_round_trip() {
+        for p in Proj::ALL {
+            assert_eq!(Proj::of_weight(&p.weight_name(7)), Some(p));
+        }
+        assert_eq!(Proj::Down.weight_name(3), "blk.3.ffn_down.weight");
+        for other in ["blk.3.ffn_norm.weight", "blk.3.attn_q.bias", "output.weight", "token_embd.weight"] {
+            assert_eq!(Proj::of_weight(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn names_roundtrip() {

@@ -330,37 +330,35 @@ pub fn quantize_with(
         let zero_min = int_formats.iter().map(|f| f.zero_min(spec.sym)).max().unwrap_or(0);
         let grid = spec.grid(zero_min);
         let label = spec.label();
-        let (quantized, floats): (BTreeMap<String, IntMatrix>, BTreeMap<String, Vec<f32>>) = if samples
-            .is_some()
-        {
-            let (r, secs) = run_pass(Target::Int { grid, skip: skip.clone() }, &label)?;
-            write_imatrix(&r)?;
-            passes.push(pass_report(label.clone(), secs, &r));
-            let q = r
-                .quantized
-                .into_iter()
-                .filter_map(|(k, v)| if let Quantized::Int(m) = v { Some((k, m)) } else { None })
-                .collect();
-            (q, r.norms)
-        } else {
-            // RTN without calibration: straight from the weights.
-            let tensors = src.tensors()?;
-            let mut q = BTreeMap::new();
-            for t in &tensors {
-                let is_linear = Proj::ALL.iter().any(|p| t.name.ends_with(&format!(".{}.weight", p.gguf())));
-                if is_linear && t.name.starts_with("blk.") && !skip.contains(&t.name) {
-                    let w = src.read(t)?;
-                    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
-                        return Err(Error::bad_tensor(
-                            &t.name,
-                            format!("value {} at index {i} is not finite", w[i]),
-                        ));
+        let (quantized, floats): (BTreeMap<String, IntMatrix>, BTreeMap<String, Vec<f32>>) =
+            if samples.is_some() {
+                let (r, secs) = run_pass(Target::Int { grid, skip: skip.clone() }, &label)?;
+                write_imatrix(&r)?;
+                passes.push(pass_report(label.clone(), secs, &r));
+                let q = r
+                    .quantized
+                    .into_iter()
+                    .filter_map(|(k, v)| if let Quantized::Int(m) = v { Some((k, m)) } else { None })
+                    .collect();
+                (q, r.norms)
+            } else {
+                // RTN without calibration: straight from the weights.
+                let tensors = src.tensors()?;
+                let mut q = BTreeMap::new();
+                for t in &tensors {
+                    if Proj::of_weight(&t.name).is_some() && !skip.contains(&t.name) {
+                        let w = src.read(t)?;
+                        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+                            return Err(Error::bad_tensor(
+                                &t.name,
+                                format!("value {} at index {i} is not finite", w[i]),
+                            ));
+                        }
+                        q.insert(t.name.clone(), IntMatrix::rtn(grid, &w, t.rows(), t.row_len(), None));
                     }
-                    q.insert(t.name.clone(), IntMatrix::rtn(grid, &w, t.rows(), t.row_len(), None));
                 }
-            }
-            (q, BTreeMap::new())
-        };
+                (q, BTreeMap::new())
+            };
         for fmt in int_formats {
             let dest = out.join(fmt.dir_name());
             progress.stage(fmt.dir_name(), 1);
@@ -392,12 +390,7 @@ pub fn quantize_with(
                 GgufUse::Grid => Target::Gguf {
                     types: plans
                         .iter()
-                        .filter(|p| {
-                            p.name.starts_with("blk.")
-                                && Proj::ALL
-                                    .iter()
-                                    .any(|q| p.name.ends_with(&format!(".{}.weight", q.gguf())))
-                        })
+                        .filter(|p| Proj::of_weight(&p.name).is_some())
                         .map(|p| (p.name.clone(), p.ty))
                         .collect::<BTreeMap<String, GgmlType>>(),
                 },

@@ -58,9 +58,7 @@ pub fn skipped(src: &ModelSource, formats: &[IntFormat], bits: u32) -> Result<Ve
             }
         }
     }
-    Ok((0..cfg.num_layers)
-        .flat_map(|l| skip_kinds.iter().map(move |p| format!("blk.{l}.{}.weight", p.gguf())))
-        .collect())
+    Ok((0..cfg.num_layers).flat_map(|l| skip_kinds.iter().map(move |p| p.weight_name(l as usize))).collect())
 }
 
 /// `m`'s codes, scales and zeros with its rows reordered (`rows_from[i]` is the source row of row i).

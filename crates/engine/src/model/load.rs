@@ -74,17 +74,17 @@ impl Model {
         let embed = matrix(find("token_embd.weight")?)?;
         let mut layers = Vec::with_capacity(cfg.num_layers as usize);
         for l in 0..cfg.num_layers {
-            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            let p = |p: Proj| linear(&p.weight_name(l as usize));
             layers.push(Layer {
-                attn_norm: vec(&n("attn_norm"))?,
-                q: linear(&n(Proj::Q.gguf()))?,
-                k: linear(&n(Proj::K.gguf()))?,
-                v: linear(&n(Proj::V.gguf()))?,
-                o: linear(&n(Proj::O.gguf()))?,
-                ffn_norm: vec(&n("ffn_norm"))?,
-                gate: linear(&n(Proj::Gate.gguf()))?,
-                up: linear(&n(Proj::Up.gguf()))?,
-                down: linear(&n(Proj::Down.gguf()))?,
+                attn_norm: vec(&format!("blk.{l}.attn_norm.weight"))?,
+                q: p(Proj::Q)?,
+                k: p(Proj::K)?,
+                v: p(Proj::V)?,
+                o: p(Proj::O)?,
+                ffn_norm: vec(&format!("blk.{l}.ffn_norm.weight"))?,
+                gate: p(Proj::Gate)?,
+                up: p(Proj::Up)?,
+                down: p(Proj::Down)?,
             });
         }
         let h = cfg.hidden_size as usize;

@@ -212,7 +212,7 @@ pub struct PassResult {
 
 /// The GGUF name of projection `p` of `layer`.
 pub fn name(layer: usize, p: Proj) -> String {
-    format!("blk.{layer}.{}.weight", p.gguf())
+    p.weight_name(layer)
 }
 
 /// What a method sees of the pass: the target, the statistics of the current block, the result.
