@@ -38,9 +38,10 @@ impl OutFormat {
         }
         match s.strip_prefix("gguf:") {
             Some(t) => Ok(OutFormat::Gguf(Box::new(Recipe::named(t)?))),
-            None => Err(Error::Invalid(format!(
-                "unknown format {s:?} (gptq, gptq-v2, awq, compressed-tensors, gguf:<type>)"
-            ))),
+            None => {
+                let names: Vec<&str> = IntFormat::ALL.iter().map(|l| l.name()).collect();
+                Err(Error::Invalid(format!("unknown format {s:?} ({}, gguf:<type>)", names.join(", "))))
+            }
         }
     }
 
