@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Write a synthetic Llama GGUF with 7B-like layer shapes and random quantized weights, for
-bandwidth benchmarks on weights far larger than the last-level cache (docs/kernels.md):
+"""Write a synthetic Llama GGUF with 7B- or 70B-like layer shapes and random quantized weights,
+for bandwidth benchmarks on weights far larger than the last-level cache (docs/kernels.md) and for
+measuring calibration time and memory per layer (docs/calibration.md):
 
     .venv/bin/python scripts/synth_llama.py --type q4_0 --layers 4 -o /tmp/synth-q4_0.gguf
     quantkit bench /tmp/synth-q4_0.gguf -p 64 -n 32 --peer
+    .venv/bin/python scripts/synth_llama.py --shape 70b --type q4_k_m --layers 2 -o /tmp/synth70.gguf
 
-Shapes are Llama-2-7B's (width 4096, FFN 11008, 32 heads, vocabulary 32000) with only `--layers`
-blocks. The blocks are random bytes with plausible scales (f16 in [0.002, 0.01)), written straight
+Shapes are Llama-2-7B's (width 4096, FFN 11008, 32 heads, vocabulary 32000) or, with `--shape 70b`,
+Llama-2-70B's (width 8192, FFN 28672, 64 heads / 8 KV heads) with only `--layers` blocks. The blocks are random bytes with plausible scales (f16 in [0.002, 0.01)), written straight
 in the quantized layout, so no float model is ever materialised. `--type q4_k_m` follows
 llama.cpp's Q4_K_M mix (Q6_K for attn_v/ffn_down of every other layer and for the output, Q4_K
 elsewhere). A minimal SentencePiece vocabulary makes the file loadable by llama.cpp; the text it
@@ -18,7 +20,8 @@ import numpy as np
 import gguf
 from gguf import GGMLQuantizationType as T
 
-WIDTH, FFN, HEADS, VOCAB = 4096, 11008, 32, 32000
+SHAPES = {"7b": (4096, 11008, 32, 32), "70b": (8192, 28672, 64, 8)}
+VOCAB = 32000
 
 
 def random_blocks(rng, ty, rows, cols):
@@ -48,9 +51,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--type", choices=["q4_0", "q8_0", "q4_k_m"], default="q4_0")
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--output", required=True)
     a = ap.parse_args()
+    WIDTH, FFN, HEADS, KV = SHAPES[a.shape]
+    kv_width = WIDTH // HEADS * KV
     rng = np.random.default_rng(a.seed)
     base = {"q4_0": T.Q4_0, "q8_0": T.Q8_0, "q4_k_m": T.Q4_K}[a.type]
 
@@ -62,13 +68,13 @@ def main():
         return T.Q4_K
 
     w = gguf.GGUFWriter(a.output, "llama")
-    w.add_name(f"synthetic-7b-shape-{a.layers}l-{a.type}")
+    w.add_name(f"synthetic-{a.shape}-shape-{a.layers}l-{a.type}")
     w.add_context_length(4096)
     w.add_embedding_length(WIDTH)
     w.add_block_count(a.layers)
     w.add_feed_forward_length(FFN)
     w.add_head_count(HEADS)
-    w.add_head_count_kv(HEADS)
+    w.add_head_count_kv(KV)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
     w.add_vocab_size(VOCAB)
@@ -94,8 +100,8 @@ def main():
         p = f"blk.{l}."
         w.add_tensor(p + "attn_norm.weight", np.ones(WIDTH, dtype=np.float32))
         w.add_tensor(p + "ffn_norm.weight", np.ones(WIDTH, dtype=np.float32))
-        for n in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            quant(p + n + ".weight", l, WIDTH, WIDTH)
+        for n, rows in (("attn_q", WIDTH), ("attn_k", kv_width), ("attn_v", kv_width), ("attn_output", WIDTH)):
+            quant(p + n + ".weight", l, rows, WIDTH)
         quant(p + "ffn_gate.weight", l, FFN, WIDTH)
         quant(p + "ffn_up.weight", l, FFN, WIDTH)
         quant(p + "ffn_down.weight", l, WIDTH, FFN)

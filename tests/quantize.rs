@@ -152,3 +152,82 @@ fn quantize_refuses_bad_requests_without_leaving_files() {
     );
     assert!(!out.join("gptq").exists());
 }
+
+/// A GPTQ run killed with SIGKILL part-way resumes with `--resume` from its last finished block
+/// (none done twice: the report says how many came from the checkpoint) and writes exactly the
+/// bytes of an uninterrupted run — also when the activations live in temporary files
+/// (`--mem-budget` far below their size).
+#[test]
+fn killed_gptq_run_resumes_to_identical_bytes() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let model = smol_gguf();
+    let args = |out: &std::path::Path, extra: &[&str]| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = vec![
+            "quantize".into(),
+            model.clone().into(),
+            "--method".into(),
+            "gptq".into(),
+            "--calib".into(),
+            calib().into(),
+            "--samples".into(),
+            "4".into(),
+            "--seqlen".into(),
+            "64".into(),
+            "--format".into(),
+            "gptq".into(),
+            "--format".into(),
+            "gguf:q4_k_m".into(),
+            "-o".into(),
+            out.into(),
+        ];
+        v.extend(extra.iter().map(|s| s.into()));
+        v
+    };
+    let run = |a: &[std::ffi::OsString]| {
+        let refs: Vec<&dyn AsRef<std::ffi::OsStr>> = a.iter().map(|s| s as &dyn AsRef<std::ffi::OsStr>).collect();
+        ok(&refs)
+    };
+    let whole = t.path().join("whole");
+    run(&args(&whole, &[]));
+
+    // Kill the spilling run once a few blocks of its first pass are saved.
+    let cut = t.path().join("cut");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_quantkit"))
+        .args(args(&cut, &["--mem-budget", "1K"]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let work = cut.join(".quantkit-work");
+    // Saved block files of any pass (read_dir errors: the folder is not there yet, or changing).
+    let saved = |n: usize| {
+        let layers = |d: std::path::PathBuf| {
+            std::fs::read_dir(d).into_iter().flatten().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("layer-")).count()
+        };
+        std::fs::read_dir(&work).into_iter().flatten().flatten().map(|e| layers(e.path())).sum::<usize>() >= n
+    };
+    let t0 = std::time::Instant::now();
+    while !saved(3) {
+        assert!(child.try_wait().expect("wait").is_none(), "the run ended before it could be killed");
+        assert!(t0.elapsed().as_secs() < 300, "no block saved in 300 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    assert!(!cut.join("model-Q4_K_M.gguf").exists() && !cut.join("gptq").exists(), "killed before writing");
+
+    let o = run(&args(&cut, &["--mem-budget", "1K", "--resume", "--json"]));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
+    let passes = report["passes"].as_array().expect("passes");
+    assert!(passes[0]["resumed_blocks"].as_u64().expect("resumed_blocks") >= 3, "{}", passes[0]);
+    assert!(passes.iter().all(|p| p["spilled"] == true));
+    assert!(!work.exists(), "checkpoints are removed when the job is done");
+    let (fa, fb) = (files(&whole), files(&cut));
+    assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
+    for ((n, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(x == y, "{n} differs between the uninterrupted run and the killed + resumed one");
+    }
+}

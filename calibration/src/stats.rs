@@ -2,6 +2,7 @@
 
 use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 /// `Σ x xᵀ`, `Σ |x|` and `Σ x²` over every observed row of a group's input.
 ///
@@ -18,6 +19,8 @@ pub struct SiteStats {
     /// Whether `xtx` is accumulated (AWQ-only or imatrix-only runs may skip it).
     pub with_xtx: bool,
     scratch: Vec<f32>,
+    /// Whether the upper triangle of `xtx` is up to date ([`SiteStats::mirror`]).
+    mirrored: bool,
 }
 
 impl SiteStats {
@@ -30,6 +33,7 @@ impl SiteStats {
             rows: 0,
             with_xtx,
             scratch: vec![],
+            mirrored: true,
         }
     }
 
@@ -61,15 +65,31 @@ impl SiteStats {
             1.0f32,
             par(),
         );
+        // Only the lower triangle is accumulated (rows in parallel: each element has one writer,
+        // so the sums do not depend on the thread count); `mirror` fills the upper one when the
+        // site is complete.
+        let scratch = &self.scratch;
+        self.xtx.par_chunks_exact_mut(d).enumerate().for_each(|(i, row)| {
+            for (a, &v) in row[..=i].iter_mut().zip(&scratch[i * d..i * d + i + 1]) {
+                *a += v as f64;
+            }
+        });
+        self.mirrored = false;
+    }
+
+    /// Copy the accumulated lower triangle of `xtx` into the upper one: call once all rows are in
+    /// (the pass does, before a method sees the statistics); `xtx` is then the full `Σ x xᵀ`.
+    pub fn mirror(&mut self) {
+        if self.mirrored || !self.with_xtx {
+            return;
+        }
+        let d = self.dim;
         for i in 0..d {
-            for j in 0..=i {
-                let v = self.scratch[i * d + j] as f64;
-                self.xtx[i * d + j] += v;
-                if i != j {
-                    self.xtx[j * d + i] += v;
-                }
+            for j in 0..i {
+                self.xtx[j * d + i] = self.xtx[i * d + j];
             }
         }
+        self.mirrored = true;
     }
 
     /// GPTQ's Hessian `2/n Σ x xᵀ`.
@@ -115,6 +135,7 @@ mod tests {
         let b = data(5 * d, 2);
         st.add(&a, 11);
         st.add(&b, 5);
+        st.mirror();
         assert_eq!(st.rows, 16);
         let all: Vec<f32> = a.iter().chain(&b).copied().collect();
         for i in 0..d {
@@ -137,6 +158,7 @@ mod tests {
             pool.install(|| {
                 let mut st = SiteStats::new(d, true);
                 st.add(&x, 512);
+                st.mirror();
                 st.xtx
             })
         };

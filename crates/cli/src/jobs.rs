@@ -15,7 +15,7 @@ use quantkit_quant::convert::{convert, ConvertOptions};
 use quantkit_quant::gptq::GptqConfig;
 use quantkit_quant::grid::IntSpec;
 use quantkit_quant::method::{GgufUse, Knobs, MethodKind, METHODS};
-use quantkit_quant::quantize::{quantize_with, OutFormat, Prepared, Progress, QuantizeOptions};
+use quantkit_quant::quantize::{quantize_with, OutFormat, Prepared, Progress, QuantizeOptions, RunSettings};
 use quantkit_quant::recipe::Recipe;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -199,6 +199,7 @@ pub fn quantize_recipe(
                         formats: vec![OutFormat::Gguf(recipe.clone())],
                         calib: None,
                         write_imatrix: false,
+                        run: RunSettings::default(),
                     },
                     format!("model-{}.gguf", recipe.mix.name),
                 ),
@@ -210,6 +211,7 @@ pub fn quantize_recipe(
                         formats: vec![OutFormat::Int(method.info().default_layout)],
                         calib: None,
                         write_imatrix: false,
+                        run: RunSettings::default(),
                     },
                     method.info().default_layout.dir_name().to_string(),
                 ),

@@ -7,7 +7,9 @@ use quantkit_core::{Error, Result};
 use quantkit_quant::gptq::GptqConfig;
 use quantkit_quant::grid::IntSpec;
 use quantkit_quant::method::{Knobs, MethodKind};
-use quantkit_quant::quantize::{quantize as run, CalibOptions, OutFormat, QuantizeOptions};
+use quantkit_quant::quantize::{
+    parse_bytes, quantize as run, CalibOptions, OutFormat, QuantizeOptions, RunSettings,
+};
 use serde_json::json;
 
 use crate::commands::{peak_rss_mb, Ctx};
@@ -78,6 +80,16 @@ pub struct QuantizeArgs {
     /// Also write the calibration's imatrix (OUT/imatrix.gguf, llama.cpp's format).
     #[arg(long)]
     pub imatrix: bool,
+    /// Memory for calibration activations (every sample's residual stream, attention context and
+    /// post-attention residual of the current block); what does not fit goes to temporary files
+    /// in OUT. Weights are read one block at a time whatever this is.
+    #[arg(long, default_value = "4G", value_name = "SIZE")]
+    pub mem_budget: String,
+    /// Continue a killed run: blocks finished before the kill are taken from OUT/.quantkit-work
+    /// (each pass saves every block there), the rest are computed; the output is byte-identical to
+    /// an uninterrupted run. Without it, an earlier run's checkpoints are discarded.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
@@ -112,6 +124,7 @@ pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
         formats,
         calib,
         write_imatrix: a.imatrix,
+        run: RunSettings { mem_budget: parse_bytes(&a.mem_budget)?, resume: a.resume },
     };
     let bars = StageBars::new(ctx.progress);
     let report = run(&a.model, &a.output, &opts, &bars)?;

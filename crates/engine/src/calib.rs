@@ -17,6 +17,7 @@
 //! earlier ones.
 
 use quantkit_core::{Error, GgmlType, Result};
+use quantkit_io::source::ModelSource;
 use quantkit_kernels::{QMatrix, WeightBytes};
 
 use crate::linear::{forward_group, Linear, QLinear};
@@ -61,12 +62,21 @@ impl Site {
 }
 
 /// A block's weights in f32 (GGUF layout: row-major `[out × in]`, llama q/k rows permuted).
-#[derive(Debug, Clone, PartialEq)]
+/// Changes through [`get_mut`](Self::get_mut) and [`set`](Self::set) are tracked, so the engine
+/// re-installs only the projections a hook touched (no copy of the block to compare against).
+#[derive(Debug, Clone)]
 pub struct BlockWeights {
     pub attn_norm: Vec<f32>,
     pub ffn_norm: Vec<f32>,
     w: [Vec<f32>; 7],
     shape: [(usize, usize); 7],
+    touched: [bool; 7],
+}
+
+impl PartialEq for BlockWeights {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.attn_norm, &self.ffn_norm, &self.w, &self.shape) == (&o.attn_norm, &o.ffn_norm, &o.w, &o.shape)
+    }
 }
 
 impl BlockWeights {
@@ -74,6 +84,7 @@ impl BlockWeights {
         &self.w[p.index()]
     }
     pub fn get_mut(&mut self, p: Proj) -> &mut [f32] {
+        self.touched[p.index()] = true;
         &mut self.w[p.index()]
     }
     /// `(rows, cols)` = `(out_features, in_features)`.
@@ -87,10 +98,12 @@ impl BlockWeights {
             return Err(Error::Invalid(format!("{}: {} values for a {r}×{c} weight", p.gguf(), w.len())));
         }
         self.w[p.index()] = w;
+        self.touched[p.index()] = true;
         Ok(())
     }
-    fn attention_part(&self) -> (&[f32], [&Vec<f32>; 4]) {
-        (&self.attn_norm, [&self.w[0], &self.w[1], &self.w[2], &self.w[3]])
+    /// The projections changed since the last [`take_touched`](Self::take_touched), and reset.
+    fn take_touched(&mut self) -> [bool; 7] {
+        std::mem::take(&mut self.touched)
     }
 }
 
@@ -103,6 +116,17 @@ pub trait BlockHook: Send {
     fn update(&mut self, layer: usize, site: Site, w: &mut BlockWeights) -> Result<()>;
     /// The block's last chance to change weights before its output is computed.
     fn finish(&mut self, layer: usize, w: &mut BlockWeights) -> Result<()>;
+    /// Block `layer` is done (its output computed): save or release what the hook holds of it.
+    fn block_done(&mut self, _layer: usize) -> Result<()> {
+        Ok(())
+    }
+    /// A resumed pass starts after `done` finished blocks: take back what was saved of them.
+    fn restore(&mut self, done: usize) -> Result<()> {
+        if done == 0 {
+            return Ok(());
+        }
+        Err(Error::Unsupported("resuming a pass whose hook saves nothing".into()))
+    }
 }
 
 fn f32_linear(rows: usize, cols: usize, w: &[f32], bias: Option<Vec<f32>>) -> Result<QLinear> {
@@ -143,11 +167,16 @@ impl Model {
             q.m.dequantize_rows(0, q.m.rows, &mut v);
             v
         });
-        BlockWeights { attn_norm: l.attn_norm.clone(), ffn_norm: l.ffn_norm.clone(), w, shape }
+        BlockWeights { attn_norm: l.attn_norm.clone(), ffn_norm: l.ffn_norm.clone(), w, shape, touched: [false; 7] }
     }
 
     /// Install f32 weights into block `li` (biases are kept).
     pub fn set_block_weights(&mut self, li: usize, bw: &BlockWeights) -> Result<()> {
+        self.install(li, bw, [true; 7])
+    }
+
+    /// Install the norms and the projections `which` of `bw` into block `li`.
+    fn install(&mut self, li: usize, bw: &BlockWeights, which: [bool; 7]) -> Result<()> {
         let l = &mut self.layers[li];
         if bw.attn_norm.len() != l.attn_norm.len() || bw.ffn_norm.len() != l.ffn_norm.len() {
             return Err(Error::Invalid(format!("block {li}: norm weights of the wrong length")));
@@ -155,6 +184,9 @@ impl Model {
         l.attn_norm.clone_from(&bw.attn_norm);
         l.ffn_norm.clone_from(&bw.ffn_norm);
         for (i, q) in l.linears_mut().into_iter().enumerate() {
+            if !which[i] {
+                continue;
+            }
             let (r, c) = bw.shape[i];
             if (r, c) != (q.m.rows, q.m.cols) || bw.w[i].len() != r * c {
                 return Err(Error::Invalid(format!(
@@ -167,30 +199,68 @@ impl Model {
         Ok(())
     }
 
-    /// Run block `li` over `x` (`samples` sequences of `seqlen` positions, `[samples·seqlen ×
-    /// hidden]`, each sequence starting at position 0), stage by stage with `hook` (see the module
-    /// docs), and leave the block's output in `x`. The block's weights end as the hook left them.
-    /// `tick` is called once per sample and stage (for progress bars).
+    /// A model from [`Model::load_streaming`]: read block `li`'s projections from `src` as f32
+    /// (a quantized GGUF is dequantized here, one block at a time) and drop the source's pages
+    /// behind them.
+    pub fn load_block(&mut self, li: usize, src: &ModelSource) -> Result<()> {
+        if li >= self.layers.len() {
+            return Err(Error::Invalid(format!("block {li} of {}", self.layers.len())));
+        }
+        let tensors = src.tensors()?;
+        let l = &mut self.layers[li];
+        for (p, q) in Proj::ALL.into_iter().zip(l.linears_mut()) {
+            let name = p.weight_name(li);
+            let t = tensors.iter().find(|t| t.name == name).ok_or_else(|| Error::MissingTensor {
+                path: src.path(),
+                tensor: name.clone(),
+                hint: String::new(),
+            })?;
+            if t.row_len() != q.m.cols {
+                return Err(Error::bad_tensor(&name, format!("rows of {} but {} expected", t.row_len(), q.m.cols)));
+            }
+            let w = src.read(t)?;
+            src.release_rows(t, 0, t.rows());
+            *q = f32_linear(t.rows(), t.row_len(), &w, q.bias.take())?;
+        }
+        Ok(())
+    }
+
+    /// Drop block `li`'s projection weights (biases and norms stay): the pass is past it.
+    pub fn unload_block(&mut self, li: usize) {
+        if let Some(l) = self.layers.get_mut(li) {
+            for q in l.linears_mut() {
+                q.m = crate::model::load::placeholder(q.m.cols);
+            }
+        }
+    }
+
+    /// Run block `li` over `x` (`x.count()` sequences of `seqlen` positions, each `seqlen × hidden`
+    /// and starting at position 0), stage by stage with `hook` (see the module docs), and leave
+    /// the block's output in `x`. The block's weights end as the hook left them. `spill` holds the
+    /// block's two intermediate results (attention context, post-attention residual) like `x`:
+    /// in memory or in a temporary file. `tick` is called once per sample and stage.
     pub fn calibrate_block(
         &mut self,
         li: usize,
-        x: &mut [f32],
+        x: &mut SeqStore,
         seqlen: usize,
         hook: &mut dyn BlockHook,
+        spill: &Spill,
         tick: &mut (dyn FnMut() + Send),
     ) -> Result<()> {
         if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
-            return rayon::scope(|_| self.calibrate_block_inner(li, x, seqlen, hook, tick));
+            return rayon::scope(|_| self.calibrate_block_inner(li, x, seqlen, hook, spill, tick));
         }
-        self.calibrate_block_inner(li, x, seqlen, hook, tick)
+        self.calibrate_block_inner(li, x, seqlen, hook, spill, tick)
     }
 
     fn calibrate_block_inner(
         &mut self,
         li: usize,
-        x: &mut [f32],
+        x: &mut SeqStore,
         t: usize,
         hook: &mut dyn BlockHook,
+        spill: &Spill,
         tick: &mut (dyn FnMut() + Send),
     ) -> Result<()> {
         let c = &self.cfg;
@@ -201,17 +271,22 @@ impl Model {
         if li >= self.layers.len() {
             return Err(Error::Invalid(format!("block {li} of {}", self.layers.len())));
         }
-        if t == 0 || x.len() % (t * h) != 0 {
-            return Err(Error::Invalid(format!("{} values are not whole sequences of {t}×{h}", x.len())));
+        if t == 0 || x.seq_len() != t * h {
+            return Err(Error::Invalid(format!(
+                "sequences of {} values are not {t} positions × {h}",
+                x.seq_len()
+            )));
         }
-        let samples = x.len() / (t * h);
+        let samples = x.count();
+        let qd = nh * hd;
         let table = self.rope_table(0, t);
         let dims = Dims { n: t, pos0: 0, nh, nkv, hd, scale: 1.0 / (hd as f32).sqrt() };
         let mut xn = vec![0f32; t * h];
-        let (mut q, mut k, mut v) =
-            (vec![0f32; t * nh * hd], vec![0f32; t * nkv * hd], vec![0f32; t * nkv * hd]);
-        let mut ctx = vec![0f32; samples * t * nh * hd];
-        let mut hres = vec![0f32; samples * t * h];
+        let (mut q, mut k, mut v) = (vec![0f32; t * qd], vec![0f32; t * nkv * hd], vec![0f32; t * nkv * hd]);
+        // One sequence's residual, context and post-attention residual.
+        let (mut xs, mut cs, mut hs) = (vec![0f32; t * h], vec![0f32; t * qd], vec![0f32; t * h]);
+        let mut ctx = spill.store(samples, t * qd)?;
+        let mut hres = spill.store(samples, t * h)?;
         let mut tmp = vec![0f32; t * h];
         let (mut g, mut u) = (vec![0f32; t * ffn], vec![0f32; t * ffn]);
         let mut bw = self.block_weights(li);
@@ -241,67 +316,72 @@ impl Model {
 
         // 1. AttnIn
         for s in 0..samples {
-            rmsnorm(&x[s * t * h..(s + 1) * t * h], &self.layers[li].attn_norm, eps, &mut xn);
+            x.read(s, &mut xs)?;
+            rmsnorm(&xs, &self.layers[li].attn_norm, eps, &mut xn);
             hook.observe(li, Site::AttnIn, &xn, t);
             tick();
         }
         self.update(li, Site::AttnIn, &mut bw, hook)?;
         // 2. AttnOut
-        let qd = nh * hd;
         for s in 0..samples {
-            let out = &mut ctx[s * t * qd..(s + 1) * t * qd];
-            attend(self, &x[s * t * h..(s + 1) * t * h], &mut xn, &mut q, &mut k, &mut v, out);
-            hook.observe(li, Site::AttnOut, out, t);
+            x.read(s, &mut xs)?;
+            attend(self, &xs, &mut xn, &mut q, &mut k, &mut v, &mut cs);
+            hook.observe(li, Site::AttnOut, &cs, t);
+            ctx.write(s, &cs)?;
             tick();
         }
         self.update(li, Site::AttnOut, &mut bw, hook)?;
         // 3. FfnIn
         for s in 0..samples {
-            let hs = &mut hres[s * t * h..(s + 1) * t * h];
-            self.layers[li].o.forward(&ctx[s * t * qd..(s + 1) * t * qd], t, &mut tmp);
-            for ((o, a), b) in hs.iter_mut().zip(&x[s * t * h..(s + 1) * t * h]).zip(&tmp) {
+            x.read(s, &mut xs)?;
+            ctx.read(s, &mut cs)?;
+            self.layers[li].o.forward(&cs, t, &mut tmp);
+            for ((o, a), b) in hs.iter_mut().zip(&xs).zip(&tmp) {
                 *o = a + b;
             }
-            rmsnorm(hs, &self.layers[li].ffn_norm, eps, &mut xn);
+            rmsnorm(&hs, &self.layers[li].ffn_norm, eps, &mut xn);
             hook.observe(li, Site::FfnIn, &xn, t);
+            hres.write(s, &hs)?;
             tick();
         }
+        drop(ctx);
         self.update(li, Site::FfnIn, &mut bw, hook)?;
         // 4. FfnDownIn
         for s in 0..samples {
-            mlp_in(self, &hres[s * t * h..(s + 1) * t * h], &mut xn, &mut g, &mut u);
+            hres.read(s, &mut hs)?;
+            mlp_in(self, &hs, &mut xn, &mut g, &mut u);
             hook.observe(li, Site::FfnDownIn, &g, t);
             tick();
         }
         self.update(li, Site::FfnDownIn, &mut bw, hook)?;
-        let before = bw.clone();
+        let norm_before = bw.attn_norm.clone();
         hook.finish(li, &mut bw)?;
-        let attention_changed = before.attention_part() != bw.attention_part();
-        if bw != before {
-            self.set_block_weights(li, &bw)?;
-        }
+        let touched = bw.take_touched();
+        let attention_changed = touched[..4].iter().any(|&t| t) || norm_before != bw.attn_norm;
+        self.install(li, &bw, touched)?;
         // 5. the block's output
         for s in 0..samples {
-            let xs = &mut x[s * t * h..(s + 1) * t * h];
-            let hs = &mut hres[s * t * h..(s + 1) * t * h];
+            x.read(s, &mut xs)?;
+            hres.read(s, &mut hs)?;
             if attention_changed {
-                let out = &mut ctx[..t * qd];
-                attend(self, xs, &mut xn, &mut q, &mut k, &mut v, out);
-                self.layers[li].o.forward(out, t, &mut tmp);
+                attend(self, &xs, &mut xn, &mut q, &mut k, &mut v, &mut cs);
+                self.layers[li].o.forward(&cs, t, &mut tmp);
                 for ((o, a), b) in hs.iter_mut().zip(xs.iter()).zip(&tmp) {
                     *o = a + b;
                 }
             }
-            mlp_in(self, hs, &mut xn, &mut g, &mut u);
+            mlp_in(self, &hs, &mut xn, &mut g, &mut u);
             self.layers[li].down.forward(&g, t, &mut tmp);
             for ((o, a), b) in xs.iter_mut().zip(hs.iter()).zip(&tmp) {
                 *o = a + b;
             }
+            x.write(s, &xs)?;
             tick();
         }
         Ok(())
     }
 
+    /// The hook's update of `site`; whatever it changed is installed for the stages that follow.
     fn update(
         &mut self,
         li: usize,
@@ -309,10 +389,117 @@ impl Model {
         bw: &mut BlockWeights,
         hook: &mut dyn BlockHook,
     ) -> Result<()> {
-        let before = bw.clone();
+        let norms = (bw.attn_norm.clone(), bw.ffn_norm.clone());
         hook.update(li, site, bw)?;
-        if *bw != before {
-            self.set_block_weights(li, bw)?;
+        let touched = bw.take_touched();
+        if touched.iter().any(|&t| t) || norms != (bw.attn_norm.clone(), bw.ffn_norm.clone()) {
+            self.install(li, bw, touched)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a calibration pass keeps per-sequence activations: in memory while they fit `budget`
+/// bytes, else in unlinked temporary files in `dir` (read and written one sequence at a time, so
+/// memory holds a few sequences whatever the number of samples).
+#[derive(Debug, Clone)]
+pub struct Spill {
+    pub budget: u64,
+    pub dir: std::path::PathBuf,
+}
+
+impl Spill {
+    /// Everything in memory.
+    pub fn in_memory() -> Self {
+        Spill { budget: u64::MAX, dir: std::env::temp_dir() }
+    }
+
+    /// Whether a store of `n` sequences of `len` values stays in memory: it fits a third of the
+    /// budget (a block holds three: residual stream, attention context, post-attention residual).
+    pub fn fits(&self, n: usize, len: usize) -> bool {
+        (n as u64).saturating_mul(len as u64).saturating_mul(4) <= self.budget / 3
+    }
+
+    /// A store of `n` sequences of `len` values (zeros).
+    pub fn store(&self, n: usize, len: usize) -> Result<SeqStore> {
+        if self.fits(n, len) {
+            return Ok(SeqStore { n, len, data: Data::Mem(vec![0f32; n * len]) });
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let path = self.dir.join(format!(".quantkit-spill-{}-{}", std::process::id(), SPILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        // Unlinked at once: the file goes away with the process, however it ends.
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        file.set_len((n * len * 4) as u64).map_err(|e| Error::io(&path, e))?;
+        Ok(SeqStore { n, len, data: Data::File { file, path } })
+    }
+}
+
+static SPILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `n` sequences of `len` f32 values (see [`Spill`]).
+#[derive(Debug)]
+pub struct SeqStore {
+    n: usize,
+    len: usize,
+    data: Data,
+}
+
+#[derive(Debug)]
+enum Data {
+    Mem(Vec<f32>),
+    File { file: std::fs::File, path: std::path::PathBuf },
+}
+
+impl SeqStore {
+    /// Sequences held.
+    pub fn count(&self) -> usize {
+        self.n
+    }
+    /// Values per sequence.
+    pub fn seq_len(&self) -> usize {
+        self.len
+    }
+    /// Whether the store lives in a temporary file.
+    pub fn spilled(&self) -> bool {
+        matches!(self.data, Data::File { .. })
+    }
+    fn check(&self, s: usize, buf: usize) -> Result<()> {
+        if s >= self.n || buf != self.len {
+            return Err(Error::Invalid(format!(
+                "sequence {s} of {} with {buf} values (sequences hold {})",
+                self.n, self.len
+            )));
+        }
+        Ok(())
+    }
+    /// Copy sequence `s` into `out`.
+    pub fn read(&self, s: usize, out: &mut [f32]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.check(s, out.len())?;
+        match &self.data {
+            Data::Mem(v) => out.copy_from_slice(&v[s * self.len..(s + 1) * self.len]),
+            Data::File { file, path } => file
+                .read_exact_at(bytemuck::cast_slice_mut(out), (s * self.len * 4) as u64)
+                .map_err(|e| Error::io(path, e))?,
+        }
+        Ok(())
+    }
+    /// Replace sequence `s` with `v`.
+    pub fn write(&mut self, s: usize, v: &[f32]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.check(s, v.len())?;
+        let len = self.len;
+        match &mut self.data {
+            Data::Mem(d) => d[s * len..(s + 1) * len].copy_from_slice(v),
+            Data::File { file, path } => file
+                .write_all_at(bytemuck::cast_slice(v), (s * len * 4) as u64)
+                .map_err(|e| Error::io(path.as_path(), e))?,
         }
         Ok(())
     }

@@ -17,6 +17,6 @@ pub mod linear;
 pub mod model;
 pub mod tokenizer;
 
-pub use calib::{BlockHook, BlockWeights, Proj};
+pub use calib::{BlockHook, BlockWeights, Proj, SeqStore, Spill};
 pub use model::{KvCache, Model, Observer, Site, WeightMode};
 pub use tokenizer::Tokenizer;

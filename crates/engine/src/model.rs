@@ -13,7 +13,7 @@
 //! (RMSNorm, RoPE, SwiGLU, a vectorisable `exp`) with its run-time vector-width choice.
 
 mod attention;
-mod load;
+pub(crate) mod load;
 mod ops;
 
 use quantkit_core::{Error, Result};

@@ -30,6 +30,9 @@ pub struct ConvertOptions {
 pub enum TensorOverride {
     /// Already encoded in the plan's type (e.g. GPTQ on a GGUF grid).
     Encoded { ty: GgmlType, bytes: Vec<u8> },
+    /// Encoded in the plan's type, `len` bytes at `offset` in `file` (a calibration checkpoint),
+    /// read when the tensor is written.
+    Stored { ty: GgmlType, file: PathBuf, offset: u64, len: u64 },
 }
 
 /// What a conversion did.
@@ -140,20 +143,26 @@ pub fn convert(
         |i, sink| {
             let t = &tensors[i];
             let (row_len, rows) = (t.row_len(), t.rows());
-            match opts.overrides.get(&t.name) {
-                Some(TensorOverride::Encoded { ty, bytes }) => {
-                    if *ty != plans[i].ty || bytes.len() as u64 != sizes[i] {
-                        return Err(Error::bad_tensor(
-                            &t.name,
-                            format!("precomputed {ty} data does not match the plan ({})", plans[i].ty),
-                        ));
-                    }
-                    sink(bytes)?;
-                    done += t.numel();
-                    progress(done, total);
-                    return Ok(());
+            let stored;
+            let encoded = match opts.overrides.get(&t.name) {
+                Some(TensorOverride::Encoded { ty, bytes }) => Some((*ty, bytes.as_slice())),
+                Some(TensorOverride::Stored { ty, file, offset, len }) => {
+                    stored = read_range(file, *offset, *len)?;
+                    Some((*ty, stored.as_slice()))
                 }
-                None => {}
+                None => None,
+            };
+            if let Some((ty, bytes)) = encoded {
+                if ty != plans[i].ty || bytes.len() as u64 != sizes[i] {
+                    return Err(Error::bad_tensor(
+                        &t.name,
+                        format!("precomputed {ty} data does not match the plan ({})", plans[i].ty),
+                    ));
+                }
+                sink(bytes)?;
+                done += t.numel();
+                progress(done, total);
+                return Ok(());
             }
             let step = (CHUNK_VALUES / row_len).max(1);
             for r0 in (0..rows).step_by(step) {
@@ -216,4 +225,13 @@ fn importance_weights(m: Option<&Imatrix>, plans: &[TensorPlan]) -> Result<Vec<O
             Ok(Some(v))
         })
         .collect()
+}
+
+/// `len` bytes at `offset` in `file`.
+fn read_range(file: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+    let mut v = vec![0u8; usize::try_from(len).map_err(|_| Error::Invalid(format!("{len} bytes")))?];
+    f.read_exact_at(&mut v, offset).map_err(|e| Error::io(file, e))?;
+    Ok(v)
 }

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use quantkit_calibration::{corpus, Manifest, Samples};
+use quantkit_calibration::{corpus, Manifest, RunOptions, RunStats, Samples};
 use quantkit_core::{Error, GgmlType, Result};
-use quantkit_engine::{Model, Proj, Tokenizer, WeightMode};
+use quantkit_engine::{Model, Proj, Spill, Tokenizer, WeightMode};
 use quantkit_io::imatrix::{Entry, Imatrix};
 use quantkit_io::source::ModelSource;
 use serde::Serialize;
@@ -76,6 +76,48 @@ pub struct QuantizeOptions {
     pub calib: Option<CalibOptions>,
     /// Also write the calibration's imatrix (`OUT/imatrix.gguf`, llama.cpp's format).
     pub write_imatrix: bool,
+    /// How the calibration passes hold activations and whether they resume.
+    pub run: RunSettings,
+}
+
+/// Memory and checkpoints of the calibration passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSettings {
+    /// Bytes of activations (residual stream, attention context, post-attention residual of every
+    /// sample) held in memory; each of the three buffers that does not fit a third of it lives in
+    /// a temporary file in the output folder.
+    pub mem_budget: u64,
+    /// Continue a killed run from its last finished block (`OUT/.quantkit-work`).
+    pub resume: bool,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings { mem_budget: 4 << 30, resume: false }
+    }
+}
+
+/// Parse a byte size: `512M`, `4G`, `1.5G`, `1000000` (binary units: K = 1024).
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(Error::Invalid(format!("{s:?}: a size is a number with K, M, G or T"))),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let v: f64 = num.trim().parse().map_err(|_| Error::Invalid(format!("{s:?}: a size is a number with K, M, G or T")))?;
+    if !(v.is_finite() && v >= 0.0) || v * mul as f64 > u64::MAX as f64 {
+        return Err(Error::Invalid(format!("{s:?}: not a size")));
+    }
+    Ok((v * mul as f64) as u64)
 }
 
 /// A pass's summary line.
@@ -87,6 +129,10 @@ pub struct PassReport {
     /// Mean over layers of the relative output error, this method and RTN.
     pub mean_rel_error: f64,
     pub mean_rel_error_rtn: f64,
+    /// Blocks taken from a checkpoint of an earlier, killed run (`--resume`).
+    pub resumed_blocks: usize,
+    /// Whether activations lived in temporary files (over `--mem-budget`).
+    pub spilled: bool,
     pub layers: Vec<LayerReport>,
 }
 
@@ -144,11 +190,13 @@ fn to_imatrix(r: &PassResult, manifest: Option<&Manifest>, path: &Path) -> Imatr
     }
 }
 
-fn pass_report(target: String, seconds: f64, r: &PassResult) -> PassReport {
+fn pass_report(target: String, seconds: f64, r: &PassResult, stats: RunStats) -> PassReport {
     let n = r.layers.len().max(1) as f64;
     PassReport {
         target,
         seconds,
+        resumed_blocks: stats.resumed_blocks,
+        spilled: stats.spilled,
         mean_rel_error: r.layers.iter().map(|l| l.rel_error).sum::<f64>() / n,
         mean_rel_error_rtn: r.layers.iter().map(|l| l.rel_error_rtn).sum::<f64>() / n,
         layers: r.layers.clone(),
@@ -160,6 +208,28 @@ fn dir_bytes(p: &Path) -> u64 {
         return std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     }
     std::fs::read_dir(p).map(|rd| rd.filter_map(|e| e.ok()).map(|e| dir_bytes(&e.path())).sum()).unwrap_or(0)
+}
+
+/// The name of a pass's checkpoint folder: the target's label and a hash of everything that decides
+/// its output (the model's identity, method, knobs, target, samples), so `--resume` never mixes
+/// blocks of different jobs.
+fn pass_key(src: &ModelSource, method: MethodKind, knobs: &Knobs, target: &Target, samples: &Samples) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let path = src.path();
+    let meta = std::fs::metadata(&path).ok();
+    let mtime = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    h.update(format!("{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}", path.display(), src.input_bytes(), mtime, method.name(), knobs, target, samples.seqlen, samples.count()));
+    for t in &samples.tokens {
+        h.update(t.to_le_bytes());
+    }
+    let d = h.finalize();
+    let kind = match target {
+        Target::Stats => "stats",
+        Target::Int { .. } => "int",
+        Target::Gguf { .. } => "gguf",
+    };
+    format!("{kind}-{}", d.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// Calibration samples drawn once, to share between several [`quantize_with`] runs.
@@ -194,10 +264,11 @@ pub fn imatrix_pass(
     path: &Path,
     progress: &dyn Progress,
 ) -> Result<Imatrix> {
-    let mut model = Model::load_with(src, WeightMode::Dequantized)?;
+    let mut model = Model::load_streaming(src)?;
     let mut pass = Pass::new(MethodKind::rtn(), &Knobs::default(), Target::Stats);
     progress.stage("imatrix", (model.num_layers() * prep.samples.count() * 5) as u64);
-    quantkit_calibration::run(&mut model, &prep.samples, &mut pass, &|d, _| progress.tick(d))?;
+    let ro = RunOptions { source: Some(src), ..Default::default() };
+    quantkit_calibration::run(&mut model, &prep.samples, &mut pass, &ro, &|d, _| progress.tick(d))?;
     Ok(to_imatrix(&pass.into_result(), Some(&prep.manifest), path))
 }
 
@@ -297,19 +368,32 @@ pub fn quantize_with(
         static_groups: act_order && gptq.static_groups,
         damp: gptq.damp,
     };
-    let run_pass = |target: Target, label: &str| -> Result<(PassResult, f64)> {
+    // Checkpoints of every pass (one folder each, named by what makes its output), removed when
+    // the job has written everything; `--resume` continues from them.
+    let work_root = out.join(".quantkit-work");
+    let run_pass = |target: Target, label: &str| -> Result<(PassResult, f64, RunStats)> {
         let t0 = Instant::now();
         let samples = samples.expect("checked: calibration given");
-        let mut model = Model::load_with(&src, WeightMode::Dequantized)?;
+        let mut model = Model::load_streaming(&src)?;
         // GGUF stores no column permutation: act-order there runs with static blocks (gptq.rs).
         let mut knobs = opts.knobs;
         if let Target::Gguf { .. } = target {
             knobs.gptq.static_groups = true;
         }
-        let mut pass = Pass::new(opts.method, &knobs, target);
+        let work = work_root.join(pass_key(&src, opts.method, &knobs, &target, samples));
+        if !opts.run.resume && work.exists() {
+            std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+        }
+        std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+        let mut pass = Pass::new(opts.method, &knobs, target).with_checkpoints(work.clone());
         progress.stage(label, (model.num_layers() * samples.count() * 5) as u64);
-        quantkit_calibration::run(&mut model, samples, &mut pass, &|d, _| progress.tick(d))?;
-        Ok((pass.into_result(), t0.elapsed().as_secs_f64()))
+        let ro = RunOptions {
+            source: Some(&src),
+            spill: Some(Spill { budget: opts.run.mem_budget, dir: work_root.clone() }),
+            work: Some(work),
+        };
+        let stats = quantkit_calibration::run(&mut model, samples, &mut pass, &ro, &|d, _| progress.tick(d))?;
+        Ok((pass.into_result(), t0.elapsed().as_secs_f64(), stats))
     };
     let mut passes = vec![];
     let mut outputs = vec![];
@@ -333,11 +417,11 @@ pub fn quantize_with(
         let label = spec.label();
         let (quantized, floats): (BTreeMap<String, IntMatrix>, BTreeMap<String, Vec<f32>>) =
             if samples.is_some() {
-                let (r, secs) = run_pass(Target::Int { grid, skip: skip.clone() }, &label)?;
+                let (mut r, secs, stats) = run_pass(Target::Int { grid, skip: skip.clone() }, &label)?;
                 write_imatrix(&r)?;
-                passes.push(pass_report(label.clone(), secs, &r));
+                passes.push(pass_report(label.clone(), secs, &r, stats));
                 let q = r
-                    .quantized
+                    .load_all()?
                     .into_iter()
                     .filter_map(|(k, v)| if let Quantized::Int(m) = v { Some((k, m)) } else { None })
                     .collect();
@@ -398,10 +482,10 @@ pub fn quantize_with(
                 GgufUse::No(why) => return Err(Error::Unsupported(why.into())),
             };
             let label = format!("gguf:{mix}{}", if act_order { " (act-order, static blocks)" } else { "" });
-            let (r, secs) = run_pass(target, &label)?;
+            let (r, secs, stats) = run_pass(target, &label)?;
             write_imatrix(&r)?;
             if opts.method.info().gguf != GgufUse::Imatrix {
-                passes.push(pass_report(label, secs, &r));
+                passes.push(pass_report(label, secs, &r, stats));
             }
             // Recorded in the GGUF by name only (as written by --imatrix): the file stays independent
             // of the output folder's location.
@@ -409,6 +493,11 @@ pub fn quantize_with(
             for (k, q) in r.quantized {
                 if let Quantized::Gguf { ty, bytes, .. } = q {
                     overrides.insert(k, TensorOverride::Encoded { ty, bytes });
+                }
+            }
+            for (k, t) in r.stored {
+                if let Some((ty, file, offset, len)) = t.gguf_range() {
+                    overrides.insert(k, TensorOverride::Stored { ty, file: file.to_path_buf(), offset, len });
                 }
             }
         }
@@ -441,6 +530,9 @@ pub fn quantize_with(
         outputs,
         seconds: start.elapsed().as_secs_f64(),
     };
+    if work_root.exists() {
+        std::fs::remove_dir_all(&work_root).map_err(|e| Error::io(&work_root, e))?;
+    }
     let mut j = serde_json::to_vec_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
     j.push(b'\n');
     let rp = out.join("report.json");

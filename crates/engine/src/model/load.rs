@@ -12,6 +12,11 @@ use super::{Layer, Model, WeightMode};
 use crate::calib::Proj;
 use crate::linear::QLinear;
 
+/// A projection whose weights are not loaded: `0 × cols` (see [`Model::load_streaming`]).
+pub(crate) fn placeholder(cols: usize) -> QMatrix {
+    QMatrix::new(GgmlType::F32, 0, cols, WeightBytes::owned(Vec::new())).expect("an empty f32 matrix is valid")
+}
+
 impl Model {
     /// Load a model with its weights in their stored format ([`WeightMode::Native`]).
     pub fn load(src: &ModelSource) -> Result<Self> {
@@ -19,6 +24,19 @@ impl Model {
     }
 
     pub fn load_with(src: &ModelSource, mode: WeightMode) -> Result<Self> {
+        Self::load_inner(src, mode, false)
+    }
+
+    /// For the layer-sequential calibration pass: the embeddings in their stored format (a GGUF's
+    /// stay memory-mapped), norms and biases, but no projection weights — each block's are read
+    /// from `src` when the pass reaches it ([`Model::load_block`]) and dropped when it is done
+    /// ([`Model::unload_block`]), so memory does not grow with the number of layers. There is no
+    /// LM head (the pass never runs it): [`Model::vocab_size`] still answers.
+    pub fn load_streaming(src: &ModelSource) -> Result<Self> {
+        Self::load_inner(src, WeightMode::Native, true)
+    }
+
+    fn load_inner(src: &ModelSource, mode: WeightMode, streaming: bool) -> Result<Self> {
         let cfg = src.config().clone();
         if let Some(RopeScaling::Yarn { .. }) = cfg.rope_scaling {
             return Err(Error::Unsupported("YaRN RoPE scaling in the engine".into()));
@@ -69,7 +87,8 @@ impl Model {
                 Some(b) => Some(read(b)?),
                 None => None,
             };
-            Ok(QLinear { m: matrix(t)?, bias })
+            let m = if streaming { placeholder(t.row_len()) } else { matrix(t)? };
+            Ok(QLinear { m, bias })
         };
         let embed = matrix(find("token_embd.weight")?)?;
         let mut layers = Vec::with_capacity(cfg.num_layers as usize);
@@ -94,7 +113,10 @@ impl Model {
                 format!("rows of {} but hidden size {h}", embed.cols),
             ));
         }
-        let lm_head = if tensors.iter().any(|t| t.name == "output.weight") {
+        let lm_head = if streaming {
+            // Never run: it only tells the vocabulary size (the embeddings' rows).
+            QLinear { m: embed.clone(), bias: None }
+        } else if tensors.iter().any(|t| t.name == "output.weight") {
             linear("output.weight")?
         } else {
             QLinear { m: embed.clone(), bias: None }

@@ -68,6 +68,23 @@ pub fn gptq(
     grid: Grid,
     cfg: GptqConfig,
 ) -> Result<GptqOutcome> {
+    gptq_scaled(w, rows, cols, h, 1.0, imp, grid, cfg)
+}
+
+/// [`gptq`] with the Hessian given as `scale · h` (the pass hands its `Σ x xᵀ` and `2/n` without
+/// a scaled copy: at FFN widths each `cols × cols` f64 copy is hundreds of MB). Peak memory is
+/// the permuted Hessian plus two factor-sized matrices at a time.
+#[allow(clippy::too_many_arguments)]
+pub fn gptq_scaled(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &[f64],
+    scale: f64,
+    imp: Option<&[f32]>,
+    grid: Grid,
+    cfg: GptqConfig,
+) -> Result<GptqOutcome> {
     if w.len() != rows * cols || h.len() != cols * cols {
         return Err(Error::Invalid(format!(
             "GPTQ: {rows}×{cols} weight with {} values, Hessian of {}",
@@ -89,46 +106,52 @@ pub fn gptq(
         }
     };
     // Dead inputs, then the column order.
-    let mut hm = Mat::<f64>::from_fn(cols, cols, |i, j| h[i * cols + j]);
-    let mut dead = vec![false; cols];
-    for i in 0..cols {
-        if hm[(i, i)] == 0.0 {
-            dead[i] = true;
-            hm[(i, i)] = 1.0;
-        }
-    }
+    let diag: Vec<f64> = (0..cols).map(|i| h[i * cols + i] * scale).collect();
+    let dead: Vec<bool> = diag.iter().map(|&d| d == 0.0).collect();
     let perm: Vec<usize> = if cfg.act_order {
         let mut p: Vec<usize> = (0..cols).collect();
-        // Stable: equal diagonals keep column order (deterministic).
-        p.sort_by(|&a, &b| hm[(b, b)].total_cmp(&hm[(a, a)]));
+        // Stable: equal diagonals keep column order (deterministic); a dead input counts as 1.
+        let key = |c: usize| if dead[c] { 1.0 } else { diag[c] };
+        p.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
         p
     } else {
         (0..cols).collect()
     };
-    let hp = Mat::<f64>::from_fn(cols, cols, |i, j| hm[(perm[i], perm[j])]);
+    let hp = Mat::<f64>::from_fn(cols, cols, |i, j| {
+        let (a, b) = (perm[i], perm[j]);
+        if a == b && dead[a] {
+            1.0
+        } else {
+            h[a * cols + b] * scale
+        }
+    });
     let mean_diag = (0..cols).map(|i| hp[(i, i)]).sum::<f64>() / cols as f64;
     let mut lambda = cfg.damp * mean_diag;
     let mut tries = 0;
-    let u: Vec<f32> = loop {
+    // U = chol(H⁻¹)ᵀ, row-major: U[i][j] = L[j][i] for j ≥ i. Each intermediate is dropped as
+    // soon as the next exists.
+    let upper = |lambda: f64| -> Option<Vec<f32>> {
         let mut hd = hp.clone();
         for i in 0..cols {
             hd[(i, i)] += lambda;
         }
-        let attempt = hd.llt(Side::Lower).ok().and_then(|llt| {
-            let inv = llt.inverse();
-            inv.llt(Side::Lower).ok().map(|l2| {
-                let l = l2.L();
-                // U = Lᵀ, row-major: U[i][j] = L[j][i] for j ≥ i.
-                let mut u = vec![0f32; cols * cols];
-                for i in 0..cols {
-                    for j in i..cols {
-                        u[i * cols + j] = l[(j, i)] as f32;
-                    }
-                }
-                u
-            })
-        });
-        match attempt {
+        let llt = hd.llt(Side::Lower).ok();
+        drop(hd);
+        let inv = llt?.inverse();
+        let l2 = inv.llt(Side::Lower).ok();
+        drop(inv);
+        let l2 = l2?;
+        let l = l2.L();
+        let mut u = vec![0f32; cols * cols];
+        for i in 0..cols {
+            for j in i..cols {
+                u[i * cols + j] = l[(j, i)] as f32;
+            }
+        }
+        Some(u)
+    };
+    let u: Vec<f32> = loop {
+        match upper(lambda) {
             Some(u) if u.iter().all(|v| v.is_finite()) && (0..cols).all(|i| u[i * cols + i] > 0.0) => {
                 break u
             }
@@ -143,6 +166,7 @@ pub fn gptq(
             }
         }
     };
+    drop(hp);
     let block = {
         let b = cfg.block.max(1);
         if gs >= b {
@@ -347,9 +371,10 @@ impl Method for Gptq {
     fn at_site(&mut self, cx: &mut PassCtx, layer: usize, site: Site, bw: &mut BlockWeights) -> Result<()> {
         let cfg = self.0;
         cx.quantize_site(layer, site, bw, |cx, j| {
-            let h = j.stats.hessian();
+            // The Hessian 2/n Σ x xᵀ, scaled on the fly (no copy).
+            let scale = 2.0 / j.stats.rows.max(1) as f64;
             let (rows, cols) = j.shape;
-            let out = gptq(j.w, rows, cols, &h, Some(j.imp), cx.grid(j.layer, j.p)?, cfg)
+            let out = gptq_scaled(j.w, rows, cols, &j.stats.xtx, scale, Some(j.imp), cx.grid(j.layer, j.p)?, cfg)
                 .map_err(|e| Error::bad_tensor(name(j.layer, j.p), e.to_string()))?;
             Ok(Some(Outcome { q: out.q, damp: Some(out.damp), dead: Some(out.dead) }))
         })

@@ -15,6 +15,7 @@ pub mod awq;
 pub mod gptq;
 pub mod mse;
 pub mod rtn;
+pub mod work;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -146,7 +147,7 @@ pub enum Target {
 }
 
 /// One linear layer's line in the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LayerReport {
     pub name: String,
     pub rows: usize,
@@ -201,13 +202,27 @@ impl LayerReport {
 /// What one pass produced.
 #[derive(Debug, Default)]
 pub struct PassResult {
-    /// Per GGUF tensor name.
+    /// Per GGUF tensor name: in memory (the current block's, or every block's in a pass without a
+    /// checkpoint folder) ...
     pub quantized: BTreeMap<String, Quantized>,
+    /// ... or saved in the checkpoint folder ([`work`]).
+    pub stored: BTreeMap<String, work::StoredTensor>,
     /// Float weights the method changed (norms and unquantized projections; GGUF names).
     pub norms: BTreeMap<String, Vec<f32>>,
     /// Σx² and token count per GGUF tensor name (imatrix).
     pub imatrix: BTreeMap<String, (Vec<f64>, u64)>,
     pub layers: Vec<LayerReport>,
+}
+
+impl PassResult {
+    /// Every quantized tensor, in memory (saved ones read back).
+    pub fn load_all(&mut self) -> Result<BTreeMap<String, Quantized>> {
+        let mut all = std::mem::take(&mut self.quantized);
+        for (k, t) in std::mem::take(&mut self.stored) {
+            all.insert(k, t.load()?);
+        }
+        Ok(all)
+    }
 }
 
 /// The GGUF name of projection `p` of `layer`.
@@ -344,6 +359,10 @@ pub struct Job<'a> {
 pub struct Pass {
     method: Box<dyn Method>,
     pub cx: PassCtx,
+    /// Checkpoint folder: each finished block is saved there ([`work`]).
+    work: Option<std::path::PathBuf>,
+    /// Report lines already saved.
+    reports_saved: usize,
 }
 
 impl Pass {
@@ -352,7 +371,19 @@ impl Pass {
     pub fn new(method: MethodKind, knobs: &Knobs, target: Target) -> Self {
         let method =
             if matches!(target, Target::Stats) { Box::new(StatsOnly) } else { (method.0.make)(knobs) };
-        Pass { method, cx: PassCtx { target, stats: BTreeMap::new(), result: PassResult::default() } }
+        Pass {
+            method,
+            cx: PassCtx { target, stats: BTreeMap::new(), result: PassResult::default() },
+            work: None,
+            reports_saved: 0,
+        }
+    }
+
+    /// Save each finished block in `dir` (which must exist): its quantized tensors leave memory,
+    /// and a run killed later can resume after it ([`BlockHook::restore`]).
+    pub fn with_checkpoints(mut self, dir: std::path::PathBuf) -> Self {
+        self.work = Some(dir);
+        self
     }
 
     pub fn into_result(self) -> PassResult {
@@ -380,9 +411,10 @@ impl BlockHook for Pass {
     }
 
     fn update(&mut self, layer: usize, site: Site, bw: &mut BlockWeights) -> Result<()> {
-        let st = self.cx.stats.get(&site).ok_or_else(|| {
+        let st = self.cx.stats.get_mut(&site).ok_or_else(|| {
             Error::Invalid(format!("layer {layer}: no calibration rows reached {}", site.name()))
         })?;
+        st.mirror();
         for &p in site.projs() {
             self.cx.result.imatrix.insert(name(layer, p), (st.sq_sum.clone(), st.rows));
         }
@@ -392,6 +424,26 @@ impl BlockHook for Pass {
     fn finish(&mut self, layer: usize, bw: &mut BlockWeights) -> Result<()> {
         self.method.finish_block(&mut self.cx, layer, bw)?;
         self.cx.stats.clear();
+        Ok(())
+    }
+
+    fn block_done(&mut self, layer: usize) -> Result<()> {
+        if let Some(dir) = &self.work {
+            work::save_layer(dir, layer, &mut self.cx.result, self.reports_saved)?;
+            self.reports_saved = self.cx.result.layers.len();
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, done: usize) -> Result<()> {
+        let Some(dir) = &self.work else {
+            return Err(Error::Invalid("resuming a pass without a checkpoint folder".into()));
+        };
+        self.cx.result = PassResult::default();
+        for layer in 0..done {
+            work::restore_layer(dir, layer, &mut self.cx.result)?;
+        }
+        self.reports_saved = self.cx.result.layers.len();
         Ok(())
     }
 }
