@@ -91,12 +91,17 @@ Hessian, AWQ's activation scales); quantized layers feed the next (true-sequenti
 formats (gptq, gptq-v2, awq, compressed-tensors) share one quantization; each gguf:<mix> gets\n\
 GPTQ on the mix's own types (k-quant scales searched inside GPTQ's column loop), or with\n\
 --method rtn an imatrix from the calibration text. OUT/report.json has the per-layer output\n\
-errors ‖WX − QX‖² of the method and of RTN.",
+errors ‖WX − QX‖² of the method and of RTN. The pass holds one block's weights at a time (peak\n\
+memory does not grow with the number of layers) and checkpoints every finished block in\n\
+OUT/.quantkit-work, so --resume continues a killed run (the output is byte-identical).",
         after_help = "Examples:\n  quantkit quantize ./SmolLM2 --method gptq --bits 4 --group 128 --calib tinyshakespeare.txt \\\n      \
 --format gptq --format compressed-tensors -o out/\n  \
 quantkit quantize ./SmolLM2 --method gptq --calib corpus/ --format gguf:q4_k_m -o out/\n  \
 quantkit quantize ./SmolLM2 --method awq --calib corpus.txt --format awq -o out/ --preset quick\n  \
-quantkit quantize ./SmolLM2 --method rtn --calib corpus.txt --format gguf:q4_k_m --imatrix -o out/"
+quantkit quantize ./SmolLM2 --method rtn --calib corpus.txt --format gguf:q4_k_m --imatrix -o out/\n  \
+# a big model: activations beyond 2 GB go to temp files in out/; after a crash, continue\n  \
+quantkit quantize model.gguf --method gptq --calib corpus.txt --format gguf:q3_k_m --mem-budget 2G -o out/\n  \
+quantkit quantize model.gguf --method gptq --calib corpus.txt --format gguf:q3_k_m --mem-budget 2G -o out/ --resume"
     )]
     Quantize(quantize::QuantizeArgs),
     /// Dequantize a GGUF into a Hugging Face folder (safetensors + config + tokenizer).

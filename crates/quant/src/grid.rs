@@ -7,6 +7,7 @@
 //! [`crate::gguf_grid::GgufGrid`] (every GGUF integer type, block by block).
 
 use faer::{Accum, Mat, MatRef, Par};
+use rayon::prelude::*;
 use half::f16;
 use quantkit_core::{Error, GgmlType, Result};
 
@@ -248,34 +249,69 @@ impl Quantized {
 /// `Σ_r (w_r − q_r)ᵀ XᵀX (w_r − q_r) / tokens`: the mean squared output error `‖(W − Q)x‖²` per
 /// token, from the accumulated `XᵀX` (`xtx`, `cols × cols`), without running the layer again.
 pub fn output_error(w: &[f32], q: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
-    let e: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
-    quadratic(&e, rows, xtx, cols) / tokens.max(1) as f64
+    output_error_with(w, q, rows, &Gram::new(xtx, cols), tokens)
 }
 
 /// `Σ_r w_rᵀ XᵀX w_r / tokens`: the mean squared output `‖Wx‖²` (for relative errors).
 pub fn output_energy(w: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
-    quadratic(w, rows, xtx, cols) / tokens.max(1) as f64
+    output_energy_with(w, rows, &Gram::new(xtx, cols), tokens)
 }
 
-/// `Σ_r e_rᵀ M e_r` with one f32 GEMM (`E·M`), summed in f64.
-fn quadratic(e: &[f32], rows: usize, xtx: &[f64], cols: usize) -> f64 {
-    let m: Vec<f32> = xtx.iter().map(|&v| v as f32).collect();
-    let mut em = Mat::<f32>::zeros(rows, cols);
-    faer::linalg::matmul::matmul(
-        em.as_mut(),
-        Accum::Replace,
-        MatRef::from_row_major_slice(e, rows, cols),
-        MatRef::from_row_major_slice(&m, cols, cols),
-        1.0f32,
-        Par::Seq,
-    );
-    let mut s = 0.0f64;
-    for r in 0..rows {
-        for c in 0..cols {
-            s += em[(r, c)] as f64 * e[r * cols + c] as f64;
-        }
+/// [`output_error`] with the Gram matrix converted once ([`Gram`]), for several weights of a site.
+pub fn output_error_with(w: &[f32], q: &[f32], rows: usize, m: &Gram, tokens: u64) -> f64 {
+    let e: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
+    quadratic(&e, rows, m) / tokens.max(1) as f64
+}
+
+/// [`output_energy`] with a converted Gram matrix.
+pub fn output_energy_with(w: &[f32], rows: usize, m: &Gram, tokens: u64) -> f64 {
+    quadratic(w, rows, m) / tokens.max(1) as f64
+}
+
+/// `XᵀX` as the f32 matrix the error GEMMs use (`cols × cols`, row-major).
+#[derive(Debug, Clone)]
+pub struct Gram {
+    m: Vec<f32>,
+    cols: usize,
+}
+
+impl Gram {
+    pub fn new(xtx: &[f64], cols: usize) -> Self {
+        Gram { m: xtx.iter().map(|&v| v as f32).collect(), cols }
     }
-    s
+}
+
+/// Rows per task of [`quadratic`]: fixed, so the sum does not depend on the thread count.
+const QUAD_ROWS: usize = 64;
+
+/// `Σ_r e_rᵀ M e_r`: one f32 GEMM (`E·M`) per fixed block of rows, blocks in parallel, the
+/// per-block sums (f64) added in block order — the same value for any thread count.
+fn quadratic(e: &[f32], rows: usize, gram: &Gram) -> f64 {
+    let cols = gram.cols;
+    let m = MatRef::from_row_major_slice(&gram.m, cols, cols);
+    let parts: Vec<f64> = e[..rows * cols]
+        .par_chunks(QUAD_ROWS * cols)
+        .map(|eb| {
+            let n = eb.len() / cols;
+            let mut em = Mat::<f32>::zeros(n, cols);
+            faer::linalg::matmul::matmul(
+                em.as_mut(),
+                Accum::Replace,
+                MatRef::from_row_major_slice(eb, n, cols),
+                m,
+                1.0f32,
+                Par::Seq,
+            );
+            let mut s = 0.0f64;
+            for r in 0..n {
+                for c in 0..cols {
+                    s += em[(r, c)] as f64 * eb[r * cols + c] as f64;
+                }
+            }
+            s
+        })
+        .collect();
+    parts.iter().sum()
 }
 
 #[cfg(test)]

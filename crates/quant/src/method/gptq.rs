@@ -11,7 +11,6 @@
 //! group-affine grid ([`IntGrid`]; static groups and act-order with `g_idx`), or any GGUF integer
 //! type ([`crate::gguf_grid::GgufGrid`]), whose block scales are searched inside the column loop.
 
-use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 use quantkit_core::{Error, Result};
 use quantkit_formats::decode::IntChunk;
@@ -71,6 +70,37 @@ pub fn gptq(
     gptq_scaled(w, rows, cols, h, 1.0, imp, grid, cfg)
 }
 
+/// `U` (row-major, f32) with `(H + λI)⁻¹ = Uᵀ U`, `U` upper triangular with a positive diagonal:
+/// GPTQ's `cholesky(H⁻¹, upper=True)`, computed without forming the inverse. With `J` the
+/// reversal, `J H J = L Lᵀ` gives `H = Ũ Ũᵀ` for the upper triangular `Ũ = J L J`, so
+/// `H⁻¹ = Ũ⁻ᵀ Ũ⁻¹` and `U = Ũ⁻¹ = J L⁻¹ J` (unique, as a Cholesky factor): one Cholesky and one
+/// triangular inverse, ⅔ n³ flops instead of ~1.7 n³ for inverse-then-Cholesky. `None` when
+/// `H + λI` is not positive definite.
+pub fn upper_inverse_factor(h: &Mat<f64>, lambda: f64) -> Option<Vec<f32>> {
+    let n = h.nrows();
+    let mut hd = Mat::<f64>::from_fn(n, n, |i, j| h[(n - 1 - i, n - 1 - j)]);
+    for i in 0..n {
+        hd[(i, i)] += lambda;
+    }
+    let llt = hd.llt(Side::Lower).ok();
+    drop(hd);
+    let llt = llt?;
+    let mut linv = Mat::<f64>::zeros(n, n);
+    let par = match rayon::current_num_threads() {
+        0 | 1 => faer::Par::Seq,
+        t => faer::Par::rayon(t),
+    };
+    faer::linalg::triangular_inverse::invert_lower_triangular(linv.as_mut(), llt.L(), par);
+    drop(llt);
+    let mut u = vec![0f32; n * n];
+    for i in 0..n {
+        for j in i..n {
+            u[i * n + j] = linv[(n - 1 - i, n - 1 - j)] as f32;
+        }
+    }
+    Some(u)
+}
+
 /// [`gptq`] with the Hessian given as `scale · h` (the pass hands its `Σ x xᵀ` and `2/n` without
 /// a scaled copy: at FFN widths each `cols × cols` f64 copy is hundreds of MB). Peak memory is
 /// the permuted Hessian plus two factor-sized matrices at a time.
@@ -128,28 +158,7 @@ pub fn gptq_scaled(
     let mean_diag = (0..cols).map(|i| hp[(i, i)]).sum::<f64>() / cols as f64;
     let mut lambda = cfg.damp * mean_diag;
     let mut tries = 0;
-    // U = chol(H⁻¹)ᵀ, row-major: U[i][j] = L[j][i] for j ≥ i. Each intermediate is dropped as
-    // soon as the next exists.
-    let upper = |lambda: f64| -> Option<Vec<f32>> {
-        let mut hd = hp.clone();
-        for i in 0..cols {
-            hd[(i, i)] += lambda;
-        }
-        let llt = hd.llt(Side::Lower).ok();
-        drop(hd);
-        let inv = llt?.inverse();
-        let l2 = inv.llt(Side::Lower).ok();
-        drop(inv);
-        let l2 = l2?;
-        let l = l2.L();
-        let mut u = vec![0f32; cols * cols];
-        for i in 0..cols {
-            for j in i..cols {
-                u[i * cols + j] = l[(j, i)] as f32;
-            }
-        }
-        Some(u)
-    };
+    let upper = |lambda: f64| upper_inverse_factor(&hp, lambda);
     let u: Vec<f32> = loop {
         match upper(lambda) {
             Some(u) if u.iter().all(|v| v.is_finite()) && (0..cols).all(|i| u[i * cols + i] > 0.0) => {
@@ -384,6 +393,39 @@ impl Method for Gptq {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The direct factor equals GPTQ's reference route: invert, then upper Cholesky.
+    #[test]
+    fn upper_inverse_factor_matches_inverse_then_cholesky() {
+        use faer::linalg::solvers::DenseSolveCore;
+        let n = 61;
+        let mut r = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            (r >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let a = Mat::<f64>::from_fn(n, 2 * n, |_, _| next());
+        let h = &a * a.transpose();
+        let lambda = 0.01;
+        let u = upper_inverse_factor(&h, lambda).expect("positive definite");
+        let mut hd = h.clone();
+        for i in 0..n {
+            hd[(i, i)] += lambda;
+        }
+        let inv = hd.llt(Side::Lower).expect("llt").inverse();
+        let l = inv.llt(Side::Lower).expect("llt of the inverse");
+        let mut worst = 0f64;
+        for i in 0..n {
+            for j in 0..n {
+                let want = if j >= i { l.L()[(j, i)] } else { 0.0 };
+                worst = worst.max((u[i * n + j] as f64 - want).abs() / want.abs().max(1e-3));
+            }
+        }
+        assert!(worst < 1e-4, "relative difference {worst}");
+        assert!(upper_inverse_factor(&(-&h), 0.0).is_none(), "not positive definite");
+    }
     use crate::gguf_grid::GgufGrid;
     use crate::grid::output_error;
     use quantkit_core::GgmlType;
