@@ -142,8 +142,12 @@ pub fn compare_dense(base_lp: &[f64], row: &[f32], lse: f64, target: usize) -> R
 
 /// KL over the base's top K plus the merged rest: Σ_{i∈K} p_b,i (log p_b,i − log p_m,i)
 /// + r_b (log r_b − log r_m), r_m = Σ_{i∉K} p_m,i (summed directly, not as 1 − Σ, so it keeps its
-/// precision when small). `mask` is scratch of at least `row.len()` entries, all false on entry and
-/// on return.
+/// precision when small). Each of the K + 1 terms is taken in the generalized form
+/// p log(p/q) − p + q: with exact values the added terms sum to 1 − 1 = 0, and they cancel the
+/// first-order effect of the stored values' rounding (f32/f16 log-probabilities whose
+/// probabilities no longer sum to exactly 1), which would otherwise swamp a small KL. Every term
+/// stays ≥ 0 and merging categories still only lowers the sum. `mask` is scratch of at least
+/// `row.len()` entries, all false on entry and on return.
 pub fn compare_topk(
     ids: &[u32],
     lps: &[f32],
@@ -155,16 +159,15 @@ pub fn compare_topk(
 ) -> RowCompare {
     let mut kl = 0f64;
     for (&i, &lb) in ids.iter().zip(lps) {
-        let lb = lb as f64;
-        kl += lb.exp() * (lb - (row[i as usize] as f64 - lse));
+        let (lb, lm) = (lb as f64, row[i as usize] as f64 - lse);
+        let (pb, pm) = (lb.exp(), lm.exp());
+        kl += pb * (lb - lm) - pb + pm;
         mask[i as usize] = true;
     }
-    let rest = rest as f64;
-    if rest > 0.0 {
-        let r_m: f64 =
-            row.iter().zip(mask.iter()).filter(|(_, m)| !**m).map(|(&v, _)| (v as f64 - lse).exp()).sum();
-        kl += rest * (rest.ln() - r_m.max(f64::MIN_POSITIVE).ln());
-    }
+    let r_b = rest as f64;
+    let r_m: f64 =
+        row.iter().zip(mask.iter()).filter(|(_, m)| !**m).map(|(&v, _)| (v as f64 - lse).exp()).sum();
+    kl += if r_b > 0.0 { r_b * (r_b.ln() - r_m.max(f64::MIN_POSITIVE).ln()) - r_b + r_m } else { r_m };
     for &i in ids {
         mask[i as usize] = false;
     }
