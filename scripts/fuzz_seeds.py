@@ -150,16 +150,17 @@ def kld_bases():
     full = b"QKLOGIT1" + struct.pack("<3I", vocab, ctx, len(toks)) + toks.tobytes()
     full += np.round((np.maximum(lp, -30) + 30) / (30 / 65535)).astype("<u2").tobytes()
     topk = {}
-    for k, dt in [(2, 0), (5, 1)]:
-        b = b"QKLOGIT2" + struct.pack("<5I", vocab, ctx, len(toks), k, dt) + toks.tobytes()
+    for k, dt, tail in [(2, 0, 0), (5, 1, 0), (2, 1, 3)]:
+        b = b"QKLOGIT2" + struct.pack("<6I", vocab, ctx, len(toks), k, dt, tail) + toks.tobytes()
         for i in range(rows):
-            order = sorted(range(vocab), key=lambda j: (-lp[i, j], j))[:k]
+            order = sorted(range(vocab), key=lambda j: (-lp[i, j], j))
+            order = order[:k] + order[k:k + 1] * tail  # tail samples: any tokens outside the top k
             b += np.array(order, dtype="<u4").tobytes()
             b += lp[i, order].astype("<f4" if dt == 0 else "<f2").tobytes()
             target = toks[(i + 1) * ctx - 1]
-            rest = float(np.exp(lp[i, [j for j in range(vocab) if j not in order]]).sum())
+            rest = float(np.exp(lp[i, [j for j in range(vocab) if j not in order[:k]]]).sum())
             b += struct.pack("<ff", lp[i, target], rest)
-        topk[k] = b
+        topk[(k, tail)] = b
     llama = b"_logits_" + struct.pack("<Iii", ctx, vocab, chunks) + toks.astype("<i4").tobytes()
     nv = 2 * ((vocab + 1) // 2) + 4
     for i in range(rows):
@@ -169,8 +170,8 @@ def kld_bases():
         codes = np.where(logits[i] > mn, np.round((logits[i] - mn) / scale), 0).astype("<u2")
         row = struct.pack("<ff", scale, mn - mx - lse) + codes.tobytes()
         llama += row + b"\0" * (2 * nv - len(row))
-    return {"full.qklogits": full, "top2-f32.qklogits": topk[2], "top5-f16.qklogits": topk[5],
-            "llama.kldbase": llama}
+    return {"full.qklogits": full, "top2-f32.qklogits": topk[(2, 0)], "top5-f16.qklogits": topk[(5, 0)],
+            "top2-tail3-f16.qklogits": topk[(2, 3)], "llama.kldbase": llama}
 
 
 CONFIG = {

@@ -49,7 +49,7 @@ fn check_formats(dir: &std::path::Path, base: &std::path::Path, model: &std::pat
     };
 
     for &(k, rel_bound) in ks {
-        let p = save(&format!("top{k}.qklogits"), &["--top-k", &k.to_string()]);
+        let p = save(&format!("top{k}.qklogits"), &["--top-k", &k.to_string(), "--tail-samples", "0", "--logprob-type", "f32"]);
         let j = score(&p);
         same_exact(&j, &format!("top-{k}"));
         let a = f(&j, "mean_kld");
@@ -63,7 +63,7 @@ fn check_formats(dir: &std::path::Path, base: &std::path::Path, model: &std::pat
         let rows = j["tokens_scored"].as_u64().expect("n") as usize;
         let len = std::fs::metadata(&p).expect("meta").len() as usize;
         let n_tok = j["chunks"].as_u64().expect("c") as usize * ctx_of(extra);
-        assert_eq!(len, 28 + 4 * n_tok + rows * (8 * k + 8), "top-{k}: file size");
+        assert_eq!(len, 32 + 4 * n_tok + rows * (8 * k + 8), "top-{k}: file size");
     }
 
     let full = save("full.qklogits", &["--top-k", "0"]);

@@ -113,14 +113,16 @@ fn kld_base_variants(s: &mut Suite, gguf: &Path) {
     let put = |b: &mut Vec<u8>, off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
     // 2 chunks of 16: 32 tokens, 7 scored positions a chunk, vocabulary 512.
     let full = save("full", &["--top-k", "0"]);
-    let topk = save("topk", &["--top-k", "3"]);
-    let topk16 = save("topk16", &["--top-k", "3", "--logprob-type", "f16"]);
+    let topk = save("topk", &["--top-k", "3", "--tail-samples", "0", "--logprob-type", "f32"]);
+    let topk16 = save("topk16", &["--top-k", "3", "--tail-samples", "0", "--logprob-type", "f16"]);
+    let tailed = save("tailed", &["--top-k", "3", "--tail-samples", "2"]);
     let llama = save("llama", &["--base-format", "llama"]);
-    let (t1, t2, tl) = (20 + 4 * 32, 28 + 4 * 32, 20 + 4 * 32);
+    let (t1, t2, tl) = (20 + 4 * 32, 32 + 4 * 32, 20 + 4 * 32);
     let mut cases: Vec<(String, Vec<u8>, &str)> = vec![];
     for (fmt, b, sections) in [
         ("QKLOGIT1", &full, vec![0, 8, 12, 16, 20, 24, t1, t1 + 1, t1 + 1024]),
-        ("QKLOGIT2", &topk, vec![8, 24, 28, t2, t2 + 12, t2 + 24, t2 + 28, t2 + 32]),
+        ("QKLOGIT2", &topk, vec![8, 24, 28, 32, t2, t2 + 12, t2 + 24, t2 + 28, t2 + 32]),
+        ("QKLOGIT2 tail samples", &tailed, vec![t2 + 20, t2 + 30]),
         ("QKLOGIT2 f16", &topk16, vec![t2 + 12, t2 + 18, t2 + 22]),
         ("llama", &llama, vec![8, 12, 16, 20, tl, tl + 4, tl + 8, tl + 1000]),
     ] {
@@ -140,6 +142,9 @@ fn kld_base_variants(s: &mut Suite, gguf: &Path) {
         ("QKLOGIT2 top-k 0", hdr(&topk, 20, 0), "top-k 0"),
         ("QKLOGIT2 top-k 2^31", hdr(&topk, 20, 1 << 31), "top-k"),
         ("QKLOGIT2 log-prob type 9", hdr(&topk, 24, 9), "log-probability type"),
+        ("QKLOGIT2 tail samples 2^32-1", hdr(&topk, 28, u32::MAX), "tail samples"),
+        ("QKLOGIT2 tail samples 1", hdr(&topk, 28, 1), "the header implies"),
+        ("QKLOGIT2 tail sample in the top k", crate::with(&tailed, |x| { let v = x[t2..t2 + 4].to_vec(); x[t2 + 12..t2 + 16].copy_from_slice(&v) }), "one of the top k"),
         ("QKLOGIT2 id outside the vocabulary", hdr(&topk, t2, 600), "outside the vocabulary"),
         ("QKLOGIT2 NaN log-prob", hdr(&topk, t2 + 12, f32::NAN.to_bits()), "not finite"),
         ("QKLOGIT2 +Inf next-token log-prob", hdr(&topk, t2 + 24, f32::INFINITY.to_bits()), "not finite"),

@@ -182,13 +182,20 @@ pub struct KldArgs {
     /// rest mass; KL from it is a lower bound of the exact KL). 0 = every logit as u16 (QKLOGIT1).
     #[arg(long, default_value_t = 64)]
     pub top_k: usize,
-    /// Storage of the top-K log-probabilities.
-    #[arg(long, value_enum, default_value = "f32")]
+    /// Tokens sampled per position from the base's distribution outside its top K (systematic
+    /// sampling): KL becomes an unbiased estimate instead of the merged-rest lower bound. 0 = none.
+    #[arg(long, default_value_t = 64)]
+    pub tail_samples: usize,
+    /// Storage of the top-K and tail log-probabilities.
+    #[arg(long, value_enum, default_value = "f16")]
     pub logprob_type: LogProbArg,
     /// Measure what top-K bases would give (comma-separated K; f32 and f16 each) against the exact
     /// in-process KLD, in one pass (needs a base model and a model; see docs/evaluation.md).
     #[arg(long, value_delimiter = ',')]
     pub measure_top_k: Vec<usize>,
+    /// With --measure-top-k: the tail-sample counts to measure (f16) besides none (f32 and f16).
+    #[arg(long, value_delimiter = ',', default_value = "64,256")]
+    pub measure_tail: Vec<usize>,
     #[command(flatten)]
     pub weights: WeightArgs,
 }
@@ -213,6 +220,7 @@ impl KldArgs {
             (BaseFileFormat::Quantkit, 0) => BaseFormat::Full,
             (BaseFileFormat::Quantkit, k) => BaseFormat::TopK {
                 k,
+                tail: self.tail_samples,
                 dtype: match self.logprob_type {
                     LogProbArg::F32 => LogProbType::F32,
                     LogProbArg::F16 => LogProbType::F16,
@@ -237,8 +245,14 @@ fn measure_top_k(
         if k == 0 {
             return Err(Error::Invalid("--measure-top-k: K must be at least 1".into()));
         }
+        let k = k.min(base.vocab_size());
         for dtype in [LogProbType::F32, LogProbType::F16] {
-            formats.push(BaseFormat::TopK { k: k.min(base.vocab_size()), dtype });
+            formats.push(BaseFormat::TopK { k, tail: 0, dtype });
+        }
+        if k < base.vocab_size() {
+            for &tail in a.measure_tail.iter().filter(|&&t| t > 0) {
+                formats.push(BaseFormat::TopK { k, tail, dtype: LogProbType::F16 });
+            }
         }
     }
     formats.push(BaseFormat::Full);
@@ -254,13 +268,13 @@ fn measure_top_k(
         .iter()
         .zip(&saved)
         .map(|(f, r)| {
-            let (name, k, dtype) = match f {
-                BaseFormat::TopK { k, dtype } => ("topk", *k, format!("{dtype:?}").to_lowercase()),
-                BaseFormat::Full => ("qklogit1", 0, "u16".into()),
-                BaseFormat::Llama => ("llama", 0, "u16".into()),
+            let (name, k, tail, dtype) = match f {
+                BaseFormat::TopK { k, tail, dtype } => ("topk", *k, *tail, format!("{dtype:?}").to_lowercase()),
+                BaseFormat::Full => ("qklogit1", 0, 0, "u16".into()),
+                BaseFormat::Llama => ("llama", 0, 0, "u16".into()),
             };
             json!({
-                "format": name, "k": k, "dtype": dtype,
+                "format": name, "k": k, "tail": tail, "dtype": dtype,
                 "bytes_per_position": f.bytes_per_position(vocab),
                 "mean_kld": r.mean_kld,
                 "abs_err": r.mean_kld - exact.mean_kld,
@@ -282,13 +296,14 @@ fn measure_top_k(
             100.0 * exact.same_top_p,
             exact.tokens_scored
         );
-        println!("| format | K | log-probs | bytes/position | mean KLD | abs. error | rel. error | same top % |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("| format | K | tail | log-probs | bytes/position | mean KLD | abs. error | rel. error | same top % |");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for r in &rows {
             println!(
-                "| {} | {} | {} | {} | {:.6} | {:+.2e} | {:+.3} % | {:.3} |",
+                "| {} | {} | {} | {} | {} | {:.6} | {:+.2e} | {:+.3} % | {:.3} |",
                 r["format"].as_str().unwrap_or_default(),
                 r["k"],
+                r["tail"],
                 r["dtype"].as_str().unwrap_or_default(),
                 r["bytes_per_position"],
                 r["mean_kld"].as_f64().unwrap_or(0.0),
@@ -361,7 +376,9 @@ pub fn kld(ctx: &Ctx, a: &KldArgs) -> Result<()> {
                     p.display(),
                     match format {
                         BaseFormat::Full => "QKLOGIT1, u16 per logit".to_string(),
-                        BaseFormat::TopK { k, dtype } => format!("QKLOGIT2, top {k}, {dtype:?}"),
+                        BaseFormat::TopK { k, tail, dtype } => {
+                            format!("QKLOGIT2, top {k} + {tail} tail samples, {dtype:?}")
+                        }
                         BaseFormat::Llama => "llama.cpp --kl-divergence-base".to_string(),
                     },
                     format.bytes_per_position(bm.vocab_size())

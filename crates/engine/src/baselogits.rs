@@ -68,8 +68,9 @@ impl LogProbType {
 pub enum BaseFormat {
     /// `QKLOGIT1`: u16 per logit.
     Full,
-    /// `QKLOGIT2`: the top `k` log-probabilities, the next token's, the rest mass.
-    TopK { k: usize, dtype: LogProbType },
+    /// `QKLOGIT2`: the top `k` log-probabilities, `tail` tokens sampled from the rest (0: the rest
+    /// is one merged category), the next token's log-probability, the rest mass.
+    TopK { k: usize, tail: usize, dtype: LogProbType },
     /// llama.cpp's `--kl-divergence-base` file.
     Llama,
 }
@@ -79,7 +80,7 @@ impl BaseFormat {
     pub fn bytes_per_position(self, vocab: usize) -> usize {
         match self {
             BaseFormat::Full => 2 * vocab,
-            BaseFormat::TopK { k, dtype } => k * (4 + dtype.bytes()) + 8,
+            BaseFormat::TopK { k, tail, dtype } => (k + tail) * (4 + dtype.bytes()) + 8,
             BaseFormat::Llama => 2 * llama_nv(vocab),
         }
     }
@@ -95,8 +96,17 @@ fn llama_nv(vocab: usize) -> usize {
 pub enum BaseRows {
     /// `rows × vocab` codes of log p over [−30, 0].
     Full(Vec<u16>),
-    /// Per row `k` ids and log-probabilities (already rounded to `dtype`), best first.
-    TopK { k: usize, dtype: LogProbType, ids: Vec<u32>, lps: Vec<f32>, target: Vec<f32>, rest: Vec<f32> },
+    /// Per row `k + tail` ids and log-probabilities (already rounded to `dtype`): the top `k`, best
+    /// first, then the `tail` samples.
+    TopK {
+        k: usize,
+        tail: usize,
+        dtype: LogProbType,
+        ids: Vec<u32>,
+        lps: Vec<f32>,
+        target: Vec<f32>,
+        rest: Vec<f32>,
+    },
     /// `rows × nv` u16 exactly as in the llama.cpp file (the two f32 as their low and high halves).
     Llama(Vec<u16>),
 }
@@ -148,7 +158,14 @@ pub fn compare_dense(base_lp: &[f64], row: &[f32], lse: f64, target: usize) -> R
 /// probabilities no longer sum to exactly 1), which would otherwise swamp a small KL. Every term
 /// stays ≥ 0 and merging categories still only lowers the sum. `mask` is scratch of at least
 /// `row.len()` entries, all false on entry and on return.
+///
+/// With tail samples (`ids`/`lps` longer than `k`: tokens drawn from the base's distribution
+/// outside its top K, systematic sampling) the merged term is replaced by the unbiased estimate
+/// r_b · mean_s f(s), f = log(p_b,s/p_m,s) − 1 + p_m,s/p_b,s ≥ 0, of the tail's generalized-KL
+/// terms Σ_{i∉K} (p_b,i log(p_b,i/p_m,i) − p_b,i + p_m,i): no longer a bound, but unbiased.
+#[allow(clippy::too_many_arguments)]
 pub fn compare_topk(
+    k: usize,
     ids: &[u32],
     lps: &[f32],
     target_lp: f32,
@@ -158,17 +175,31 @@ pub fn compare_topk(
     mask: &mut [bool],
 ) -> RowCompare {
     let mut kl = 0f64;
-    for (&i, &lb) in ids.iter().zip(lps) {
+    for (&i, &lb) in ids[..k].iter().zip(&lps[..k]) {
         let (lb, lm) = (lb as f64, row[i as usize] as f64 - lse);
         let (pb, pm) = (lb.exp(), lm.exp());
         kl += pb * (lb - lm) - pb + pm;
-        mask[i as usize] = true;
     }
     let r_b = rest as f64;
+    if ids.len() > k {
+        let n = (ids.len() - k) as f64;
+        let f: f64 = ids[k..]
+            .iter()
+            .zip(&lps[k..])
+            .map(|(&i, &lb)| {
+                let d = lb as f64 - (row[i as usize] as f64 - lse);
+                d - 1.0 + (-d).exp()
+            })
+            .sum();
+        return RowCompare { kl: kl + r_b * f / n, base_top: ids[0] as usize, base_lp_target: target_lp as f64 };
+    }
+    for &i in &ids[..k] {
+        mask[i as usize] = true;
+    }
     let r_m: f64 =
         row.iter().zip(mask.iter()).filter(|(_, m)| !**m).map(|(&v, _)| (v as f64 - lse).exp()).sum();
     kl += if r_b > 0.0 { r_b * (r_b.ln() - r_m.max(f64::MIN_POSITIVE).ln()) - r_b + r_m } else { r_m };
-    for &i in ids {
+    for &i in &ids[..k] {
         mask[i as usize] = false;
     }
     RowCompare { kl, base_top: ids[0] as usize, base_lp_target: target_lp as f64 }
@@ -243,8 +274,10 @@ impl BaseLogits {
     pub fn new(format: BaseFormat, vocab: usize, ctx: usize, bos: Option<u32>) -> Self {
         let rows = match format {
             BaseFormat::Full => BaseRows::Full(vec![]),
-            BaseFormat::TopK { k, dtype } => BaseRows::TopK {
+            BaseFormat::TopK { k, tail, dtype } => BaseRows::TopK {
                 k: k.min(vocab),
+                // No tail to sample from when the top K is the whole vocabulary.
+                tail: if k >= vocab { 0 } else { tail },
                 dtype,
                 ids: vec![],
                 lps: vec![],
@@ -259,7 +292,7 @@ impl BaseLogits {
     pub fn format(&self) -> BaseFormat {
         match &self.rows {
             BaseRows::Full(_) => BaseFormat::Full,
-            BaseRows::TopK { k, dtype, .. } => BaseFormat::TopK { k: *k, dtype: *dtype },
+            BaseRows::TopK { k, tail, dtype, .. } => BaseFormat::TopK { k: *k, tail: *tail, dtype: *dtype },
             BaseRows::Llama(_) => BaseFormat::Llama,
         }
     }
@@ -289,9 +322,9 @@ impl BaseLogits {
         self.tokens.truncate(n * self.ctx);
         match &mut self.rows {
             BaseRows::Full(c) => c.truncate(rows * self.vocab),
-            BaseRows::TopK { k, ids, lps, target, rest, .. } => {
-                ids.truncate(rows * *k);
-                lps.truncate(rows * *k);
+            BaseRows::TopK { k, tail, ids, lps, target, rest, .. } => {
+                ids.truncate(rows * (*k + *tail));
+                lps.truncate(rows * (*k + *tail));
                 target.truncate(rows);
                 rest.truncate(rows);
             }
@@ -311,12 +344,13 @@ impl BaseLogits {
                     ((lp - FLOOR) / scale).round() as u16
                 }));
             }
-            BaseRows::TopK { k, dtype, ids, lps, target: tl, rest } => {
+            BaseRows::TopK { k, tail, dtype, ids, lps, target: tl, rest } => {
                 let lse = logsumexp(logits);
                 let top = top_k(logits, *k);
+                let lp = |i: u32| dtype.round((logits[i as usize] as f64 - lse) as f32);
                 for &i in &top {
                     ids.push(i);
-                    lps.push(dtype.round((logits[i as usize] as f64 - lse) as f32));
+                    lps.push(lp(i));
                     mask[i as usize] = true;
                 }
                 let r: f64 = logits
@@ -325,6 +359,33 @@ impl BaseLogits {
                     .filter(|(_, m)| !**m)
                     .map(|(&v, _)| (v as f64 - lse).exp())
                     .sum();
+                if *tail > 0 {
+                    // Systematic sampling of the tail ∝ p_b: points (u + j)/S of its mass, u seeded
+                    // by the row number (deterministic output).
+                    let mut h = (tl.len() as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    let u = ((h ^ (h >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+                    let (mut acc, mut j, mut last) = (0f64, 0usize, None);
+                    for (i, (&v, &m)) in logits.iter().zip(mask.iter()).enumerate() {
+                        if m {
+                            continue;
+                        }
+                        acc += (v as f64 - lse).exp();
+                        last = Some(i as u32);
+                        while j < *tail && (u + j as f64) / *tail as f64 * r < acc {
+                            ids.push(i as u32);
+                            lps.push(lp(i as u32));
+                            j += 1;
+                        }
+                    }
+                    // Rounding (or a tail of no mass) can leave points unreached: the last tail token.
+                    let last = last.unwrap_or(top[0]);
+                    for _ in j..*tail {
+                        ids.push(last);
+                        lps.push(lp(last));
+                    }
+                }
                 for &i in &top {
                     mask[i as usize] = false;
                 }
@@ -348,9 +409,10 @@ impl BaseLogits {
                     codes[r * v..(r + 1) * v].iter().map(|&c| (FLOOR + c as f32 * scale) as f64).collect();
                 compare_dense(&lb, row, lse, target)
             }
-            BaseRows::TopK { k, ids, lps, target: tl, rest, .. } => {
-                let s = r * k..(r + 1) * k;
-                compare_topk(&ids[s.clone()], &lps[s], tl[r], rest[r], row, lse, mask)
+            BaseRows::TopK { k, tail, ids, lps, target: tl, rest, .. } => {
+                let w = k + tail;
+                let s = r * w..(r + 1) * w;
+                compare_topk(*k, &ids[s.clone()], &lps[s], tl[r], rest[r], row, lse, mask)
             }
             BaseRows::Llama(rows) => {
                 let nv = llama_nv(v);
@@ -381,18 +443,26 @@ impl BaseLogits {
                 u32s(&mut f, &evaluated)?;
                 u16s(&mut f, codes)?;
             }
-            BaseRows::TopK { k, dtype, ids, lps, target, rest } => {
+            BaseRows::TopK { k, tail, dtype, ids, lps, target, rest } => {
                 f.write_all(TOPK_MAGIC)?;
-                let h = [self.vocab as u32, self.ctx as u32, self.tokens.len() as u32, *k as u32, dtype.code()];
+                let h = [
+                    self.vocab as u32,
+                    self.ctx as u32,
+                    self.tokens.len() as u32,
+                    *k as u32,
+                    dtype.code(),
+                    *tail as u32,
+                ];
                 u32s(&mut f, &h)?;
                 u32s(&mut f, &evaluated)?;
-                let mut b = Vec::with_capacity(BaseFormat::TopK { k: *k, dtype: *dtype }.bytes_per_position(0));
+                let w = k + tail;
+                let mut b = Vec::with_capacity(self.format().bytes_per_position(0));
                 for r in 0..target.len() {
                     b.clear();
-                    for &i in &ids[r * k..(r + 1) * k] {
+                    for &i in &ids[r * w..(r + 1) * w] {
                         b.extend_from_slice(&i.to_le_bytes());
                     }
-                    for &l in &lps[r * k..(r + 1) * k] {
+                    for &l in &lps[r * w..(r + 1) * w] {
                         match dtype {
                             LogProbType::F32 => b.extend_from_slice(&l.to_le_bytes()),
                             LogProbType::F16 => b.extend_from_slice(&half::f16::from_f32(l).to_le_bytes()),
@@ -540,10 +610,13 @@ fn read_full(b: &[u8], path: &Path) -> Result<BaseLogits> {
     Ok(BaseLogits { vocab, ctx, tokens, bos: None, rows: BaseRows::Full(codes) })
 }
 
+/// Header bytes of `QKLOGIT2`: magic, vocab, ctx, tokens, k, log-prob type, tail samples.
+const HEAD2: usize = 32;
+
 fn read_topk(b: &[u8], path: &Path) -> Result<BaseLogits> {
     let c = Cur { b, path };
-    let h: Vec<u32> = (0..5).map(|i| c.u32(8 + 4 * i, "the header")).collect::<Result<_>>()?;
-    let (vocab, ctx, n_tok, k, dt) = (h[0], h[1], h[2], h[3], h[4]);
+    let h: Vec<u32> = (0..6).map(|i| c.u32(8 + 4 * i, "the header")).collect::<Result<_>>()?;
+    let (vocab, ctx, n_tok, k, dt, tail) = (h[0], h[1], h[2], h[3], h[4], h[5]);
     check_sizes(&c, vocab as u64, ctx as u64, n_tok as u64)?;
     if k == 0 || k > vocab {
         return Err(c.bad("header", format!("top-k {k} (must be 1..={vocab}, the vocabulary)")));
@@ -553,33 +626,45 @@ fn read_topk(b: &[u8], path: &Path) -> Result<BaseLogits> {
         1 => LogProbType::F16,
         _ => return Err(c.bad("header", format!("unknown log-probability type {dt} (0 = f32, 1 = f16)"))),
     };
-    let (vocab, ctx, n_tok, k) = (vocab as usize, ctx as usize, n_tok as usize, k as usize);
+    if tail > 0 && k == vocab {
+        return Err(c.bad("header", format!("{tail} tail samples, but the top {k} is the whole vocabulary")));
+    }
+    if tail > 1 << 24 {
+        return Err(c.bad("header", format!("{tail} tail samples (at most {})", 1 << 24)));
+    }
+    let (vocab, ctx, n_tok, k, tail) = (vocab as usize, ctx as usize, n_tok as usize, k as usize, tail as usize);
     let rows = rows_of(ctx, n_tok);
-    let per = BaseFormat::TopK { k, dtype }.bytes_per_position(0);
-    check_length(&c, 28 + n_tok as u128 * 4 + rows as u128 * per as u128)?;
-    let tokens = read_tokens(&c, 28, n_tok, vocab, false)?;
-    let (mut ids, mut lps) = (Vec::with_capacity(rows * k), Vec::with_capacity(rows * k));
+    let per = BaseFormat::TopK { k, tail, dtype }.bytes_per_position(0);
+    check_length(&c, HEAD2 as u128 + n_tok as u128 * 4 + rows as u128 * per as u128)?;
+    let tokens = read_tokens(&c, HEAD2, n_tok, vocab, false)?;
+    let w = k + tail;
+    let (mut ids, mut lps) = (Vec::with_capacity(rows * w), Vec::with_capacity(rows * w));
     let (mut target, mut rest) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
     let mut seen = Vec::with_capacity(k);
     for r in 0..rows {
-        let o = 28 + 4 * n_tok + r * per;
+        let o = HEAD2 + 4 * n_tok + r * per;
         let at = |what: &str| format!("row {r} {what} (byte {o})");
         seen.clear();
-        for j in 0..k {
+        for j in 0..w {
             let id = c.u32(o + 4 * j, "a row")?;
             if id as usize >= vocab {
                 return Err(c.bad(at("ids"), format!("token id {id} is outside the vocabulary of {vocab}")));
             }
             ids.push(id);
-            seen.push(id);
+            if j < k {
+                seen.push(id);
+            }
         }
         seen.sort_unstable();
         if seen.windows(2).any(|w| w[0] == w[1]) {
             return Err(c.bad(at("ids"), "a token id appears twice among the top k"));
         }
-        let lo = o + 4 * k;
+        if ids[ids.len() - tail..].iter().any(|i| seen.binary_search(i).is_ok()) {
+            return Err(c.bad(at("ids"), "a tail sample is one of the top k"));
+        }
+        let lo = o + 4 * w;
         let mut prev = f32::INFINITY;
-        for j in 0..k {
+        for j in 0..w {
             let v = match dtype {
                 LogProbType::F32 => c.f32(lo + 4 * j, "a row")?,
                 LogProbType::F16 => {
@@ -590,13 +675,15 @@ fn read_topk(b: &[u8], path: &Path) -> Result<BaseLogits> {
             if !v.is_finite() || v > LP_SLACK {
                 return Err(c.bad(at("log-probabilities"), format!("log-probability {v} is not finite and ≤ 0")));
             }
-            if v > prev {
-                return Err(c.bad(at("log-probabilities"), "the top k are not in decreasing order"));
+            if j < k {
+                if v > prev {
+                    return Err(c.bad(at("log-probabilities"), "the top k are not in decreasing order"));
+                }
+                prev = v;
             }
-            prev = v;
             lps.push(v);
         }
-        let to = lo + k * dtype.bytes();
+        let to = lo + w * dtype.bytes();
         let (t, re) = (c.f32(to, "a row")?, c.f32(to + 4, "a row")?);
         if !t.is_finite() || t > LP_SLACK {
             return Err(c.bad(at("next-token log-probability"), format!("{t} is not finite and ≤ 0")));
@@ -607,7 +694,7 @@ fn read_topk(b: &[u8], path: &Path) -> Result<BaseLogits> {
         target.push(t);
         rest.push(re);
     }
-    Ok(BaseLogits { vocab, ctx, tokens, bos: None, rows: BaseRows::TopK { k, dtype, ids, lps, target, rest } })
+    Ok(BaseLogits { vocab, ctx, tokens, bos: None, rows: BaseRows::TopK { k, tail, dtype, ids, lps, target, rest } })
 }
 
 fn read_llama(b: &[u8], path: &Path) -> Result<BaseLogits> {
@@ -666,7 +753,7 @@ mod tests {
 
     fn topk_kl(base: &[f32], model: &[f32], k: usize, dtype: LogProbType) -> RowCompare {
         let n = base.len();
-        let mut b = BaseLogits::new(BaseFormat::TopK { k, dtype }, n, 4, None);
+        let mut b = BaseLogits::new(BaseFormat::TopK { k, tail: 0, dtype }, n, 4, None);
         let mut mask = vec![false; n];
         b.push_row(base, 1, &mut mask);
         let r = b.compare_row(0, model, logsumexp(model), 1, &mut mask);
@@ -714,6 +801,33 @@ mod tests {
         assert!((prev - e).abs() < 1e-6 * (1.0 + e));
     }
 
+    /// Tail samples: unbiased (the mean over many positions approaches the exact mean, where the
+    /// merged-rest bound stays clearly below it), never negative.
+    #[test]
+    fn tail_samples_estimate_the_exact_kl() {
+        let mut rng = Rng(2024);
+        let (n, rows) = (3000, 60);
+        let (mut exact_sum, mut est_sum, mut bound_sum) = (0f64, 0f64, 0f64);
+        let f = |tail| BaseFormat::TopK { k: 16, tail, dtype: LogProbType::F16 };
+        let (mut est, mut bound) = (BaseLogits::new(f(64), n, 4, None), BaseLogits::new(f(0), n, 4, None));
+        let mut mask = vec![false; n];
+        for r in 0..rows {
+            let base = rng.logits(n, 16.0);
+            let model: Vec<f32> = base.iter().map(|&v| v + ((rng.next() - 0.5) * 1.5) as f32).collect();
+            exact_sum += exact(&base, &model);
+            let lse = logsumexp(&model);
+            est.push_row(&base, 0, &mut mask);
+            bound.push_row(&base, 0, &mut mask);
+            let e = est.compare_row(r, &model, lse, 0, &mut mask).kl;
+            assert!(e >= 0.0, "row {r}: {e}");
+            est_sum += e;
+            bound_sum += bound.compare_row(r, &model, lse, 0, &mut mask).kl;
+        }
+        let rel = (est_sum - exact_sum).abs() / exact_sum;
+        assert!(rel < 0.03, "sampled tail {est_sum} vs exact {exact_sum} ({rel})");
+        assert!(bound_sum < 0.9 * exact_sum, "the merged bound {bound_sum} is well below {exact_sum} here");
+    }
+
     #[test]
     fn topk_keeps_top_token_and_target_exact() {
         let logits = [0.5f32, 3.0, 3.0, -1.0, 2.0];
@@ -745,8 +859,9 @@ mod tests {
         let t = tempfile::tempdir().expect("tmp");
         for (i, f) in [
             BaseFormat::Full,
-            BaseFormat::TopK { k: 5, dtype: LogProbType::F32 },
-            BaseFormat::TopK { k: 7, dtype: LogProbType::F16 },
+            BaseFormat::TopK { k: 5, tail: 0, dtype: LogProbType::F32 },
+            BaseFormat::TopK { k: 7, tail: 0, dtype: LogProbType::F16 },
+            BaseFormat::TopK { k: 3, tail: 6, dtype: LogProbType::F16 },
             BaseFormat::Llama,
         ]
         .into_iter()
@@ -758,7 +873,7 @@ mod tests {
                 b.write(&p).expect("write");
                 let len = std::fs::metadata(&p).expect("meta").len() as usize;
                 let head = match f {
-                    BaseFormat::TopK { .. } => 28,
+                    BaseFormat::TopK { .. } => HEAD2,
                     _ => 20,
                 };
                 assert_eq!(len, head + 4 * 16 + 2 * 3 * f.bytes_per_position(vocab), "{f:?} size");
@@ -818,7 +933,7 @@ mod tests {
             let e = BaseLogits::from_bytes(b, &p).expect_err(needle).to_string();
             assert!(e.contains("base.bin") && e.contains(needle), "{needle}: {e}");
         };
-        let topk = sample(BaseFormat::TopK { k: 4, dtype: LogProbType::F32 }, 40, None);
+        let topk = sample(BaseFormat::TopK { k: 4, tail: 0, dtype: LogProbType::F32 }, 40, None);
         topk.write(&p).expect("w");
         let b = std::fs::read(&p).expect("r");
         check(&header_damage(&b, 8, 0), "vocabulary size 0");
@@ -828,8 +943,10 @@ mod tests {
         check(&header_damage(&b, 16, u32::MAX - 7), "the header implies");
         check(&header_damage(&b, 20, 41), "top-k 41");
         check(&header_damage(&b, 24, 7), "log-probability type");
-        check(&header_damage(&b, 28, 40), "outside the vocabulary");
-        let row0 = 28 + 4 * 16;
+        check(&header_damage(&b, HEAD2, 40), "outside the vocabulary");
+        check(&header_damage(&b, 28, 3), "the header implies");
+        check(&header_damage(&b, 28, u32::MAX), "tail samples");
+        let row0 = HEAD2 + 4 * 16;
         check(&header_damage(&b, row0, 999), "outside the vocabulary");
         let dup = { let id = u32::from_le_bytes(b[row0..row0 + 4].try_into().expect("4")); header_damage(&b, row0 + 4, id) };
         check(&dup, "twice");
@@ -839,6 +956,15 @@ mod tests {
         check(&header_damage(&b, row0 + 36, 2.0f32.to_bits()), "rest mass");
         check(&header_damage(&b, row0 + 36, f32::NAN.to_bits()), "rest mass");
         check(b"QKLOGIT9xxxxxxxxxxxxxxxxxxxxxxxxx", "not a base-logits file");
+        let tailed = sample(BaseFormat::TopK { k: 2, tail: 3, dtype: LogProbType::F32 }, 40, None);
+        tailed.write(&p).expect("w");
+        let b = std::fs::read(&p).expect("r");
+        let row0 = HEAD2 + 4 * 16;
+        let top0 = u32::from_le_bytes(b[row0..row0 + 4].try_into().expect("4"));
+        check(&header_damage(&b, row0 + 8, top0), "tail sample is one of the top k");
+        check(&header_damage(&b, row0 + 12, 77), "outside the vocabulary");
+        check(&header_damage(&b, row0 + 20 + 8, f32::NAN.to_bits()), "not finite");
+        check(&header_damage(&b, 20, 40), "whole vocabulary");
 
         let llama = sample(BaseFormat::Llama, 40, None);
         llama.write(&p).expect("w");
@@ -891,6 +1017,6 @@ mod seeds {
                 assert!((a - b).abs() <= tol, "{f:?}: {a} vs full {b}");
             }
         }
-        assert_eq!(formats.len(), 4);
+        assert_eq!(formats.len(), 5);
     }
 }
