@@ -126,7 +126,7 @@ fn bad_base_files_are_refused_by_name() {
     let t = tempfile::tempdir().expect("tmp");
     let text = shared().join("data/wikitext-2-raw/wiki.test.raw");
     let base = t.path().join("base.qklogits");
-    ok(&[&"kld", &"--base", &stories(), &"--text", &text, &"--chunks", &"1", &"--ctx", &"64", &"--save-base", &base, &"--top-k", &"4"]);
+    ok(&[&"kld", &"--base", &stories(), &"--text", &text, &"--chunks", &"1", &"--ctx", &"64", &"--save-base", &base, &"--top-k", &"4", &"--tail-samples", &"0", &"--logprob-type", &"f32"]);
     let b = std::fs::read(&base).expect("r");
     // A vocabulary that is not the model's.
     let smol = smol_gguf();
@@ -139,7 +139,7 @@ fn bad_base_files_are_refused_by_name() {
     fails_with(&[&"kld", &stories(), &"--base", &cut], &["cut.qklogits", "base logits", "the header implies"]);
     let nan = t.path().join("nan.qklogits");
     let mut d = b.clone();
-    let row0 = 28 + 4 * 64;
+    let row0 = 32 + 4 * 64;
     d[row0 + 16..row0 + 20].copy_from_slice(&f32::NAN.to_le_bytes());
     std::fs::write(&nan, &d).expect("w");
     fails_with(&[&"kld", &stories(), &"--base", &nan], &["nan.qklogits", "row 0", "not finite"]);
