@@ -18,7 +18,13 @@ fn f(j: &serde_json::Value, k: &str) -> f64 {
 }
 
 /// Scores `model` against `base` in process and through every saved format; returns the exact KLD.
-fn check_formats(dir: &std::path::Path, base: &std::path::Path, model: &std::path::Path, extra: &[&str], ks: &[(usize, f64)]) {
+fn check_formats(
+    dir: &std::path::Path,
+    base: &std::path::Path,
+    model: &std::path::Path,
+    extra: &[&str],
+    ks: &[(usize, f64)],
+) {
     let text = shared().join("data/wikitext-2-raw/wiki.test.raw");
     let mut common: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--text", &text];
     for e in extra {
@@ -49,7 +55,10 @@ fn check_formats(dir: &std::path::Path, base: &std::path::Path, model: &std::pat
     };
 
     for &(k, rel_bound) in ks {
-        let p = save(&format!("top{k}.qklogits"), &["--top-k", &k.to_string(), "--tail-samples", "0", "--logprob-type", "f32"]);
+        let p = save(
+            &format!("top{k}.qklogits"),
+            &["--top-k", &k.to_string(), "--tail-samples", "0", "--logprob-type", "f32"],
+        );
         let j = score(&p);
         same_exact(&j, &format!("top-{k}"));
         let a = f(&j, "mean_kld");
@@ -115,7 +124,13 @@ fn smollm2_top_k_base_is_within_its_bound() {
     ok(&[&"convert", &smol_gguf(), &"--type", &"q3_k_m", &"-o", &q3]);
     // Vocabulary 49152; on these 126 positions top 64 measured 25.5 % low, top 1024 5.2 % (the
     // quantization error sits in the tail: see docs/evaluation.md).
-    check_formats(t.path(), &smol_gguf(), &q3, &["--chunks", "2", "--ctx", "128"], &[(64, 0.30), (1024, 0.07)]);
+    check_formats(
+        t.path(),
+        &smol_gguf(),
+        &q3,
+        &["--chunks", "2", "--ctx", "128"],
+        &[(64, 0.30), (1024, 0.07)],
+    );
 }
 
 #[test]
@@ -126,7 +141,25 @@ fn bad_base_files_are_refused_by_name() {
     let t = tempfile::tempdir().expect("tmp");
     let text = shared().join("data/wikitext-2-raw/wiki.test.raw");
     let base = t.path().join("base.qklogits");
-    ok(&[&"kld", &"--base", &stories(), &"--text", &text, &"--chunks", &"1", &"--ctx", &"64", &"--save-base", &base, &"--top-k", &"4", &"--tail-samples", &"0", &"--logprob-type", &"f32"]);
+    ok(&[
+        &"kld",
+        &"--base",
+        &stories(),
+        &"--text",
+        &text,
+        &"--chunks",
+        &"1",
+        &"--ctx",
+        &"64",
+        &"--save-base",
+        &base,
+        &"--top-k",
+        &"4",
+        &"--tail-samples",
+        &"0",
+        &"--logprob-type",
+        &"f32",
+    ]);
     let b = std::fs::read(&base).expect("r");
     // A vocabulary that is not the model's.
     let smol = smol_gguf();
@@ -136,7 +169,10 @@ fn bad_base_files_are_refused_by_name() {
     // Truncated, and a row damaged to NaN.
     let cut = t.path().join("cut.qklogits");
     std::fs::write(&cut, &b[..b.len() - 3]).expect("w");
-    fails_with(&[&"kld", &stories(), &"--base", &cut], &["cut.qklogits", "base logits", "the header implies"]);
+    fails_with(
+        &[&"kld", &stories(), &"--base", &cut],
+        &["cut.qklogits", "base logits", "the header implies"],
+    );
     let nan = t.path().join("nan.qklogits");
     let mut d = b.clone();
     let row0 = 32 + 4 * 64;
@@ -144,10 +180,25 @@ fn bad_base_files_are_refused_by_name() {
     std::fs::write(&nan, &d).expect("w");
     fails_with(&[&"kld", &stories(), &"--base", &nan], &["nan.qklogits", "row 0", "not finite"]);
     // A base file cannot be the base of --save-base.
-    fails_with(&[&"kld", &"--base", &base, &"--save-base", &t.path().join("x")], &["already a base-logits file"]);
+    fails_with(
+        &[&"kld", &"--base", &base, &"--save-base", &t.path().join("x")],
+        &["already a base-logits file"],
+    );
     // The write is atomic: a failing save (no such folder) leaves nothing.
     fails_with(
-        &[&"kld", &"--base", &stories(), &"--text", &text, &"--chunks", &"1", &"--ctx", &"64", &"--save-base", &t.path().join("no/such/dir/b")],
+        &[
+            &"kld",
+            &"--base",
+            &stories(),
+            &"--text",
+            &text,
+            &"--chunks",
+            &"1",
+            &"--ctx",
+            &"64",
+            &"--save-base",
+            &t.path().join("no/such/dir/b"),
+        ],
         &["does not exist"],
     );
 }

@@ -102,7 +102,8 @@ fn kld_base_variants(s: &mut Suite, gguf: &Path) {
     let g = gguf.to_str().expect("u");
     let save = |name: &str, fmt: &[&str]| -> Vec<u8> {
         let p = src.path().join(name);
-        let mut a = vec!["kld", "--base", g, "--text", text.to_str().expect("u"), "--ctx", "16", "--chunks", "2"];
+        let mut a =
+            vec!["kld", "--base", g, "--text", text.to_str().expect("u"), "--ctx", "16", "--chunks", "2"];
         a.extend_from_slice(&["--save-base", p.to_str().expect("u")]);
         a.extend_from_slice(fmt);
         let refs: Vec<OsString> = args(&a);
@@ -144,18 +145,36 @@ fn kld_base_variants(s: &mut Suite, gguf: &Path) {
         ("QKLOGIT2 log-prob type 9", hdr(&topk, 24, 9), "log-probability type"),
         ("QKLOGIT2 tail samples 2^32-1", hdr(&topk, 28, u32::MAX), "tail samples"),
         ("QKLOGIT2 tail samples 1", hdr(&topk, 28, 1), "the header implies"),
-        ("QKLOGIT2 tail sample in the top k", crate::with(&tailed, |x| { let v = x[t2..t2 + 4].to_vec(); x[t2 + 12..t2 + 16].copy_from_slice(&v) }), "one of the top k"),
+        (
+            "QKLOGIT2 tail sample in the top k",
+            crate::with(&tailed, |x| {
+                let v = x[t2..t2 + 4].to_vec();
+                x[t2 + 12..t2 + 16].copy_from_slice(&v)
+            }),
+            "one of the top k",
+        ),
         ("QKLOGIT2 id outside the vocabulary", hdr(&topk, t2, 600), "outside the vocabulary"),
         ("QKLOGIT2 NaN log-prob", hdr(&topk, t2 + 12, f32::NAN.to_bits()), "not finite"),
         ("QKLOGIT2 +Inf next-token log-prob", hdr(&topk, t2 + 24, f32::INFINITY.to_bits()), "not finite"),
         ("QKLOGIT2 rest mass NaN", hdr(&topk, t2 + 28, f32::NAN.to_bits()), "rest mass"),
         ("QKLOGIT2 rest mass 3", hdr(&topk, t2 + 28, 3f32.to_bits()), "rest mass"),
-        ("QKLOGIT2 f16 NaN log-prob", crate::with(&topk16, |x| x[t2 + 12..t2 + 14].copy_from_slice(&[0x00, 0x7e])), "not finite"),
+        (
+            "QKLOGIT2 f16 NaN log-prob",
+            crate::with(&topk16, |x| x[t2 + 12..t2 + 14].copy_from_slice(&[0x00, 0x7e])),
+            "not finite",
+        ),
         ("llama n_vocab -1", hdr(&llama, 12, u32::MAX), "n_vocab -1"),
         ("llama n_vocab 513", hdr(&llama, 12, 513), "the header implies"),
         ("llama n_chunk 2^31-1", hdr(&llama, 16, i32::MAX as u32), "the header implies"),
         ("llama n_ctx 2^32-1", hdr(&llama, 8, u32::MAX), "context"),
-        ("llama n_ctx × n_chunk huge", crate::with(&llama, |x| { put(x, 8, 1 << 24); put(x, 16, i32::MAX as u32) }), "the header implies"),
+        (
+            "llama n_ctx × n_chunk huge",
+            crate::with(&llama, |x| {
+                put(x, 8, 1 << 24);
+                put(x, 16, i32::MAX as u32)
+            }),
+            "the header implies",
+        ),
         ("llama token -7", hdr(&llama, 20, (-7i32) as u32), "token id -7"),
         ("llama NaN scale", hdr(&llama, tl, f32::NAN.to_bits()), "not finite"),
         ("llama -Inf minimum", hdr(&llama, tl + 4, f32::NEG_INFINITY.to_bits()), "not finite"),

@@ -269,7 +269,9 @@ fn measure_top_k(
         .zip(&saved)
         .map(|(f, r)| {
             let (name, k, tail, dtype) = match f {
-                BaseFormat::TopK { k, tail, dtype } => ("topk", *k, *tail, format!("{dtype:?}").to_lowercase()),
+                BaseFormat::TopK { k, tail, dtype } => {
+                    ("topk", *k, *tail, format!("{dtype:?}").to_lowercase())
+                }
                 BaseFormat::Full => ("qklogit1", 0, 0, "u16".into()),
                 BaseFormat::Llama => ("llama", 0, 0, "u16".into()),
             };

@@ -150,8 +150,8 @@ pub fn compare_dense(base_lp: &[f64], row: &[f32], lse: f64, target: usize) -> R
     RowCompare { kl, base_top: best, base_lp_target: base_lp[target] }
 }
 
-/// KL over the base's top K plus the merged rest: Σ_{i∈K} p_b,i (log p_b,i − log p_m,i)
-/// + r_b (log r_b − log r_m), r_m = Σ_{i∉K} p_m,i (summed directly, not as 1 − Σ, so it keeps its
+/// KL over the base's top K plus the merged rest: Σ_{i∈K} p_b,i (log p_b,i − log p_m,i) +
+/// r_b (log r_b − log r_m), r_m = Σ_{i∉K} p_m,i (summed directly, not as 1 − Σ, so it keeps its
 /// precision when small). Each of the K + 1 terms is taken in the generalized form
 /// p log(p/q) − p + q: with exact values the added terms sum to 1 − 1 = 0, and they cancel the
 /// first-order effect of the stored values' rounding (f32/f16 log-probabilities whose
@@ -191,7 +191,11 @@ pub fn compare_topk(
                 d - 1.0 + (-d).exp()
             })
             .sum();
-        return RowCompare { kl: kl + r_b * f / n, base_top: ids[0] as usize, base_lp_target: target_lp as f64 };
+        return RowCompare {
+            kl: kl + r_b * f / n,
+            base_top: ids[0] as usize,
+            base_lp_target: target_lp as f64,
+        };
     }
     for &i in &ids[..k] {
         mask[i as usize] = true;
@@ -400,7 +404,14 @@ impl BaseLogits {
     }
 
     /// Compare stored row `r` with the model's `row` (logits, `lse` their log-sum-exp).
-    pub fn compare_row(&self, r: usize, row: &[f32], lse: f64, target: usize, mask: &mut [bool]) -> RowCompare {
+    pub fn compare_row(
+        &self,
+        r: usize,
+        row: &[f32],
+        lse: f64,
+        target: usize,
+        mask: &mut [bool],
+    ) -> RowCompare {
         let v = self.vocab;
         match &self.rows {
             BaseRows::Full(codes) => {
@@ -562,7 +573,9 @@ fn check_sizes(c: &Cur, vocab: u64, ctx: u64, n_tok: u64) -> Result<()> {
         return Err(c.bad("header", format!("context {ctx} (must be 3..={MAX_CTX})")));
     }
     if n_tok == 0 || n_tok % ctx != 0 {
-        return Err(c.bad("header", format!("{n_tok} tokens is not a whole, nonzero number of chunks of {ctx}")));
+        return Err(
+            c.bad("header", format!("{n_tok} tokens is not a whole, nonzero number of chunks of {ctx}"))
+        );
     }
     Ok(())
 }
@@ -632,7 +645,8 @@ fn read_topk(b: &[u8], path: &Path) -> Result<BaseLogits> {
     if tail > 1 << 24 {
         return Err(c.bad("header", format!("{tail} tail samples (at most {})", 1 << 24)));
     }
-    let (vocab, ctx, n_tok, k, tail) = (vocab as usize, ctx as usize, n_tok as usize, k as usize, tail as usize);
+    let (vocab, ctx, n_tok, k, tail) =
+        (vocab as usize, ctx as usize, n_tok as usize, k as usize, tail as usize);
     let rows = rows_of(ctx, n_tok);
     let per = BaseFormat::TopK { k, tail, dtype }.bytes_per_position(0);
     check_length(&c, HEAD2 as u128 + n_tok as u128 * 4 + rows as u128 * per as u128)?;
@@ -673,7 +687,9 @@ fn read_topk(b: &[u8], path: &Path) -> Result<BaseLogits> {
                 }
             };
             if !v.is_finite() || v > LP_SLACK {
-                return Err(c.bad(at("log-probabilities"), format!("log-probability {v} is not finite and ≤ 0")));
+                return Err(
+                    c.bad(at("log-probabilities"), format!("log-probability {v} is not finite and ≤ 0"))
+                );
             }
             if j < k {
                 if v > prev {
@@ -694,7 +710,13 @@ fn read_topk(b: &[u8], path: &Path) -> Result<BaseLogits> {
         target.push(t);
         rest.push(re);
     }
-    Ok(BaseLogits { vocab, ctx, tokens, bos: None, rows: BaseRows::TopK { k, tail, dtype, ids, lps, target, rest } })
+    Ok(BaseLogits {
+        vocab,
+        ctx,
+        tokens,
+        bos: None,
+        rows: BaseRows::TopK { k, tail, dtype, ids, lps, target, rest },
+    })
 }
 
 fn read_llama(b: &[u8], path: &Path) -> Result<BaseLogits> {
@@ -705,7 +727,8 @@ fn read_llama(b: &[u8], path: &Path) -> Result<BaseLogits> {
     if vocab <= 0 || n_chunk <= 0 {
         return Err(c.bad("header", format!("n_vocab {vocab}, n_chunk {n_chunk}: both must be positive")));
     }
-    let n_tok = ctx.checked_mul(n_chunk as u64).ok_or_else(|| c.bad("header", "n_ctx × n_chunk overflows"))?;
+    let n_tok =
+        ctx.checked_mul(n_chunk as u64).ok_or_else(|| c.bad("header", "n_ctx × n_chunk overflows"))?;
     check_sizes(&c, vocab as u64, ctx, n_tok)?;
     let (vocab, ctx, n_chunk) = (vocab as usize, ctx as usize, n_chunk as usize);
     let nv = llama_nv(vocab);
@@ -885,7 +908,10 @@ mod tests {
                     assert_eq!(r.tokens, b.tokens);
                     r.bos = b.bos;
                 }
-                assert_eq!((0..2).map(|c| r.chunk(c)).collect::<Vec<_>>(), (0..2).map(|c| b.chunk(c)).collect::<Vec<_>>());
+                assert_eq!(
+                    (0..2).map(|c| r.chunk(c)).collect::<Vec<_>>(),
+                    (0..2).map(|c| b.chunk(c)).collect::<Vec<_>>()
+                );
                 // Every truncation is refused, with the file named; so is a byte more.
                 let bytes = std::fs::read(&p).expect("r");
                 for cut in [0, 7, 8, 12, 19, 20, 27, 30, len - 1] {
@@ -948,7 +974,10 @@ mod tests {
         check(&header_damage(&b, 28, u32::MAX), "tail samples");
         let row0 = HEAD2 + 4 * 16;
         check(&header_damage(&b, row0, 999), "outside the vocabulary");
-        let dup = { let id = u32::from_le_bytes(b[row0..row0 + 4].try_into().expect("4")); header_damage(&b, row0 + 4, id) };
+        let dup = {
+            let id = u32::from_le_bytes(b[row0..row0 + 4].try_into().expect("4"));
+            header_damage(&b, row0 + 4, id)
+        };
         check(&dup, "twice");
         check(&header_damage(&b, row0 + 16, f32::NAN.to_bits()), "not finite");
         check(&header_damage(&b, row0 + 20, 0.0f32.to_bits()), "decreasing");
@@ -1005,8 +1034,9 @@ mod seeds {
             // Every format's rows say the same thing: compare each with a flat model row.
             let row = [0f32; 5];
             let mut mask = [false; 5];
-            let kl: Vec<f64> =
-                (0..2).map(|r| b.compare_row(r, &row, 5f64.ln(), b.tokens[4 * r + 3] as usize, &mut mask).kl).collect();
+            let kl: Vec<f64> = (0..2)
+                .map(|r| b.compare_row(r, &row, 5f64.ln(), b.tokens[4 * r + 3] as usize, &mut mask).kl)
+                .collect();
             formats.push((b.format(), kl));
         }
         formats.sort_by_key(|(f, _)| format!("{f:?}"));

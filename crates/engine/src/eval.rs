@@ -435,7 +435,8 @@ pub fn kld_models_vs_saved(
     let (vocab, first) = (model.vocab_size(), o.ctx / 2);
     let (mut cb, mut cm) = (base.new_cache(o.ctx), model.new_cache(o.ctx));
     let mut acc = KldAcc { chunks: n_chunks, ..Default::default() };
-    let mut saved: Vec<KldAcc> = formats.iter().map(|_| KldAcc { chunks: n_chunks, ..Default::default() }).collect();
+    let mut saved: Vec<KldAcc> =
+        formats.iter().map(|_| KldAcc { chunks: n_chunks, ..Default::default() }).collect();
     let mut mask = vec![false; vocab];
     for c in 0..n_chunks {
         let chunk = with_bos(&tokens[c * o.ctx..(c + 1) * o.ctx], o.bos);
