@@ -138,6 +138,42 @@ def safetensors(tensors, meta=None):
     return struct.pack("<Q", len(h)) + h + b"".join(blobs)
 
 
+def kld_bases():
+    """KLD base files, laid out here by hand from the format descriptions (not by quantkit): vocab 5
+    (odd: llama.cpp pads each row to an even count), ctx 4 (one scored position per chunk), 2 chunks."""
+    r = np.random.default_rng(5)
+    vocab, ctx, chunks = 5, 4, 2
+    rows = chunks * (ctx - 1 - ctx // 2)
+    toks = r.integers(0, vocab, size=chunks * ctx).astype("<u4")
+    logits = r.standard_normal((rows, vocab)) * 3
+    lp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    full = b"QKLOGIT1" + struct.pack("<3I", vocab, ctx, len(toks)) + toks.tobytes()
+    full += np.round((np.maximum(lp, -30) + 30) / (30 / 65535)).astype("<u2").tobytes()
+    topk = {}
+    for k, dt, tail in [(2, 0, 0), (5, 1, 0), (2, 1, 3)]:
+        b = b"QKLOGIT2" + struct.pack("<6I", vocab, ctx, len(toks), k, dt, tail) + toks.tobytes()
+        for i in range(rows):
+            order = sorted(range(vocab), key=lambda j: (-lp[i, j], j))
+            order = order[:k] + order[k:k + 1] * tail  # tail samples: any tokens outside the top k
+            b += np.array(order, dtype="<u4").tobytes()
+            b += lp[i, order].astype("<f4" if dt == 0 else "<f2").tobytes()
+            target = toks[(i + 1) * ctx - 1]
+            rest = float(np.exp(lp[i, [j for j in range(vocab) if j not in order[:k]]]).sum())
+            b += struct.pack("<ff", lp[i, target], rest)
+        topk[(k, tail)] = b
+    llama = b"_logits_" + struct.pack("<Iii", ctx, vocab, chunks) + toks.astype("<i4").tobytes()
+    nv = 2 * ((vocab + 1) // 2) + 4
+    for i in range(rows):
+        mx, mn = logits[i].max(), max(logits[i].min(), logits[i].max() - 16)
+        scale = np.float32((mx - mn) / 65535)
+        lse = np.log(np.exp(logits[i] - mx).sum())
+        codes = np.where(logits[i] > mn, np.round((logits[i] - mn) / scale), 0).astype("<u2")
+        row = struct.pack("<ff", scale, mn - mx - lse) + codes.tobytes()
+        llama += row + b"\0" * (2 * nv - len(row))
+    return {"full.qklogits": full, "top2-f32.qklogits": topk[(2, 0)], "top5-f16.qklogits": topk[(5, 0)],
+            "top2-tail3-f16.qklogits": topk[(2, 3)], "llama.kldbase": llama}
+
+
 CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
     "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 1,
@@ -148,7 +184,7 @@ CONFIG = {
 
 def main():
     out = pathlib.Path(sys.argv[1])
-    for t in ["gguf", "gguf_tokenizer", "imatrix", "safetensors", "hf_config", "hf_index"]:
+    for t in ["gguf", "gguf_tokenizer", "imatrix", "safetensors", "hf_config", "hf_index", "base_logits"]:
         (out / t).mkdir(parents=True, exist_ok=True)
     write_gguf(out / "gguf/all-types.gguf", all_types)
     write_gguf(out / "gguf/tiny-llama-q8_0.gguf", tiny_model)
@@ -182,6 +218,8 @@ def main():
         "original_max_position_embeddings": 64}}))
     for k, q in quant.items():
         (out / f"hf_config/{k}.json").write_text(json.dumps({**CONFIG, "quantization_config": q}))
+    for name, b in kld_bases().items():
+        (out / "base_logits" / name).write_bytes(b)
     (out / "hf_index/index.json").write_text(json.dumps({"metadata": {"total_size": 1024}, "weight_map": {
         "model.norm.weight": "model-00001-of-00002.safetensors",
         "model.embed_tokens.weight": "model-00002-of-00002.safetensors"}}))

@@ -24,6 +24,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("hf_index", hf_index),
     ("imatrix", imatrix),
     ("gguf_tokenizer", gguf_tokenizer),
+    ("base_logits", base_logits),
 ];
 
 /// Run target `name` on `data` (panics on an unknown name: a harness bug, not an input one).
@@ -128,6 +129,31 @@ pub fn gguf_tokenizer(data: &[u8]) {
         let _ = t.decode(&ids);
     }
     let _ = t.decode(&[0, 1, 2, 3, u32::MAX]);
+}
+
+/// KLD base files: QKLOGIT1 (u16 per logit), QKLOGIT2 (top-K) and llama.cpp's `_logits_`; then
+/// what `kld` does with a parsed one: each stored row compared with a flat model row.
+pub fn base_logits(data: &[u8]) {
+    use quantkit_engine::eval::BaseLogits;
+    let p = Path::new("fuzz.kldbase");
+    let r = BaseLogits::from_bytes(data, p);
+    names_file(&r, "fuzz.kldbase");
+    let Ok(mut b) = r else { return };
+    if b.vocab > 1 << 20 {
+        return; // a top-K file may declare a large vocabulary in few bytes: keep executions short
+    }
+    let budget = (MAX_ELEMS as usize / b.vocab.max(1)).max(1);
+    b.truncate_chunks(budget.div_ceil(b.per_chunk()));
+    let row = vec![0f32; b.vocab];
+    let lse = (b.vocab as f64).ln();
+    let mut mask = vec![false; b.vocab];
+    for c in 0..b.chunks() {
+        let chunk = b.chunk(c);
+        for r in 0..b.per_chunk().min(budget) {
+            let target = chunk[b.ctx / 2 + r + 1] as usize;
+            let _ = b.compare_row(c * b.per_chunk() + r, &row, lse, target, &mut mask);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use quantkit_core::{Error, Result};
-use quantkit_engine::eval::{base_logits, kld, BaseLogits, KldReport, PplMode, PplOptions};
+use quantkit_engine::eval::{base_logits, kld, BaseFormat, BaseLogits, KldReport, PplMode, PplOptions};
 use quantkit_engine::tokenizer::read_text;
 use quantkit_engine::{Model, Tokenizer, WeightMode};
 use quantkit_io::imatrix::Imatrix;
@@ -289,7 +289,7 @@ pub fn compute_base(model: &Path, e: &EvalSettings, progress: &dyn Progress) -> 
     let tokens = tok.encode(&text, tok.add_bos)?;
     let o = llama_chunks(e.ctx, e.chunks, &tok);
     progress.stage("base logits", 0);
-    base_logits(&m, &tokens, &o, &|d, _| progress.tick(d as u64))
+    base_logits(&m, &tokens, &o, BaseFormat::Full, &|d, _| progress.tick(d as u64))
 }
 
 /// Score a quantized output against `base`.

@@ -120,8 +120,16 @@ quantkit ppl ./hf-model --text wiki.test.raw --mode hf --ctx 2048 --json"
     /// --kl-divergence statistics).
     #[command(
         after_help = "Examples:\n  quantkit kld model-q4_0.gguf --base model-f32.gguf --text wiki.test.raw --chunks 20\n  \
-quantkit kld --base model-f32.gguf --text wiki.test.raw --save-base base.qklogits\n  \
-quantkit kld model-q4_k_m.gguf --base base.qklogits"
+quantkit kld --base model-f32.gguf --text wiki.test.raw --save-base base.qklogits   # QKLOGIT2\n  \
+quantkit kld model-q4_k_m.gguf --base base.qklogits\n  \
+quantkit kld --base model-f32.gguf --text wiki.test.raw --save-base base.bin --base-format llama\n  \
+llama-perplexity -m model-q4_k_m.gguf --kl-divergence-base base.bin --kl-divergence   # and back:\n  \
+quantkit kld model-q4_k_m.gguf --base llama-base.bin    # a file from llama-perplexity --kl-divergence-base\n\n\
+A QKLOGIT2 base keeps per position the base's top K (default 64) tokens and 64 tokens sampled from\n\
+the rest (f16 log-probs, 776 bytes whatever the vocabulary): its KL is an unbiased estimate of the\n\
+exact one; with --tail-samples 0 the rest is one merged category and the KL a lower bound (error\n\
+measured in docs/evaluation.md). Same-top-token rate, PPL and delta-p stay exact. --top-k 0 saves\n\
+every logit (QKLOGIT1, 2 bytes per vocabulary entry)."
     )]
     Kld(eval::KldArgs),
     /// Generate text from a prompt (greedy by default).

@@ -5,6 +5,7 @@ use std::time::Instant;
 use quantkit_core::{Error, Result};
 use serde::Serialize;
 
+use crate::baselogits::compare_dense;
 use crate::model::Model;
 
 /// How perplexity is computed.
@@ -263,96 +264,37 @@ mod tests {
     }
 }
 
-/// Log-probabilities of the scored positions of llama-mode chunks: what a KL-divergence run compares.
-/// Stored like llama.cpp's `--kl-divergence-base` file does: per row, u16 codes of log p over
-/// [floor, 0] (floor = −30: smaller probabilities do not move the statistics), 2 bytes a logit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BaseLogits {
-    pub vocab: usize,
-    pub ctx: usize,
-    pub tokens: Vec<u32>,
-    /// `rows × vocab` u16 codes.
-    pub codes: Vec<u16>,
-}
+pub use crate::baselogits::{BaseFormat, BaseLogits, BaseRows, LogProbType, RowCompare};
 
-const FLOOR: f32 = -30.0;
-const MAGIC: &[u8; 8] = b"QKLOGIT1";
-
-impl BaseLogits {
-    fn push_row(&mut self, logits: &[f32]) {
-        let lse = logsumexp(logits);
-        let scale = -FLOOR / 65535.0;
-        self.codes.extend(logits.iter().map(|&v| {
-            let lp = ((v as f64 - lse) as f32).max(FLOOR);
-            ((lp - FLOOR) / scale).round() as u16
-        }));
-    }
-
-    /// Log-probabilities of row `r`.
-    pub fn row(&self, r: usize) -> impl Iterator<Item = f32> + '_ {
-        let scale = -FLOOR / 65535.0;
-        self.codes[r * self.vocab..(r + 1) * self.vocab].iter().map(move |&c| FLOOR + c as f32 * scale)
-    }
-
-    pub fn write(&self, dest: &std::path::Path) -> Result<()> {
-        let mut b = Vec::with_capacity(24 + self.tokens.len() * 4 + self.codes.len() * 2);
-        b.extend_from_slice(MAGIC);
-        for v in [self.vocab as u32, self.ctx as u32, self.tokens.len() as u32] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        for t in &self.tokens {
-            b.extend_from_slice(&t.to_le_bytes());
-        }
-        for c in &self.codes {
-            b.extend_from_slice(&c.to_le_bytes());
-        }
-        let mut f = quantkit_core::AtomicFile::create(dest)?;
-        std::io::Write::write_all(&mut f, &b).map_err(|e| Error::io(dest, e))?;
-        f.commit()
-    }
-
-    pub fn read(path: &std::path::Path) -> Result<Self> {
-        let b = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let bad = |m: &str| Error::malformed(path, "base logits", "header", m.to_string());
-        if b.len() < 20 || &b[..8] != MAGIC {
-            return Err(bad("not a quantkit base-logits file (magic QKLOGIT1)"));
-        }
-        let u = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as usize;
-        let (vocab, ctx, n_tok) = (u(8), u(12), u(16));
-        if vocab == 0 || ctx < 2 || n_tok % ctx != 0 {
-            return Err(bad("inconsistent sizes"));
-        }
-        let rows = n_tok / ctx * (ctx - 1 - ctx / 2);
-        let need = 20u128 + n_tok as u128 * 4 + rows as u128 * vocab as u128 * 2;
-        if need != b.len() as u128 {
-            return Err(bad(&format!("{} bytes, the header implies {need}", b.len())));
-        }
-        let tokens = (0..n_tok).map(|i| u(20 + 4 * i) as u32).collect();
-        let off = 20 + 4 * n_tok;
-        let codes = b[off..].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
-        Ok(BaseLogits { vocab, ctx, tokens, codes })
-    }
-}
-
-/// Compute the base model's log-probabilities on `tokens` (llama-mode chunks).
+/// Compute the base model's log-probabilities on `tokens` (llama-mode chunks), stored as `format`.
 pub fn base_logits(
     model: &Model,
     tokens: &[u32],
     o: &PplOptions,
+    format: BaseFormat,
     progress: &dyn Fn(usize, usize),
 ) -> Result<BaseLogits> {
     let n_chunks = llama_chunks(model, tokens, o)?;
-    let mut out = BaseLogits { vocab: model.vocab_size(), ctx: o.ctx, tokens: vec![], codes: vec![] };
+    if o.ctx < 3 {
+        return Err(Error::Invalid("--ctx must be at least 3 to score any position".into()));
+    }
+    if let BaseFormat::TopK { k: 0, .. } = format {
+        return Err(Error::Invalid("--top-k must be at least 1 (0 means the full vocabulary)".into()));
+    }
+    let vocab = model.vocab_size();
+    let mut out = BaseLogits::new(format, vocab, o.ctx, o.bos);
     let mut cache = model.new_cache(o.ctx);
+    let mut mask = vec![false; vocab];
     let first = o.ctx / 2;
     for c in 0..n_chunks {
-        let chunk = with_bos(&tokens[c * o.ctx..(c + 1) * o.ctx], o.bos);
+        let text = &tokens[c * o.ctx..(c + 1) * o.ctx];
+        let chunk = with_bos(text, o.bos);
         cache.clear();
         let logits = model.forward(&chunk, &mut cache, first, None)?;
         for r in 0..(o.ctx - 1 - first) {
-            out.push_row(&logits[r * out.vocab..(r + 1) * out.vocab]);
+            out.push_row(&logits[r * vocab..(r + 1) * vocab], chunk[first + r + 1], &mut mask);
         }
-        out.tokens.extend_from_slice(&chunk);
+        out.tokens.extend_from_slice(text);
         progress(c + 1, n_chunks);
     }
     Ok(out)
@@ -400,27 +342,19 @@ struct KldAcc {
 }
 
 impl KldAcc {
-    /// `base_lp`: the base's log-probabilities; `row`: the model's logits; `target`: the next token.
-    fn add_row(&mut self, base_lp: &[f64], row: &[f32], target: usize) {
-        let lse = logsumexp(row);
-        let mut kl = 0f64;
-        let mut best = 0usize;
-        for (i, (&lb, &v)) in base_lp.iter().zip(row).enumerate() {
-            kl += lb.exp() * (lb - (v as f64 - lse));
-            if lb > base_lp[best] {
-                best = i;
-            }
-        }
-        if argmax(row) as usize == best {
+    /// One scored position: the base's comparison `c` with the model's `row` (logits, `lse` their
+    /// log-sum-exp), `target` the next token.
+    fn add(&mut self, c: RowCompare, row: &[f32], lse: f64, target: usize) {
+        if argmax(row) as usize == c.base_top {
             self.same += 1;
         }
-        let (lb_t, lm_t) = (base_lp[target], row[target] as f64 - lse);
+        let (lb_t, lm_t) = (c.base_lp_target, row[target] as f64 - lse);
         self.nll_b -= lb_t;
         self.nll_m -= lm_t;
         self.nll_b2 += lb_t * lb_t;
         self.nll_m2 += lm_t * lm_t;
         self.dps.push(lm_t.exp() - lb_t.exp());
-        self.klds.push(kl.max(0.0));
+        self.klds.push(c.kl.max(0.0));
     }
 
     fn report(self) -> KldReport {
@@ -481,11 +415,29 @@ pub fn kld_models(
     o: &PplOptions,
     progress: &dyn Fn(usize, usize),
 ) -> Result<KldReport> {
+    Ok(kld_models_vs_saved(base, model, tokens, o, &[], progress)?.0)
+}
+
+/// [`kld_models`], and besides the exact report one per `formats`: the statistics a base saved in
+/// that format would give, each position's base row stored and compared through the same code as
+/// a file's (the file round trip itself is lossless, tested). Measures the top-K bound's error in
+/// one pass.
+pub fn kld_models_vs_saved(
+    base: &Model,
+    model: &Model,
+    tokens: &[u32],
+    o: &PplOptions,
+    formats: &[BaseFormat],
+    progress: &dyn Fn(usize, usize),
+) -> Result<(KldReport, Vec<KldReport>)> {
     same_vocab(base.vocab_size(), model.vocab_size())?;
     let n_chunks = llama_chunks(base, tokens, o)?;
     let (vocab, first) = (model.vocab_size(), o.ctx / 2);
     let (mut cb, mut cm) = (base.new_cache(o.ctx), model.new_cache(o.ctx));
     let mut acc = KldAcc { chunks: n_chunks, ..Default::default() };
+    let mut saved: Vec<KldAcc> =
+        formats.iter().map(|_| KldAcc { chunks: n_chunks, ..Default::default() }).collect();
+    let mut mask = vec![false; vocab];
     for c in 0..n_chunks {
         let chunk = with_bos(&tokens[c * o.ctx..(c + 1) * o.ctx], o.bos);
         cb.clear();
@@ -494,29 +446,46 @@ pub fn kld_models(
         let lm = model.forward(&chunk, &mut cm, first, None)?;
         for r in 0..(o.ctx - 1 - first) {
             let s = r * vocab..(r + 1) * vocab;
-            acc.add_row(&log_probs(&lb[s.clone()]), &lm[s], chunk[first + r + 1] as usize);
+            let (row, target) = (&lm[s.clone()], chunk[first + r + 1] as usize);
+            let lse = logsumexp(row);
+            acc.add(compare_dense(&log_probs(&lb[s.clone()]), row, lse, target), row, lse, target);
+            for (f, a) in formats.iter().zip(saved.iter_mut()) {
+                let mut one = BaseLogits::new(*f, vocab, o.ctx, None);
+                one.push_row(&lb[s.clone()], target as u32, &mut mask);
+                a.add(one.compare_row(0, row, lse, target, &mut mask), row, lse, target);
+            }
         }
         progress(c + 1, n_chunks);
     }
-    Ok(acc.report())
+    Ok((acc.report(), saved.into_iter().map(KldAcc::report).collect()))
 }
 
-/// KL(base ‖ model) over the chunks stored in a saved `base`.
+/// KL(base ‖ model) over the chunks stored in a saved `base` (its [`BaseLogits::bos`] replaces each
+/// chunk's first token). For a top-K base the per-position KL is the merged-categories lower bound.
 pub fn kld(model: &Model, base: &BaseLogits, progress: &dyn Fn(usize, usize)) -> Result<KldReport> {
     same_vocab(base.vocab, model.vocab_size())?;
     let ctx = base.ctx;
+    let max_ctx = model.cfg.context_length as usize;
+    if max_ctx > 0 && ctx > max_ctx {
+        return Err(Error::Invalid(format!(
+            "the base was computed with a context of {ctx}, larger than the model's context length {max_ctx}"
+        )));
+    }
     let first = ctx / 2;
-    let n_chunks = base.tokens.len() / ctx;
-    let per = ctx - 1 - first;
+    let n_chunks = base.chunks();
+    let per = base.per_chunk();
     let mut cache = model.new_cache(ctx);
+    let mut mask = vec![false; base.vocab];
     let mut acc = KldAcc { chunks: n_chunks, ..Default::default() };
     for c in 0..n_chunks {
-        let chunk = &base.tokens[c * ctx..(c + 1) * ctx];
+        let chunk = base.chunk(c);
         cache.clear();
-        let logits = model.forward(chunk, &mut cache, first, None)?;
+        let logits = model.forward(&chunk, &mut cache, first, None)?;
         for r in 0..per {
-            let lb: Vec<f64> = base.row(c * per + r).map(f64::from).collect();
-            acc.add_row(&lb, &logits[r * base.vocab..(r + 1) * base.vocab], chunk[first + r + 1] as usize);
+            let row = &logits[r * base.vocab..(r + 1) * base.vocab];
+            let target = chunk[first + r + 1] as usize;
+            let lse = logsumexp(row);
+            acc.add(base.compare_row(c * per + r, row, lse, target, &mut mask), row, lse, target);
         }
         progress(c + 1, n_chunks);
     }

@@ -10,7 +10,10 @@
 //! * [`tokenizer`] — HF `tokenizers` from tokenizer.json or from GGUF metadata.
 //! * [`eval`] — perplexity (llama-perplexity's method and the sliding-window HF method), KL
 //!   divergence against saved base logits, greedy/temperature generation.
+//! * [`baselogits`] — saved base log-probabilities: full (`QKLOGIT1`), top-K (`QKLOGIT2`) and
+//!   llama.cpp's `--kl-divergence-base` file.
 
+pub mod baselogits;
 pub mod calib;
 pub mod eval;
 pub mod linear;
