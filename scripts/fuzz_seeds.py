@@ -182,8 +182,39 @@ CONFIG = {
 }
 
 
+def calib_resid():
+    """A residual checkpoint of `quantize`'s pass: 1 block done, 2 sequences of 8 values."""
+    vals = np.linspace(-1, 1, 16, dtype=np.float32)
+    return b"QKRESID1" + struct.pack("<3Q", 1, 2, 8) + vals.tobytes()
+
+
+def calib_layer():
+    """A block checkpoint: a Q8_0 tensor (1 row of 32) and a 4-bit 2×4 integer matrix."""
+    q8 = struct.pack("<e", 0.01) + bytes(range(32))
+    codes = bytes([1, 2, 3, 4, 5, 6, 7, 8])
+    params = struct.pack("<2f", 0.5, 0.25) + bytes([8, 8])
+    header = {
+        "layer": 0,
+        "reports": [],
+        "imatrix": {"blk.0.attn_q.weight": [[1.0, 2.0], 7]},
+        "norms": {"blk.0.attn_norm.weight": [1.0, 0.5]},
+        "tensors": [
+            {"name": "blk.0.attn_k.weight", "rows": 1, "cols": 32, "offset": 0, "len": len(q8),
+             "kind": {"Gguf": {"ty": 8}}},
+            {"name": "blk.0.attn_q.weight", "rows": 2, "cols": 4, "offset": len(q8), "len": len(codes) + len(params),
+             "kind": {"Int": {"bits": 4, "sym": True, "group": None, "zero_min": 0, "groups": 1, "g_idx": 0}}},
+        ],
+    }
+    j = json.dumps(header).encode()
+    return b"QKLAYER1" + struct.pack("<Q", len(j)) + j + q8 + codes + params
+
+
 def main():
     out = pathlib.Path(sys.argv[1])
+    (out / "calib_resid").mkdir(parents=True, exist_ok=True)
+    (out / "calib_resid/one-block.bin").write_bytes(calib_resid())
+    (out / "calib_layer").mkdir(parents=True, exist_ok=True)
+    (out / "calib_layer/two-tensors.bin").write_bytes(calib_layer())
     for t in ["gguf", "gguf_tokenizer", "imatrix", "safetensors", "hf_config", "hf_index", "base_logits"]:
         (out / t).mkdir(parents=True, exist_ok=True)
     write_gguf(out / "gguf/all-types.gguf", all_types)

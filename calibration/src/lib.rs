@@ -171,8 +171,9 @@ fn write_resid(p: &Path, x: &SeqStore, done: usize) -> Result<()> {
     f.commit()
 }
 
-/// Read a checkpoint written by [`write_resid`] into `x`; the number of blocks done.
-fn read_resid(p: &Path, x: &mut SeqStore) -> Result<usize> {
+/// Read a residual checkpoint (written after each block) into `x`; the number of blocks done.
+/// The header must match `x` (sequences, values per sequence) and the file's length.
+pub fn read_resid(p: &Path, x: &mut SeqStore) -> Result<usize> {
     let bad = |m: String| Error::malformed(p, "calibration checkpoint", "header", m);
     let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
     let mut head = [0u8; 32];
@@ -193,10 +194,54 @@ fn read_resid(p: &Path, x: &mut SeqStore) -> Result<usize> {
     if size != 32 + n * len * 4 {
         return Err(bad(format!("{size} bytes, {} expected", 32 + n * len * 4)));
     }
+    let mut finite = true;
     let mut buf = vec![0f32; x.seq_len()];
     for s in 0..x.count() {
         f.read_exact(bytemuck::cast_slice_mut(&mut buf)).map_err(|e| Error::io(p, e))?;
+        finite &= buf.iter().all(|v| v.is_finite());
         x.write(s, &buf)?;
     }
+    if !finite {
+        return Err(bad("holds values that are not finite".into()));
+    }
     Ok(done as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn residual_checkpoints_round_trip_and_reject_damage() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("resid-0002.bin");
+        let mem = Spill::in_memory();
+        let mut x = mem.store(3, 5).expect("store");
+        for s in 0..3 {
+            x.write(s, &[s as f32, -1.5, 2.25, 1e-30, 7.0]).expect("write");
+        }
+        write_resid(&p, &x, 2).expect("write");
+        let mut y = mem.store(3, 5).expect("store");
+        assert_eq!(read_resid(&p, &mut y).expect("read"), 2);
+        let (mut a, mut b) = (vec![0f32; 5], vec![0f32; 5]);
+        for s in 0..3 {
+            x.read(s, &mut a).expect("r");
+            y.read(s, &mut b).expect("r");
+            assert_eq!(a, b);
+        }
+        let good = std::fs::read(&p).expect("read");
+        let mut nan = good.clone();
+        nan[32..36].copy_from_slice(&f32::NAN.to_le_bytes());
+        for (label, bytes) in [
+            ("empty", vec![]),
+            ("bad magic", [b"QKRESID9".as_slice(), &good[8..]].concat()),
+            ("truncated", good[..good.len() - 1].to_vec()),
+            ("other shape", [&good[..16], &4u64.to_le_bytes()[..], &good[24..]].concat()),
+            ("not finite", nan),
+        ] {
+            std::fs::write(&p, &bytes).expect("w");
+            let e = read_resid(&p, &mut y).expect_err(label).to_string();
+            assert!(e.contains("resid-0002.bin"), "{label}: {e}");
+        }
+    }
 }

@@ -25,6 +25,8 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("imatrix", imatrix),
     ("gguf_tokenizer", gguf_tokenizer),
     ("base_logits", base_logits),
+    ("calib_resid", calib_resid),
+    ("calib_layer", calib_layer),
 ];
 
 /// Run target `name` on `data` (panics on an unknown name: a harness bug, not an input one).
@@ -153,6 +155,36 @@ pub fn base_logits(data: &[u8]) {
             let target = chunk[b.ctx / 2 + r + 1] as usize;
             let _ = b.compare_row(c * b.per_chunk() + r, &row, lse, target, &mut mask);
         }
+    }
+}
+
+/// A private scratch folder for targets whose parser reads a file by path (per process and thread:
+/// the replay test may run targets side by side).
+fn scratch() -> std::path::PathBuf {
+    let id = format!("{:?}", std::thread::current().id()).replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let d = std::env::temp_dir().join(format!("quantkit-fuzz-{}-{id}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("scratch folder");
+    d
+}
+
+/// A calibration checkpoint's residual stream (`quantize --resume` reads it).
+pub fn calib_resid(data: &[u8]) {
+    let p = scratch().join("resid-0001.bin");
+    std::fs::write(&p, data).expect("write scratch");
+    let mut x = quantkit_engine::Spill::in_memory().store(2, 8).expect("a small store");
+    names_file(&quantkit_calibration::read_resid(&p, &mut x), "resid-0001.bin");
+}
+
+/// A calibration checkpoint's block file (`quantize --resume` reads it), every tensor in it.
+pub fn calib_layer(data: &[u8]) {
+    use quantkit_quant::method::{work, PassResult};
+    let d = scratch();
+    std::fs::write(work::layer_path(&d, 0), data).expect("write scratch");
+    let mut r = PassResult::default();
+    let res = work::restore_layer(&d, 0, &mut r);
+    names_file(&res, "layer-0000.bin");
+    for t in r.stored.values() {
+        names_file(&t.load(), "layer-0000.bin");
     }
 }
 

@@ -249,69 +249,58 @@ impl Quantized {
 /// `Σ_r (w_r − q_r)ᵀ XᵀX (w_r − q_r) / tokens`: the mean squared output error `‖(W − Q)x‖²` per
 /// token, from the accumulated `XᵀX` (`xtx`, `cols × cols`), without running the layer again.
 pub fn output_error(w: &[f32], q: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
-    output_error_with(w, q, rows, &Gram::new(xtx, cols), tokens)
+    let e: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
+    quadratic(&e, rows, cols, xtx, rows) / tokens.max(1) as f64
 }
 
 /// `Σ_r w_rᵀ XᵀX w_r / tokens`: the mean squared output `‖Wx‖²` (for relative errors).
 pub fn output_energy(w: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
-    output_energy_with(w, rows, &Gram::new(xtx, cols), tokens)
+    quadratic(w, rows, cols, xtx, rows) / tokens.max(1) as f64
 }
 
-/// [`output_error`] with the Gram matrix converted once ([`Gram`]), for several weights of a site.
-pub fn output_error_with(w: &[f32], q: &[f32], rows: usize, m: &Gram, tokens: u64) -> f64 {
+/// Rows a report estimate uses at most ([`output_error_sampled`]).
+pub const SAMPLED_ROWS: usize = 256;
+
+/// [`output_error`] estimated from at most [`SAMPLED_ROWS`] evenly spaced rows (every
+/// `⌈rows / 256⌉`-th, scaled by `rows / sampled`): the per-layer report figure. Exact for
+/// `rows ≤ 256`; at FFN widths the exact sum is a `rows × cols × cols` GEMM per weight, more than
+/// GPTQ itself costs.
+pub fn output_error_sampled(w: &[f32], q: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
     let e: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
-    quadratic(&e, rows, m) / tokens.max(1) as f64
+    quadratic(&e, rows, cols, xtx, SAMPLED_ROWS) / tokens.max(1) as f64
 }
 
-/// [`output_energy`] with a converted Gram matrix.
-pub fn output_energy_with(w: &[f32], rows: usize, m: &Gram, tokens: u64) -> f64 {
-    quadratic(w, rows, m) / tokens.max(1) as f64
-}
-
-/// `XᵀX` as the f32 matrix the error GEMMs use (`cols × cols`, row-major).
-#[derive(Debug, Clone)]
-pub struct Gram {
-    m: Vec<f32>,
-    cols: usize,
-}
-
-impl Gram {
-    pub fn new(xtx: &[f64], cols: usize) -> Self {
-        Gram { m: xtx.iter().map(|&v| v as f32).collect(), cols }
-    }
+/// [`output_energy`] on the rows [`output_error_sampled`] uses.
+pub fn output_energy_sampled(w: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
+    quadratic(w, rows, cols, xtx, SAMPLED_ROWS) / tokens.max(1) as f64
 }
 
 /// Rows per task of [`quadratic`]: fixed, so the sum does not depend on the thread count.
-const QUAD_ROWS: usize = 64;
+const QUAD_ROWS: usize = 32;
 
-/// `Σ_r e_rᵀ M e_r`: one f32 GEMM (`E·M`) per fixed block of rows, blocks in parallel, the
-/// per-block sums (f64) added in block order — the same value for any thread count.
-fn quadratic(e: &[f32], rows: usize, gram: &Gram) -> f64 {
-    let cols = gram.cols;
-    let m = MatRef::from_row_major_slice(&gram.m, cols, cols);
-    let parts: Vec<f64> = e[..rows * cols]
-        .par_chunks(QUAD_ROWS * cols)
-        .map(|eb| {
-            let n = eb.len() / cols;
-            let mut em = Mat::<f32>::zeros(n, cols);
-            faer::linalg::matmul::matmul(
-                em.as_mut(),
-                Accum::Replace,
-                MatRef::from_row_major_slice(eb, n, cols),
-                m,
-                1.0f32,
-                Par::Seq,
-            );
+/// `Σ_r e_rᵀ M e_r` over every `⌈rows / max_rows⌉`-th row, scaled to all rows: one f64 GEMM
+/// (`E·M`, straight on `XᵀX`, no converted copy) per fixed block of rows, blocks in parallel, the
+/// per-block sums added in block order — the same value for any thread count.
+fn quadratic(e: &[f32], rows: usize, cols: usize, xtx: &[f64], max_rows: usize) -> f64 {
+    let step = rows.div_ceil(max_rows.max(1)).max(1);
+    let picked: Vec<usize> = (0..rows).step_by(step).collect();
+    let m = MatRef::from_row_major_slice(&xtx[..cols * cols], cols, cols);
+    let parts: Vec<f64> = picked
+        .par_chunks(QUAD_ROWS)
+        .map(|rs| {
+            let eb = Mat::<f64>::from_fn(rs.len(), cols, |i, c| e[rs[i] * cols + c] as f64);
+            let mut em = Mat::<f64>::zeros(rs.len(), cols);
+            faer::linalg::matmul::matmul(em.as_mut(), Accum::Replace, eb.as_ref(), m, 1.0f64, Par::Seq);
             let mut s = 0.0f64;
-            for r in 0..n {
+            for i in 0..rs.len() {
                 for c in 0..cols {
-                    s += em[(r, c)] as f64 * eb[r * cols + c] as f64;
+                    s += em[(i, c)] * eb[(i, c)];
                 }
             }
             s
         })
         .collect();
-    parts.iter().sum()
+    parts.iter().sum::<f64>() * rows as f64 / picked.len().max(1) as f64
 }
 
 #[cfg(test)]

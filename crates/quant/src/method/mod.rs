@@ -26,7 +26,7 @@ use quantkit_engine::{BlockHook, BlockWeights, Proj, Site};
 use serde::Serialize;
 
 use crate::gguf_grid::GgufGrid;
-use crate::grid::{output_energy_with, output_error_with, Gram, Grid, IntGrid, IntMatrix, Quantized};
+use crate::grid::{output_energy_sampled, output_error_sampled, Grid, IntGrid, IntMatrix, Quantized};
 
 /// The registry: one line per method.
 pub static METHODS: &[MethodInfo] = &[rtn::INFO, gptq::INFO, awq::INFO, mse::INFO];
@@ -306,8 +306,6 @@ impl PassCtx {
         bw: &mut BlockWeights,
         mut quantize: impl FnMut(&Self, Job) -> Result<Option<Outcome>>,
     ) -> Result<()> {
-        // XᵀX in f32 for the error GEMMs: converted once for the site's projections.
-        let mut gram: Option<Gram> = None;
         for &p in site.projs() {
             let Some(storage) = self.storage(layer, p)? else { continue };
             let t0 = Instant::now();
@@ -318,9 +316,9 @@ impl PassCtx {
             let imp: Vec<f32> = st.mean_sq().iter().map(|&v| v as f32).collect();
             let rtn = self.rtn(layer, p, &w, shape, Some(&imp))?;
             let rtn_deq = rtn.dequantize()?;
-            let g = gram.get_or_insert_with(|| Gram::new(&st.xtx, cols));
-            let err_rtn = output_error_with(&w, &rtn_deq, rows, g, st.rows);
-            let energy = output_energy_with(&w, rows, g, st.rows).max(f64::MIN_POSITIVE);
+            // Report figures, estimated on at most 256 rows (exact below that).
+            let err_rtn = output_error_sampled(&w, &rtn_deq, rows, cols, &st.xtx, st.rows);
+            let energy = output_energy_sampled(&w, rows, cols, &st.xtx, st.rows).max(f64::MIN_POSITIVE);
             let job = Job { layer, p, w: &w, shape, imp: &imp, stats: st };
             let (q, deq, damp, dead) = match quantize(self, job)? {
                 Some(o) => {
@@ -330,8 +328,7 @@ impl PassCtx {
                 None => (rtn, rtn_deq, None, None),
             };
             let st = &self.stats[&Site::of(p)];
-            let g = gram.get_or_insert_with(|| Gram::new(&st.xtx, cols));
-            let err = output_error_with(&w, &deq, rows, g, st.rows);
+            let err = output_error_sampled(&w, &deq, rows, cols, &st.xtx, st.rows);
             bw.set(p, deq)?;
             let errors = Errors { error: err, error_rtn: err_rtn, energy };
             self.result.layers.push(LayerReport {

@@ -87,10 +87,26 @@ impl StoredTensor {
                 Ok(Quantized::Gguf { ty, rows: e.rows, cols: e.cols, bytes })
             }
             Kind::Int { bits, sym, group, zero_min, groups, g_idx } => {
-                let n = e.rows * e.cols;
-                let np = e.rows * groups;
-                if bytes.len() != n + np * 5 + g_idx * 4 {
-                    return Err(bad(format!("{} bytes for a {}×{} matrix", bytes.len(), e.rows, e.cols)));
+                let sizes = e.rows.checked_mul(e.cols).zip(e.rows.checked_mul(groups));
+                let want = sizes.and_then(|(n, np)| n.checked_add(np.checked_mul(5)?)?.checked_add(g_idx.checked_mul(4)?));
+                let (Some((n, np)), Some(want)) = (sizes, want) else {
+                    return Err(bad(format!("a {}×{} matrix of {groups} groups is too large", e.rows, e.cols)));
+                };
+                if bytes.len() != want || (g_idx != 0 && g_idx != e.cols) || !(1..=8).contains(&bits) {
+                    return Err(bad(format!(
+                        "{} bytes for a {}×{} int{bits} matrix with {g_idx} g_idx entries",
+                        bytes.len(),
+                        e.rows,
+                        e.cols
+                    )));
+                }
+                let want_groups = match group {
+                    Some(g) if g > 0 => e.cols.div_ceil(g),
+                    Some(_) => return Err(bad("a group of 0 columns".into())),
+                    None => 1,
+                };
+                if groups != want_groups {
+                    return Err(bad(format!("{groups} groups, {want_groups} expected")));
                 }
                 let (codes, rest) = bytes.split_at(n);
                 let (scales, rest) = rest.split_at(np * 4);
@@ -100,7 +116,10 @@ impl StoredTensor {
                     .zip(zeros)
                     .map(|(s, &zero)| IntParams { scale: f32::from_le_bytes([s[0], s[1], s[2], s[3]]), zero })
                     .collect();
-                let g_idx = gi.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                let g_idx: Vec<u32> = gi.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                if g_idx.iter().any(|&g| g as usize >= groups) || codes.iter().any(|&c| u32::from(c) >> bits != 0) {
+                    return Err(bad("a g_idx entry or a code outside the grid".into()));
+                }
                 Ok(Quantized::Int(IntMatrix {
                     grid: IntGrid { bits, sym, group, zero_min },
                     rows: e.rows,
@@ -190,7 +209,7 @@ pub fn restore_layer(dir: &Path, layer: usize, r: &mut PassResult) -> Result<()>
         return Err(bad("not a quantkit block checkpoint (magic QKLAYER1)".into()));
     }
     let jlen = u64::from_le_bytes([head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15]]);
-    if jlen > size - 16 {
+    if jlen > size.saturating_sub(16) {
         return Err(bad(format!("a header of {jlen} bytes in a file of {size}")));
     }
     let mut json = vec![0u8; jlen as usize];
@@ -201,7 +220,7 @@ pub fn restore_layer(dir: &Path, layer: usize, r: &mut PassResult) -> Result<()>
     }
     let start = 16 + jlen;
     for e in h.tensors {
-        if e.offset.checked_add(e.len).is_none_or(|end| end > size - start) {
+        if e.offset.checked_add(e.len).is_none_or(|end| end > size.saturating_sub(start)) {
             return Err(bad(format!("{} lies outside the file", e.name)));
         }
         r.stored.insert(e.name.clone(), StoredTensor { path: path.clone(), start: start + e.offset, entry: e });
@@ -210,4 +229,103 @@ pub fn restore_layer(dir: &Path, layer: usize, r: &mut PassResult) -> Result<()>
     r.imatrix.extend(h.imatrix);
     r.norms.extend(h.norms);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PassResult {
+        let mut r = PassResult::default();
+        let g = IntGrid { bits: 4, sym: false, group: Some(2), zero_min: 0 };
+        let m = IntMatrix {
+            grid: g,
+            rows: 2,
+            cols: 4,
+            codes: vec![1, 2, 3, 15, 0, 7, 8, 9],
+            params: (0..4).map(|i| IntParams { scale: 0.1 + i as f32, zero: i as u8 }).collect(),
+            g_idx: vec![0, 1, 0, 1],
+        };
+        r.quantized.insert("blk.3.attn_q.weight".into(), Quantized::Int(m));
+        let bytes: Vec<u8> = (0..34).map(|i| i as u8 * 7).collect();
+        r.quantized.insert(
+            "blk.3.attn_k.weight".into(),
+            Quantized::Gguf { ty: GgmlType::Q8_0, rows: 1, cols: 32, bytes },
+        );
+        r.imatrix.insert("blk.3.attn_q.weight".into(), (vec![0.1, 1e-300, 3.5], 9));
+        r.norms.insert("blk.3.attn_norm.weight".into(), vec![1.5, -0.1]);
+        r.norms.insert("blk.2.attn_norm.weight".into(), vec![9.0]);
+        r
+    }
+
+    fn same(a: &Quantized, b: &Quantized) -> bool {
+        match (a, b) {
+            (Quantized::Int(x), Quantized::Int(y)) => {
+                x.codes == y.codes
+                    && x.g_idx == y.g_idx
+                    && x.params.iter().zip(&y.params).all(|(p, q)| p.scale == q.scale && p.zero == q.zero)
+                    && (x.rows, x.cols, x.grid.bits, x.grid.group) == (y.rows, y.cols, y.grid.bits, y.grid.group)
+            }
+            (Quantized::Gguf { ty, bytes, .. }, Quantized::Gguf { ty: t2, bytes: b2, .. }) => ty == t2 && bytes == b2,
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn a_saved_block_restores_exactly() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut r = sample();
+        let before: BTreeMap<String, Quantized> = std::mem::take(&mut r.quantized);
+        r.quantized = before.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        save_layer(d.path(), 3, &mut r, 0).expect("save");
+        assert!(r.quantized.is_empty() && r.stored.len() == 2, "the tensors left memory");
+        let mut back = PassResult::default();
+        restore_layer(d.path(), 3, &mut back).expect("restore");
+        for (k, v) in &before {
+            assert!(same(v, &back.stored[k].load().expect("load")), "{k}");
+        }
+        assert_eq!(back.imatrix, r.imatrix);
+        assert_eq!(back.norms.len(), 1, "only block 3's norms are saved with block 3");
+        assert_eq!(back.norms["blk.3.attn_norm.weight"], vec![1.5, -0.1]);
+        assert!(restore_layer(d.path(), 4, &mut back).is_err(), "no file for block 4");
+    }
+
+    #[test]
+    fn damaged_block_files_are_clear_errors() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut r = sample();
+        save_layer(d.path(), 0, &mut r, 0).expect("save");
+        let path = layer_path(d.path(), 0);
+        let good = std::fs::read(&path).expect("read");
+        let jlen = u64::from_le_bytes(good[8..16].try_into().expect("8")) as usize;
+        let json = String::from_utf8(good[16..16 + jlen].to_vec()).expect("utf8");
+        let with_json = |j: &str| {
+            let mut v = b"QKLAYER1".to_vec();
+            v.extend((j.len() as u64).to_le_bytes());
+            v.extend(j.as_bytes());
+            v.extend(&good[16 + jlen..]);
+            v
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("bad magic", [b"QKLAYER9".as_slice(), &good[8..]].concat()),
+            ("truncated header", good[..20].to_vec()),
+            ("truncated data", good[..good.len() - 3].to_vec()),
+            ("header length past the end", [&good[..8], &u64::MAX.to_le_bytes()[..], &good[16..]].concat()),
+            ("not JSON", with_json(&json.replace('{', "["))),
+            ("other block", with_json(&json.replacen("\"layer\":0", "\"layer\":5", 1))),
+            ("huge matrix", with_json(&json.replace("\"rows\":2", "\"rows\":18446744073709551615"))),
+            ("offset past the end", with_json(&json.replacen("\"offset\":0", "\"offset\":999999", 1))),
+            ("zero group", with_json(&json.replace("\"group\":2", "\"group\":0"))),
+            ("unknown type", with_json(&json.replace("\"ty\":8", "\"ty\":9999"))),
+        ];
+        for (label, bytes) in cases {
+            std::fs::write(&path, &bytes).expect("write");
+            let mut back = PassResult::default();
+            let r = restore_layer(d.path(), 0, &mut back)
+                .and_then(|_| back.stored.values().try_for_each(|t| t.load().map(|_| ())));
+            let e = r.expect_err(label).to_string();
+            assert!(e.contains("layer-0000.bin"), "{label}: {e}");
+        }
+    }
 }
