@@ -58,24 +58,25 @@ rm -rf "$out/hf"
 nice -n 10 "$qk" export-hf "$model" -o "$out/hf" --dtype bf16 --quiet
 "$py" "$root/scripts/check_hf_tokenizer.py" "$model" "$out/hf" "$wiki" "$root/crates/engine/src/tokenizer.rs" 2>/dev/null | tail -n 1
 
-step "chat template (transformers apply_chat_template on the exported folder)"
+step "generate --chat (greedy): the answer, and our rendered prompt against transformers' apply_chat_template"
 prompt="Write a Python function that reverses a string."
+nice -n 10 "$qk" generate "$model" --chat -p "$prompt" -n 200 --threads "$threads" --json --quiet >"$out/generate.json"
+"$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["text"])' "$out/generate.json"
 if "$py_tf" -c 'import transformers' 2>/dev/null; then
-  "$py_tf" - "$out/hf" "$prompt" >"$out/chat-prompt.txt" <<'PY'
-import sys
+  "$py_tf" - "$out/hf" "$prompt" "$out/generate.json" <<'PY'
+import json, sys
 from transformers import AutoTokenizer
 tok = AutoTokenizer.from_pretrained(sys.argv[1])
 msgs = [{"role": "user", "content": sys.argv[2]}]
-print(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), end="")
+ref = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+ours = json.load(open(sys.argv[3]))
+assert ours["prompt"] == ref, (ours["prompt"], ref)
+assert ours["prompt_tokens"] == tok(ref, add_special_tokens=False)["input_ids"]
+print("chat template: transformers on the exported folder renders and tokenizes the same prompt")
 PY
-  cat "$out/chat-prompt.txt"; echo
 else
-  echo "(transformers missing for $py_tf: rendering Qwen2's ChatML by hand)"
-  printf '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n' "$prompt" >"$out/chat-prompt.txt"
+  echo "(no transformers for $py_tf: chat-template comparison skipped; set PY_TF)"
 fi
-
-step "generate (greedy, the rendered chat prompt)"
-nice -n 10 "$qk" generate "$model" -p "$(cat "$out/chat-prompt.txt")" -n 160 --threads "$threads" | tee "$out/generate.txt"
 
 step "bench"
 nice -n 10 "$qk" bench "$model" -p 128 -n 32 --threads "$threads"
