@@ -360,7 +360,9 @@ def write_table(t):
     L.append("PPL = perplexity of the quantized file; KLD = mean KL(reference ‖ quantized) per token; top % = share of "
              "positions where both put the same token first. *lcpp* = scored by `llama-perplexity --kl-divergence`, "
              "*ours* = scored by `quantkit kld` (stored format through quantkit's kernels). Times are wall-clock on "
-             "this machine, shared with other jobs (± noisy).\n")
+             "this machine, shared with other jobs (± noisy); an imatrix row's make time excludes the imatrix. "
+             "The GPTQ-fed row quantizes the upstream file's weights (`quantkit quantize M --method gptq --samples "
+             f"{CALIB_CHUNKS} --seqlen {CTX} --format gguf:q3_k_m`); the others quantize the F16 reference.\n")
     L.append("| mix | file | made by | MB | bits/w | make s | PPL lcpp | KLD lcpp | top % lcpp | PPL ours | KLD ours | top % ours |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     missing = []
