@@ -113,7 +113,26 @@ class Tools:
 def file_info(t, path):
     """File bytes, weights, bits per weight (tensor data / weights, as llama.cpp prints it), sha256."""
     j = json.loads(sh_out([t.qk, "inspect", path, "--json"]))
-    return {"bytes": path.stat().st_size, "params": j["params"], "bpw": j["bits_per_weight"], "sha256": sha256(path)}
+    return {"bytes": path.stat().st_size, "params": j["params"], "bpw": j["bits_per_weight"], "sha256": sha256(path),
+            "tensor_sha256": tensor_sha256(path, j["tensors"])}
+
+
+def tensor_sha256(path, tensors):
+    """A hash of the tensors alone (name, type, shape, bytes; metadata left out): our conversions carry
+    their own metadata keys, so equal tensors are the test of 'the same file as llama.cpp's'."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for x in sorted(tensors, key=lambda x: x["name"]):
+            h.update(f"{x['name']}:{x['type']}:{x['shape']}:".encode())
+            f.seek(x["offset"])
+            left = x["bytes"]
+            while left:
+                b = f.read(min(left, 1 << 24))
+                if not b:
+                    sys.exit(f"{path}: truncated tensor {x['name']}")
+                h.update(b)
+                left -= len(b)
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- scoring (one place: switch formats here)
@@ -220,10 +239,16 @@ def main():
         return cached(f"make-{row}", go)
 
     def score(row, path, which):
-        info = json.loads((RESULTS / f"make-{row}.json").read_text()) if row != "ref-f16" else \
-            json.loads((RESULTS / "make-ref-f16.json").read_text())
-        # Identical files score identically: key the score by the file's hash.
-        key = f"score-{which}-{sk}-{info['sha256'][:16]}"
+        info = json.loads((RESULTS / f"make-{row}.json").read_text())
+        # Identical tensors score identically: key the score by their hash.
+        if "tensor_sha256" not in info:
+            j = json.loads(sh_out([t.qk, "inspect", path, "--json"]))
+            info["tensor_sha256"] = tensor_sha256(path, j["tensors"])
+            (RESULTS / f"make-{row}.json").write_text(json.dumps(info, indent=1))
+        key = f"score-{which}-{sk}-t{info['tensor_sha256'][:16]}"
+        old = RESULTS / f"score-{which}-{sk}-{info['sha256'][:16]}.json"  # keyed by the whole file before
+        if old.is_file() and not (RESULTS / f"{key}.json").is_file():
+            old.rename(RESULTS / f"{key}.json")
         if which == "lcpp":
             r = cached(key, lambda: score_llamacpp(t, path, base_lcpp, row))
         else:
@@ -384,8 +409,8 @@ def write_table(t):
         same = ""
         if mk and row.startswith("qk-"):
             twin = load(f"make-lcpp-{row[3:]}") if not row.startswith("qk-gptq") else None
-            if twin and twin["sha256"] == mk["sha256"]:
-                same = " (= llama.cpp's bytes)"
+            if twin and twin.get("tensor_sha256") and twin.get("tensor_sha256") == mk.get("tensor_sha256"):
+                same = " (= llama.cpp's tensors)"
         make_s = "–" if mk is None else (f"{mk['seconds']:.0f}" + (" (shared)" if mk.get("shared_pass") else ""))
         L.append(f"| {group.upper() if group != 'reference' else 'F16'} | {label}{same} | {how} | "
                  f"{f(mk and mk['bytes'] / 1e6, 0)} | {f(mk and mk['bpw'], 3)} | {make_s} | "
