@@ -170,3 +170,36 @@ fn generation_is_identical_whatever_the_thread_count() {
         assert_eq!(one, run("3"), "{}: 1 vs 3 threads", model.display());
     }
 }
+
+#[test]
+fn generate_chat_renders_the_models_template_like_transformers() {
+    // SmolLM2's GGUF carries its HF chat template; `--chat` renders it (trim/lstrip blocks, as
+    // transformers' apply_chat_template) and tokenizes the special tokens as single ids.
+    if no_fixtures() {
+        return;
+    }
+    let smol_gguf = smol_gguf();
+    let run = |extra: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"--json", &"generate", &smol_gguf, &"-p", &"What is 2+2?", &"-n", &"4", &"-q", &"--chat"];
+        args.extend_from_slice(extra);
+        let o = ok(&args);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json")
+    };
+    let j = run(&[]);
+    assert_eq!(
+        j["prompt"],
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(j["prompt_tokens"][0], 1, "<|im_start|> is one special token");
+    let j = run(&[&"--system", &"Be brief."]);
+    assert_eq!(
+        j["prompt"],
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    // A model without a template is told so.
+    let o = quantkit(&[&"generate", &stories(), &"--chat", &"-p", &"hi", &"-n", &"2"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no chat template"), "{o:?}");
+}

@@ -133,23 +133,77 @@ pub struct GenerateArgs {
     pub temperature: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Treat the prompt as a user message: render the model's chat template (from the GGUF's
+    /// `tokenizer.chat_template` or tokenizer_config.json) with the assistant turn opened, and
+    /// print only the answer.
+    #[arg(long)]
+    pub chat: bool,
+    /// With --chat: a system message first (default: the template's own default, if any).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
     #[command(flatten)]
     pub weights: WeightArgs,
 }
 
+/// Render `template` (HF's Jinja chat template) for `messages` (role, content) with the assistant
+/// turn opened, as transformers' `apply_chat_template(..., add_generation_prompt=True)`.
+pub fn render_chat(template: &str, messages: &[(&str, &str)], tok: &Tokenizer) -> Result<String> {
+    use minijinja::{context, Environment, Error as JError, ErrorKind};
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, JError> {
+        Err(JError::new(ErrorKind::InvalidOperation, msg))
+    });
+    let bad = |e: JError| Error::Invalid(format!("chat template: {e:#}"));
+    env.add_template("chat", template).map_err(bad)?;
+    let msgs: Vec<serde_json::Value> =
+        messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect();
+    env.get_template("chat")
+        .and_then(|t| {
+            t.render(context! {
+                messages => msgs,
+                add_generation_prompt => true,
+                bos_token => tok.bos_text.clone().unwrap_or_default(),
+                eos_token => tok.eos_text.clone().unwrap_or_default(),
+            })
+        })
+        .map_err(bad)
+}
+
 pub fn generate(ctx: &Ctx, a: &GenerateArgs) -> Result<()> {
     let (model, tok) = load(&a.model, a.weights)?;
-    let prompt = tok.encode(&a.prompt, tok.add_bos)?;
+    let rendered;
+    let text_in = if a.chat {
+        let template = tok.chat_template.as_deref().ok_or_else(|| {
+            Error::Invalid(format!("{}: the model has no chat template (tokenizer.chat_template)", a.model.display()))
+        })?;
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(("system", s.as_str()));
+        }
+        msgs.push(("user", a.prompt.as_str()));
+        rendered = render_chat(template, &msgs, &tok)?;
+        &rendered
+    } else {
+        &a.prompt
+    };
+    // A rendered template carries its own BOS where the model wants one.
+    let prompt = tok.encode(text_in, tok.add_bos && !a.chat)?;
     let t = std::time::Instant::now();
     let out = run_generate(&model, &prompt, a.n, a.temperature, a.seed, tok.eos)?;
     let secs = t.elapsed().as_secs_f64();
     let text = tok.decode(&out)?;
     if ctx.json {
-        let j = json!({ "prompt": a.prompt, "prompt_tokens": prompt, "tokens": out, "text": text,
+        let j = json!({ "prompt": text_in, "prompt_tokens": prompt, "tokens": out, "text": text,
                         "seconds": secs, "tokens_per_second": out.len() as f64 / secs.max(1e-9) });
         println!("{}", serde_json::to_string_pretty(&j).map_err(|e| Error::Invalid(e.to_string()))?);
     } else {
-        println!("{}{}", a.prompt, text);
+        if a.chat {
+            println!("{text}");
+        } else {
+            println!("{}{}", a.prompt, text);
+        }
         eprintln!("({} tokens, {:.1} tokens/s)", out.len(), out.len() as f64 / secs.max(1e-9));
     }
     Ok(())

@@ -11,6 +11,11 @@ pub struct Tokenizer {
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub add_bos: bool,
+    /// The model's chat template (`tokenizer.chat_template`, a Jinja template as HF stores it).
+    pub chat_template: Option<String>,
+    /// The text of the BOS / EOS tokens (the chat template's `bos_token` / `eos_token`).
+    pub bos_text: Option<String>,
+    pub eos_text: Option<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -49,10 +54,15 @@ impl Tokenizer {
 
     fn with_ids(inner: tokenizers::Tokenizer, get: &dyn Fn(&str) -> Option<Value>) -> Self {
         let id = |k: &str| get(k).and_then(|v| v.as_u64()).and_then(|v| u32::try_from(v).ok());
+        let (bos, eos) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"));
+        let text = |t: Option<u32>| t.and_then(|t| inner.id_to_token(t));
         Tokenizer {
+            bos_text: text(bos),
+            eos_text: text(eos),
+            chat_template: get("tokenizer.chat_template").and_then(|v| v.as_str().map(str::to_string)),
             inner,
-            bos: id("tokenizer.ggml.bos_token_id"),
-            eos: id("tokenizer.ggml.eos_token_id"),
+            bos,
+            eos,
             add_bos: get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
         }
     }

@@ -422,7 +422,8 @@ impl ModelConfig {
             "num_key_value_heads": self.n_kv_heads,
             "vocab_size": self.vocab_size,
             "max_position_embeddings": self.context_length,
-            "rms_norm_eps": self.rms_norm_eps as f32 as f64,
+            // GGUF stores an f32: write its shortest decimal (1e-6, not 9.999999974752427e-7).
+            "rms_norm_eps": shortest_f32(self.rms_norm_eps),
             "rope_theta": self.rope_theta,
             "hidden_act": "silu",
             "tie_word_embeddings": self.tie_word_embeddings,
@@ -486,5 +487,21 @@ impl ModelConfig {
                 })
                 .collect(),
         )
+    }
+}
+
+/// The f64 whose decimal is the shortest one that reads back as the same f32 (`1e-6`, where
+/// `1e-6f32 as f64` prints as 9.999999974752427e-7).
+fn shortest_f32(x: f64) -> f64 {
+    (x as f32).to_string().parse().unwrap_or(x)
+}
+
+#[cfg(test)]
+mod shortest_tests {
+    #[test]
+    fn f32_values_print_as_written() {
+        for (x, want) in [(1e-6f32, "1e-6"), (1e-5, "1e-5"), (0.1, "1e-1"), (1.5e-7, "1.5e-7")] {
+            assert_eq!(format!("{:e}", super::shortest_f32(x as f64)), want);
+        }
     }
 }
