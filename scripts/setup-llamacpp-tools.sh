@@ -20,18 +20,8 @@ version=0.3.36
 llama_commit=0c1e57098   # ggml-org/llama.cpp commit vendored by 0.3.36 (its CHANGELOG)
 targets=(llama-quantize llama-imatrix llama-perplexity llama-bench)
 
-# The CPU feature tag and cmake flags: keep in step with setup-python.sh.
-cpu_flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
-has() { [[ "$cpu_flags" == *" $1 "* ]]; }
-onoff() { if has "$1"; then echo ON; else echo OFF; fi; }
-avx512=OFF
-if has avx512f && has avx512bw && has avx512vl && has avx512cd && has avx512dq; then avx512=ON; fi
-vnni=OFF; bf16=OFF
-if [[ $avx512 == ON ]]; then vnni=$(onoff avx512_vnni); bf16=$(onoff avx512_bf16); fi
-cpu_args=(-DGGML_NATIVE=OFF -DGGML_AVX="$(onoff avx)" -DGGML_AVX2="$(onoff avx2)" -DGGML_FMA="$(onoff fma)"
-  -DGGML_F16C="$(onoff f16c)" -DGGML_AVX512=$avx512 -DGGML_AVX512_VNNI=$vnni -DGGML_AVX512_BF16=$bf16
-  -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
-tag="avx2-$(onoff avx2)-avx512-$avx512-vnni-$vnni-bf16-$bf16"
+# The CPU feature set (cmake flags, cache tag), shared with setup-python.sh.
+source "$(dirname "${BASH_SOURCE[0]}")/llamacpp-cpu.sh"
 
 root_dir=$cache/llama.cpp-tools/$tag
 bin=$root_dir/bin
