@@ -392,7 +392,7 @@ impl Model {
         let norms = (bw.attn_norm.clone(), bw.ffn_norm.clone());
         hook.update(li, site, bw)?;
         let touched = bw.take_touched();
-        if touched.iter().any(|&t| t) || norms != (bw.attn_norm.clone(), bw.ffn_norm.clone()) {
+        if touched.iter().any(|&t| t) || norms.0 != bw.attn_norm || norms.1 != bw.ffn_norm {
             self.install(li, bw, touched)?;
         }
         Ok(())

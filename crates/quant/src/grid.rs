@@ -249,13 +249,12 @@ impl Quantized {
 /// `Σ_r (w_r − q_r)ᵀ XᵀX (w_r − q_r) / tokens`: the mean squared output error `‖(W − Q)x‖²` per
 /// token, from the accumulated `XᵀX` (`xtx`, `cols × cols`), without running the layer again.
 pub fn output_error(w: &[f32], q: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
-    let e: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
-    quadratic(&e, rows, cols, xtx, rows) / tokens.max(1) as f64
+    quadratic(w, Some(q), rows, cols, xtx, rows) / tokens.max(1) as f64
 }
 
 /// `Σ_r w_rᵀ XᵀX w_r / tokens`: the mean squared output `‖Wx‖²` (for relative errors).
 pub fn output_energy(w: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
-    quadratic(w, rows, cols, xtx, rows) / tokens.max(1) as f64
+    quadratic(w, None, rows, cols, xtx, rows) / tokens.max(1) as f64
 }
 
 /// Rows a report estimate uses at most ([`output_error_sampled`]).
@@ -266,29 +265,35 @@ pub const SAMPLED_ROWS: usize = 256;
 /// `rows ≤ 256`; at FFN widths the exact sum is a `rows × cols × cols` GEMM per weight, more than
 /// GPTQ itself costs.
 pub fn output_error_sampled(w: &[f32], q: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
-    let e: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
-    quadratic(&e, rows, cols, xtx, SAMPLED_ROWS) / tokens.max(1) as f64
+    quadratic(w, Some(q), rows, cols, xtx, SAMPLED_ROWS) / tokens.max(1) as f64
 }
 
 /// [`output_energy`] on the rows [`output_error_sampled`] uses.
 pub fn output_energy_sampled(w: &[f32], rows: usize, cols: usize, xtx: &[f64], tokens: u64) -> f64 {
-    quadratic(w, rows, cols, xtx, SAMPLED_ROWS) / tokens.max(1) as f64
+    quadratic(w, None, rows, cols, xtx, SAMPLED_ROWS) / tokens.max(1) as f64
 }
 
 /// Rows per task of [`quadratic`]: fixed, so the sum does not depend on the thread count.
 const QUAD_ROWS: usize = 32;
 
-/// `Σ_r e_rᵀ M e_r` over every `⌈rows / max_rows⌉`-th row, scaled to all rows: one f64 GEMM
+/// `Σ_r e_rᵀ M e_r` with `e = w − q` (or `w`), over every `⌈rows / max_rows⌉`-th row, scaled to all
+/// rows: only the picked rows of `e` are formed (no full-size difference matrix), one f64 GEMM
 /// (`E·M`, straight on `XᵀX`, no converted copy) per fixed block of rows, blocks in parallel, the
 /// per-block sums added in block order — the same value for any thread count.
-fn quadratic(e: &[f32], rows: usize, cols: usize, xtx: &[f64], max_rows: usize) -> f64 {
+fn quadratic(w: &[f32], q: Option<&[f32]>, rows: usize, cols: usize, xtx: &[f64], max_rows: usize) -> f64 {
     let step = rows.div_ceil(max_rows.max(1)).max(1);
     let picked: Vec<usize> = (0..rows).step_by(step).collect();
     let m = MatRef::from_row_major_slice(&xtx[..cols * cols], cols, cols);
     let parts: Vec<f64> = picked
         .par_chunks(QUAD_ROWS)
         .map(|rs| {
-            let eb = Mat::<f64>::from_fn(rs.len(), cols, |i, c| e[rs[i] * cols + c] as f64);
+            let eb = Mat::<f64>::from_fn(rs.len(), cols, |i, c| {
+                let k = rs[i] * cols + c;
+                (match q {
+                    Some(q) => w[k] - q[k],
+                    None => w[k],
+                }) as f64
+            });
             let mut em = Mat::<f64>::zeros(rs.len(), cols);
             faer::linalg::matmul::matmul(em.as_mut(), Accum::Replace, eb.as_ref(), m, 1.0f64, Par::Seq);
             let mut s = 0.0f64;
