@@ -1,5 +1,6 @@
 """The engine's perplexity and KL divergence against llama.cpp's own numbers (llama-cpp-python,
-llama-perplexity's method) on the same GGUF files: stories260K f32 and Q4_0, wiki.test.raw."""
+llama-perplexity's method) on the same GGUF files: stories260K f32, Q4_0 and the non-linear 4-bit
+types (IQ4_NL, IQ4_XS, MXFP4), wiki.test.raw."""
 import json
 import subprocess
 import sys
@@ -33,8 +34,17 @@ def test_ppl_equals_llama_perplexity(stories_files):
     assert abs(ours["ppl"] / theirs["ppl"] - 1) < 0.005, (ours["ppl"], theirs["ppl"])
 
 
-def test_kld_equals_llama_cpp_kl_divergence(stories_files):
+# How each quantized file is made from the f32 one.
+KLD_FILES = {"q4_0": [], "iq4_nl": ["--type", "iq4_nl"], "iq4_xs": ["--type", "iq4_xs"],
+             "mxfp4": ["--type", "q8_0", "--tensor-type", "(attn|ffn)_.*=mxfp4"]}
+
+
+@pytest.mark.parametrize("tname", list(KLD_FILES))
+def test_kld_equals_llama_cpp_kl_divergence(tmp_path, stories_files, tname):
     f32, q4 = stories_files
+    if KLD_FILES[tname]:
+        q4 = tmp_path / f"{tname}.gguf"
+        run("convert", f32, *KLD_FILES[tname], "-o", q4)
     theirs = llama("llamacpp_kld.py", "--text", WIKI, "--chunks", 20, f32, q4)
     ours = json.loads(run("kld", q4, "--base", f32, "--text", WIKI, "--chunks", 20, "--json").stdout)
     assert ours["tokens_scored"] == theirs["tokens_scored"]

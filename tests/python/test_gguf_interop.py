@@ -210,3 +210,39 @@ def test_rebuilt_tokenizer_encodes_like_the_original(smol_export, shared_ok):
     sample = "Hello <|im_start|>user\nwhat's 1234+56?<|im_end|>"
     assert rebuilt.encode(sample).ids == orig.encode(sample).ids
     assert rebuilt.decode(orig.encode(text[:5000]).ids) == text[:5000]
+
+
+def test_iq4_and_mxfp4_read_back_in_gguf_py(tmp_path, bin_ok):
+    """IQ4_NL, IQ4_XS and MXFP4 tensors (random data with heavy tails, all-zero, constant and tiny
+    rows): gguf-py dequantizes our bytes to exactly the values our own dequantization gives, and
+    MXFP4's bytes equal gguf-py's reference quantizer's (gguf-py has no IQ4 quantizer: their bytes
+    are checked against llama.cpp's in test_mixes.py)."""
+    rng = np.random.default_rng(11)
+    n = 1024
+    base = {
+        "blk.0.ffn_up.weight": rng.standard_normal((16, n)),
+        "blk.0.ffn_down.weight": np.concatenate([rng.standard_cauchy((4, n)), np.zeros((2, n)),
+                                                 np.full((2, n), -0.37), rng.standard_normal((4, n)) * 1e-7]),
+        "blk.0.attn_q.weight": (0.1 + 2 * np.cos(np.arange(4 * n))).reshape(4, n),
+    }
+    tensors = {k: v.astype(np.float32) for k, v in base.items()}
+    src = tmp_path / "t.gguf"
+    write_test_gguf(src, tensors)
+    for tname, qtype in {"iq4_nl": Q.IQ4_NL, "iq4_xs": Q.IQ4_XS, "mxfp4": Q.MXFP4}.items():
+        out = tmp_path / f"t-{tname}.gguf"
+        run("convert", src, "--type", "q8_0", "--tensor-type", f".*={tname}", "--allow-partial", "-o", out)
+        back = tmp_path / f"t-{tname}-f32.gguf"
+        run("convert", out, "--type", "f32", "--allow-partial", "-o", back)
+        ours = {t.name: np.array(t.data) for t in gguf.GGUFReader(back).tensors}
+        for t in gguf.GGUFReader(out).tensors:
+            assert t.tensor_type == qtype, (t.name, t.tensor_type)
+            theirs = gguf.quants.dequantize(t.data, qtype).reshape(tensors[t.name].shape)
+            np.testing.assert_array_equal(ours[t.name].reshape(theirs.shape), theirs, err_msg=f"{tname} {t.name}")
+            if qtype == Q.MXFP4:
+                ref = gguf.quants.quantize(tensors[t.name], qtype)
+                assert ref.tobytes() == bytes(t.data), f"{t.name} differs from gguf-py's MXFP4"
+            # 4-bit non-linear codes: well under a uniform 3-bit grid's error on Gaussian rows.
+            if t.name == "blk.0.ffn_up.weight":
+                x = tensors[t.name]
+                rel = np.sqrt(np.mean((theirs - x) ** 2) / np.mean(x ** 2))
+                assert rel < {"iq4_nl": 0.09, "iq4_xs": 0.09, "mxfp4": 0.13}[tname], (tname, rel)

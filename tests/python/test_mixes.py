@@ -17,11 +17,24 @@ import pytest
 from conftest import SMOL_GGUF, STORIES, outlier_weights, run, synthetic_checkpoint
 
 MIXES = {"q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q4_k_m": 15,
-         "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18, "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7}
+         "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18, "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7,
+         "iq4_nl": 25, "iq4_xs": 30}
 TYPES = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q2_k": 10, "q3_k": 11, "q4_k": 12,
-         "q5_k": 13, "q6_k": 14}
+         "q5_k": 13, "q6_k": 14, "iq4_nl": 20, "iq4_xs": 23, "mxfp4": 39}
 PURE_FTYPE = {"q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7, "q2_k": 10, "q3_k": 12, "q4_k": 15,
-              "q5_k": 17, "q6_k": 18}
+              "q5_k": 17, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30, "mxfp4": 38}
+# Types no mix of ours is named after: asked for with --tensor-type (MXFP4's llama.cpp ftype is
+# MXFP4_MOE, which puts MXFP4 on expert tensors only and Q8_0 everywhere else; pure, it is MXFP4).
+NO_MIX = {"mxfp4"}
+# Types ggml quantizes without the imatrix.
+IMATRIX_BLIND = {"q8_0", "mxfp4"}
+
+
+def our_pure(tname):
+    """`quantkit convert` arguments for llama-quantize's --pure at type `tname`."""
+    if tname in NO_MIX:
+        return ["--type", "q8_0", "--pure", "--tensor-type", f".*={tname}"]
+    return ["--type", tname, "--pure"]
 
 
 def llama_quantize(src, dst, ftype, *, pure=False, imatrix=None, overrides=(), output_type=None,
@@ -161,7 +174,7 @@ def test_mix_matches_llama_quantize_synthetic(tmp_path, bin_ok, mix_model, mix):
 
 
 @pytest.mark.parametrize("mix", ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s",
-                                 "q5_k_m", "q6_k"])
+                                 "q5_k_m", "q6_k", "iq4_nl", "iq4_xs"])
 def test_mix_matches_llama_quantize_smollm2(tmp_path, bin_ok, smol_f32, mix):
     theirs = tmp_path / "llama.gguf"
     llama_quantize(smol_f32, theirs, MIXES[mix])
@@ -184,16 +197,20 @@ def test_imatrix_quantization_bit_exact_every_type(tmp_path, bin_ok, mix_model, 
     theirs = tmp_path / "llama.gguf"
     llama_quantize(f32, theirs, PURE_FTYPE[tname], pure=True, imatrix=used)
     ours = tmp_path / "ours.gguf"
-    run("convert", f32, "--type", tname, "--pure", "--imatrix", im, "-o", ours)
+    run("convert", f32, *our_pure(tname), "--imatrix", im, "-o", ours)
     compare(ours, theirs, f"{tname} --pure with imatrix")
-    # And the imatrix changed the result (except Q8_0, which ggml quantizes without it).
+    # And the imatrix changed the result (except Q8_0 and MXFP4, which ggml quantizes without it).
     plain = tmp_path / "plain.gguf"
-    run("convert", f32, "--type", tname, "--pure", "-o", plain)
+    run("convert", f32, *our_pure(tname), "-o", plain)
     a, b = tensors(ours)["blk.3.attn_q.weight"], tensors(plain)["blk.3.attn_q.weight"]
-    assert (bytes(a.data) == bytes(b.data)) == (tname == "q8_0")
+    assert (bytes(a.data) == bytes(b.data)) == (tname in IMATRIX_BLIND)
+    # Without an imatrix too, the bytes are llama-quantize's.
+    theirs_plain = tmp_path / "llama-plain.gguf"
+    llama_quantize(f32, theirs_plain, PURE_FTYPE[tname], pure=True)
+    compare(plain, theirs_plain, f"{tname} --pure")
 
 
-@pytest.mark.parametrize("mix", ["q4_k_m", "q3_k_m", "q2_k", "q4_0"])
+@pytest.mark.parametrize("mix", ["q4_k_m", "q3_k_m", "q2_k", "q4_0", "iq4_xs"])
 def test_mix_with_legacy_imatrix_matches_llama_quantize(tmp_path, bin_ok, mix_model, mix):
     _, f32 = mix_model
     im = tmp_path / "imatrix.dat"

@@ -49,6 +49,10 @@ pub trait BlockFormat: bytemuck::Pod + bytemuck::Zeroable {
 pub trait IntBlock: BlockFormat {
     /// The largest code.
     const MAXQ: u8;
+    /// For formats whose 4-bit indices select unevenly spaced levels (IQ4_NL, IQ4_XS, MXFP4): the
+    /// decoded code of each index. GPTQ's grid then rounds to the nearest of these codes instead
+    /// of any code in `0..=MAXQ`; `None`: every code in `0..=MAXQ` is a level.
+    const LEVELS: Option<&'static [u8; 16]> = None;
     /// `n` weights (a multiple of `QK`, at most [`CHUNK`]) from `src` into `out`.
     fn decode<C: Half8>(src: &[u8], n: usize, out: &mut IntChunk);
     /// Write code `q` (as [`IntBlock::decode`] produces it) of weight `j` into one block's bytes:
@@ -76,6 +80,8 @@ pub struct GridOps {
     pub set_code: fn(&mut [u8], usize, u8),
     /// [`IntBlock::MAXQ`].
     pub maxq: u8,
+    /// [`IntBlock::LEVELS`].
+    pub levels: Option<&'static [u8; 16]>,
 }
 
 /// Row-level entry points of one registered format.
@@ -102,7 +108,12 @@ impl Codec {
             quantize_row: quantize_blocks::<B>,
             dequantize_row: dequantize_blocks::<B>,
             quantize_row_weighted: B::WEIGHTED,
-            grid: Some(GridOps { decode: decode_soft::<B>, set_code: B::set_code, maxq: B::MAXQ }),
+            grid: Some(GridOps {
+                decode: decode_soft::<B>,
+                set_code: B::set_code,
+                maxq: B::MAXQ,
+                levels: B::LEVELS,
+            }),
         }
     }
 
@@ -177,6 +188,9 @@ macro_rules! for_each_format {
             int Q5_K $crate::ggml::k::q5_k::BlockQ5K, fused;
             int Q6_K $crate::ggml::k::q6_k::BlockQ6K, fused;
             int TQ2_0 $crate::ggml::tq2_0::BlockTq2_0, generic;
+            int IQ4_NL $crate::ggml::iq4_nl::BlockIq4Nl, generic;
+            int IQ4_XS $crate::ggml::iq4_xs::BlockIq4Xs, generic;
+            int MXFP4 $crate::ggml::mxfp4::BlockMxfp4, generic;
         }
     };
 }

@@ -47,7 +47,9 @@ fn every_registered_format_roundtrips_within_ggml_ceilings() {
         let code_bits = match c.ty {
             GgmlType::Q2_K | GgmlType::TQ2_0 => 2,
             GgmlType::Q3_K => 3,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 4,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::IQ4_NL | GgmlType::IQ4_XS => 4,
+            // E2M1: 15 distinct levels, spaced 1..4 apart (of 24): no better than 3 even bits.
+            GgmlType::MXFP4 => 3,
             GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 5,
             GgmlType::Q6_K => 6,
             _ => 8,
@@ -168,5 +170,5 @@ fn imatrix_quantizers_reduce_the_weighted_error() {
         assert!(ew < ep, "{}: weighted error {ew} not below unweighted {ep}", c.ty);
         covered += 1;
     }
-    assert_eq!(covered, 9, "every legacy type but Q8_0 and every k-quant has a weighted path");
+    assert_eq!(covered, 11, "every legacy type but Q8_0, every k-quant, IQ4_NL and IQ4_XS have a weighted path");
 }

@@ -57,7 +57,20 @@ impl GgufGrid {
             let q = chunk.q[j];
             return (q, o);
         }
-        let q = ((x - o) / s).round().clamp(0.0, self.ops.maxq as f32) as u8;
+        let t = (x - o) / s;
+        let q = match self.ops.levels {
+            // Unevenly spaced levels: the nearest of the 16 codes (the first on ties).
+            Some(levels) => {
+                let mut best = levels[0];
+                for &c in &levels[1..] {
+                    if (c as f32 - t).abs() < (best as f32 - t).abs() {
+                        best = c;
+                    }
+                }
+                best
+            }
+            None => t.round().clamp(0.0, self.ops.maxq as f32) as u8,
+        };
         (q, s * q as f32 + o)
     }
 
@@ -76,7 +89,21 @@ mod tests {
         let grids: Vec<GgmlType> =
             quantkit_formats::REGISTRY.iter().filter(|c| c.grid.is_some()).map(|c| c.ty).collect();
         use GgmlType as T;
-        for ty in [T::Q4_0, T::Q4_1, T::Q5_0, T::Q5_1, T::Q8_0, T::Q2_K, T::Q3_K, T::Q4_K, T::Q5_K, T::Q6_K] {
+        for ty in [
+            T::Q4_0,
+            T::Q4_1,
+            T::Q5_0,
+            T::Q5_1,
+            T::Q8_0,
+            T::Q2_K,
+            T::Q3_K,
+            T::Q4_K,
+            T::Q5_K,
+            T::Q6_K,
+            T::IQ4_NL,
+            T::IQ4_XS,
+            T::MXFP4,
+        ] {
             assert!(grids.contains(&ty), "{ty} is a grid: {grids:?}");
         }
         for ty in grids {
@@ -93,7 +120,12 @@ mod tests {
             }
             assert_eq!(blk, orig, "{ty}");
             // New codes land where the decoder reads them, and nothing else changes.
-            let want: Vec<u8> = (0..n).map(|j| ((j * 37 + 11) % (g.ops.maxq as usize + 1)) as u8).collect();
+            let want: Vec<u8> = (0..n)
+                .map(|j| match g.ops.levels {
+                    Some(levels) => levels[(j * 7 + 3) % 16],
+                    None => ((j * 37 + 11) % (g.ops.maxq as usize + 1)) as u8,
+                })
+                .collect();
             for (j, &q) in want.iter().enumerate() {
                 g.set_code(&mut blk, j, q);
             }

@@ -10,8 +10,9 @@
 //! 2. `--token-embedding-type` / `--output-tensor-type` decide those tensors outright;
 //! 3. with a quantized base: the first `--tensor-type` pattern that matches the name wins;
 //!    otherwise (unless `--pure`) the output rule and the mix's rules choose;
-//! 4. a type whose blocks do not fit the row falls back (Q2_K/Q3_K → Q4_0, Q4_K → Q5_0,
-//!    Q5_K → Q5_1, Q6_K → Q8_0, anything else or a still-misfitting fallback → F16), noted.
+//! 4. a type whose blocks do not fit the row falls back (the 256-block IQ types → IQ4_NL,
+//!    Q2_K/Q3_K/TQ → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, anything else or a
+//!    still-misfitting fallback → F16), noted.
 //!
 //! Layer indices are llama.cpp's running counters, visited in its tensor order (by layer, then
 //! name) and advanced only when the mix rules are consulted, so `--tensor-type` overrides shift
@@ -80,6 +81,8 @@ pub struct When {
     pub min_gqa: Option<u32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub with_imatrix: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub without_imatrix: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub model_70b: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -225,8 +228,10 @@ pub fn fallback(ty: GgmlType, ncols: u64) -> (GgmlType, Option<String>) {
     if ncols % ty.block_size() as u64 == 0 {
         return (ty, None);
     }
+    use GgmlType as T;
     let mut to = match ty {
-        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
+        T::IQ1_S | T::IQ1_M | T::IQ2_XXS | T::IQ2_XS | T::IQ2_S | T::IQ3_XXS | T::IQ3_S | T::IQ4_XS => T::IQ4_NL,
+        T::Q2_K | T::Q3_K | T::TQ1_0 | T::TQ2_0 => T::Q4_0,
         GgmlType::Q4_K => GgmlType::Q5_0,
         GgmlType::Q5_K => GgmlType::Q5_1,
         GgmlType::Q6_K => GgmlType::Q8_0,
@@ -402,6 +407,7 @@ impl Recipe {
             && w.index_below.is_none_or(|k| i < k as i64)
             && w.min_gqa.is_none_or(|k| m.n_gqa() >= k)
             && (!w.with_imatrix || m.has_imatrix)
+            && (!w.without_imatrix || !m.has_imatrix)
             && (!w.model_70b || m.is_70b)
             && (w.type_in.is_empty() || w.type_in.contains(&ty))
     }

@@ -2,7 +2,10 @@
 //! ggml/src/ggml-quants.c (`quantize_row_*_ref`), mirrored by gguf-py's `gguf/quants.py`.
 
 pub mod imatrix;
+pub mod iq4_nl;
+pub mod iq4_xs;
 pub mod k;
+pub mod mxfp4;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q5_0;
