@@ -11,6 +11,7 @@ table is rewritten from whatever is cached after every step.
     python3 scripts/scoreboard.py                 # everything but the GPTQ rows
     python3 scripts/scoreboard.py --gptq          # … and then the GPTQ-fed rows (slow: ~50 min each on 2 cores)
     python3 scripts/scoreboard.py --table-only    # rewrite docs/scoreboard.md from the cache
+    python3 scripts/scoreboard.py --mixes iq4_xs,q4_k_s   # only these mixes this run
     SCOREBOARD_CHUNKS=20 python3 scripts/scoreboard.py   # another chunk count (cached separately)
 
 Needs: scripts/fetch-models.sh (the model), scripts/setup-llamacpp-tools.sh (llama.cpp's tools), and a
@@ -41,8 +42,8 @@ CTX = 512
 CHUNKS = int(os.environ.get("SCOREBOARD_CHUNKS", "4"))
 CALIB_CHUNKS = int(os.environ.get("SCOREBOARD_CALIB_CHUNKS", "8"))  # × 512 tokens, both sides
 THREADS = int(os.environ.get("SCOREBOARD_THREADS", "2"))
-MIXES = ["q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "q8_0"]
-GPTQ_MIXES = ["q3_k_m"]
+MIXES = ["q2_k", "q3_k_m", "iq4_xs", "q4_k_s", "q4_k_m", "iq4_nl", "q5_k_m", "q6_k", "q8_0"]
+GPTQ_MIXES = ["q3_k_m", "iq4_xs"]
 
 WORK = CACHE / "scoreboard"
 FILES = WORK / "files"
@@ -186,7 +187,13 @@ def main():
     ap.add_argument("--gptq", action="store_true", help="also make and score the GPTQ-fed rows (slow)")
     ap.add_argument("--table-only", action="store_true", help="rewrite docs/scoreboard.md from the cache only")
     ap.add_argument("--no-ours-scoring", action="store_true", help="score with llama.cpp only")
+    ap.add_argument("--mixes", help="compute only these mixes this run (comma-separated, e.g. iq4_xs,q4_k_s); "
+                                    "the table still shows every cached row")
     args = ap.parse_args()
+    todo = args.mixes.split(",") if args.mixes else MIXES
+    unknown = sorted(set(todo) - set(MIXES))
+    if unknown:
+        sys.exit(f"--mixes: unknown {', '.join(unknown)} (the board's mixes: {', '.join(MIXES)})")
     for d in (FILES, RESULTS, WORK / "logs"):
         d.mkdir(parents=True, exist_ok=True)
     if args.table_only:
@@ -278,7 +285,7 @@ def main():
 
     # Per mix, lowest bits first (the fair comparisons come first if the run is cut short): llama.cpp's
     # two files and our two, made from the reference, scored by llama.cpp, then by our engine.
-    for m in MIXES:
+    for m in (m for m in MIXES if m in todo):
         for row in (f"lcpp-{m}", f"lcpp-imat-{m}"):
             out = row_file(row)
             cmd = [t.ll("llama-quantize")] + (["--imatrix", imat] if "imat" in row else []) + [ref, out, m.upper(), THREADS]
@@ -299,7 +306,7 @@ def main():
         score("ref-f16", ref, "qk")
     # Last: GPTQ-fed rows (expensive), from the upstream file itself.
     if args.gptq:
-        for m in GPTQ_MIXES:
+        for m in (m for m in GPTQ_MIXES if m in todo):
             row = f"qk-gptq-{m}"
             gdir = FILES / f"{row}-{CALIB_CHUNKS}"
             out = gdir / f"model-{m}.gguf"

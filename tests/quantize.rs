@@ -114,6 +114,53 @@ fn report_shows_gptq_and_awq_beating_rtn_and_checkpoints_read_back() {
     }
 }
 
+/// GPTQ onto the non-linear 4-bit grids (IQ4_NL's 16 levels, MXFP4's E2M1 values): every GPTQ'd
+/// layer's output error is at most round-to-nearest's on the same levels (mean: well below), and the
+/// file stores the layers in that type.
+#[test]
+fn gptq_onto_non_linear_levels_beats_rounding_to_them() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    for (ty, file) in [("iq4_nl", "model-IQ4_NL.gguf"), ("mxfp4", "model-MXFP4.gguf")] {
+        let out = t.path().join(ty);
+        let fmt = format!("gguf:{ty}");
+        let o = ok(&[
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"gptq",
+            &"--calib",
+            &calib(),
+            &"--samples",
+            &"8",
+            &"--seqlen",
+            &"64",
+            &"--format",
+            &fmt,
+            &"-o",
+            &out,
+            &"--json",
+        ]);
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let pass = &j["passes"][0];
+        let (m, r) =
+            (pass["mean_rel_error"].as_f64().expect("m"), pass["mean_rel_error_rtn"].as_f64().expect("r"));
+        assert!(m < 0.8 * r, "{ty}: GPTQ {m} vs RTN {r}");
+        let layers = pass["layers"].as_array().expect("layers");
+        let on_grid: Vec<_> = layers.iter().filter(|l| l["storage"] == ty).collect();
+        assert!(on_grid.len() >= 20, "{ty}: {} layers on the grid", on_grid.len());
+        for l in on_grid {
+            let (e, er) = (l["error"].as_f64().expect("e"), l["error_rtn"].as_f64().expect("er"));
+            assert!(e <= er * 1.05, "{ty}: {l}");
+        }
+        let g = quantkit_io::gguf::GgufFile::open(out.join(file)).expect("gguf");
+        let want = quantkit_core::GgmlType::parse(ty).expect("type");
+        assert!(g.tensors.iter().filter(|t| t.ty == want).count() >= 20, "{ty}");
+    }
+}
+
 #[test]
 fn quantize_refuses_bad_requests_without_leaving_files() {
     if no_fixtures() {

@@ -23,17 +23,13 @@ TYPES = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q2_k": 10, "q3_
          "q5_k": 13, "q6_k": 14, "iq4_nl": 20, "iq4_xs": 23, "mxfp4": 39}
 PURE_FTYPE = {"q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7, "q2_k": 10, "q3_k": 12, "q4_k": 15,
               "q5_k": 17, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30, "mxfp4": 38}
-# Types no mix of ours is named after: asked for with --tensor-type (MXFP4's llama.cpp ftype is
-# MXFP4_MOE, which puts MXFP4 on expert tensors only and Q8_0 everywhere else; pure, it is MXFP4).
-NO_MIX = {"mxfp4"}
 # Types ggml quantizes without the imatrix.
 IMATRIX_BLIND = {"q8_0", "mxfp4"}
 
 
 def our_pure(tname):
-    """`quantkit convert` arguments for llama-quantize's --pure at type `tname`."""
-    if tname in NO_MIX:
-        return ["--type", "q8_0", "--pure", "--tensor-type", f".*={tname}"]
+    """`quantkit convert` arguments for llama-quantize's --pure at type `tname` (our MXFP4 mix is not
+    llama.cpp's MXFP4_MOE, but pure they are the same: every tensor MXFP4)."""
     return ["--type", tname, "--pure"]
 
 
