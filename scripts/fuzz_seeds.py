@@ -65,7 +65,8 @@ def write_gguf(path, build):
 def all_types(w):
     llama_meta(w)
     # One small tensor of each block format, rows of one block (raw bytes, random content).
-    for ty in [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]:
+    for ty in [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL,
+               T.IQ4_XS, T.MXFP4]:
         bs, ts = gguf.GGML_QUANT_SIZES[ty]
         raw = rng.integers(0, 256, size=(2, ts), dtype=np.uint8)
         w.add_tensor(f"blk.0.{ty.name.lower()}.weight", raw, raw_dtype=ty)

@@ -313,6 +313,30 @@ pub(crate) fn gguf_variants(s: &mut Suite, good: &[u8]) {
     }
 }
 
+/// A corrupt scale in the first block of some tensors of type `ty` (a file whose quantized tensors
+/// are IQ4_NL or MXFP4): IQ4_NL's fp16 `d` NaN or +inf; MXFP4's E8M0 `e` = 0xFF (NaN in the OCP
+/// encoding, rejected by llama.cpp's row validation).
+pub(crate) fn scale_variants(s: &mut Suite, good: &[u8], ty: u32) {
+    let l = layout(good);
+    let edits: &[(&str, &[u8])] = match ty {
+        39 => &[("E8M0 0xFF", &[0xff])],
+        _ => &[("NaN", &[0x00, 0x7e]), ("+inf", &[0x00, 0x7c])],
+    };
+    let picked: Vec<_> = l.tis.iter().filter(|t| t.ty == ty).step_by(9).collect();
+    assert!(!picked.is_empty(), "no tensor of type {ty}");
+    for t in picked {
+        let at = l.data_start + t.offset as usize;
+        for (what, bytes) in edits {
+            s.gguf_variant(
+                "gguf-values",
+                &format!("{what} scale in type-{ty} tensor '{}'", t.name),
+                &with(good, |b| b[at..at + bytes.len()].copy_from_slice(bytes)),
+                all(&[&t.name]).or(&["NaN", "inf"]),
+            );
+        }
+    }
+}
+
 /// Two entries whose names have the same length (position, name) × 2.
 fn same_len_pair<'a>(
     items: impl Iterator<Item = (usize, &'a str)>,

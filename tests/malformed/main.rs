@@ -164,6 +164,11 @@ fn malformed_input_corpus() {
     ok(&[&"convert", &stories(), &"--type", &"q8_0", &"-o", &g]);
     let good = std::fs::read(&g).expect("read");
     gguf::gguf_variants(&mut s, &good);
+    for (ty, id) in [("iq4_nl", 20), ("mxfp4", 39)] {
+        let q = src.path().join(format!("{ty}.gguf"));
+        ok(&[&"convert", &stories(), &"--type", &ty, &"-o", &q]);
+        gguf::scale_variants(&mut s, &std::fs::read(&q).expect("read"), id);
+    }
     safetensors::safetensors_variants(&mut s);
     config::config_variants(&mut s);
     text::tokenizer_and_text_variants(&mut s, &g);

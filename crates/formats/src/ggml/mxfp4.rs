@@ -25,10 +25,16 @@ pub struct BlockMxfp4 {
 }
 const _: () = assert!(std::mem::size_of::<BlockMxfp4>() == 17);
 
-/// `GGML_E8M0_TO_FP32_HALF`: `2^(e−128)` (0.5 × the E8M0 value), denormal for `e < 2`.
+/// `GGML_E8M0_TO_FP32_HALF`: `2^(e−128)` (0.5 × the E8M0 value), denormal for `e < 2`; `e = 0xFF`
+/// is NaN (the OCP encoding's; ggml's conversion ignores it, its row validation rejects it), so a
+/// corrupt block shows up as non-finite weights that the converter refuses by name.
 #[inline(always)]
 pub fn e8m0_to_f32_half(e: u8) -> f32 {
-    let bits = if e < 2 { 0x0020_0000u32 << e } else { ((e - 1) as u32) << 23 };
+    let bits = match e {
+        0 | 1 => 0x0020_0000u32 << e,
+        0xff => 0x7fc0_0000,
+        _ => ((e - 1) as u32) << 23,
+    };
     f32::from_bits(bits)
 }
 
@@ -110,6 +116,7 @@ mod tests {
 
     #[test]
     fn e8m0_half_is_two_to_the_e_minus_128() {
+        assert!(e8m0_to_f32_half(0xff).is_nan());
         for e in 0..=254u8 {
             assert_eq!(e8m0_to_f32_half(e), 2f64.powi(e as i32 - 128) as f32, "e = {e}");
         }
