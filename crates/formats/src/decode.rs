@@ -43,8 +43,19 @@ impl Default for IntChunk {
 
 /// Eight f16 → f32 conversions at once: [`SoftHalf`] everywhere, F16C's `vcvtph2ps` inside the
 /// x86 kernels. Both are exact, so they agree bit for bit.
+///
+/// The same type parameter carries the decoders' other instruction-set-specific step, the 16-entry
+/// byte table lookup of the non-linear 4-bit formats ([`Half8::lut16`]): scalar for [`SoftHalf`],
+/// `pshufb` for [`F16c`] (every kernel that uses F16C has SSSE3).
 pub trait Half8 {
     fn cvt(h: [u16; 8]) -> [f32; 8];
+    /// `q[i] = table[q[i]]` for 4-bit codes `q` (`q.len()` a multiple of 16).
+    #[inline(always)]
+    fn lut16(table: &[u8; 16], q: &mut [u8]) {
+        for c in q {
+            *c = table[(*c & 15) as usize];
+        }
+    }
 }
 
 /// The portable conversion.
@@ -73,6 +84,19 @@ impl Half8 for F16c {
             _mm256_storeu_ps(out.as_mut_ptr(), _mm256_cvtph_ps(v));
         }
         out
+    }
+    #[inline(always)]
+    fn lut16(table: &[u8; 16], q: &mut [u8]) {
+        use std::arch::x86_64::*;
+        // SAFETY: the kernels that instantiate F16c enable AVX2 (or AVX-512), which include SSSE3's
+        // pshufb; loads and stores stay inside `table` and each 16-byte chunk of `q`.
+        unsafe {
+            let t = _mm_loadu_si128(table.as_ptr().cast());
+            for c in q.chunks_exact_mut(16) {
+                let v = _mm_loadu_si128(c.as_ptr().cast());
+                _mm_storeu_si128(c.as_mut_ptr().cast(), _mm_shuffle_epi8(t, v));
+            }
+        }
     }
 }
 

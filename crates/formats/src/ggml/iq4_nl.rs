@@ -39,14 +39,6 @@ pub(crate) fn index_of(table: &[u8; 16], q: u8) -> u8 {
     table.iter().position(|&c| c == q).unwrap_or(0) as u8
 }
 
-/// Nibbles → biased codes through a 16-entry table, for `n` codes.
-#[inline(always)]
-pub(crate) fn map_codes(table: &[u8; 16], q: &mut [u8]) {
-    for c in q {
-        *c = table[(*c & 15) as usize];
-    }
-}
-
 const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// `best_index_int8`: the index of the level nearest to `x` in an ascending table (ties go up).
@@ -252,7 +244,7 @@ impl IntBlock for BlockIq4Nl {
         for b in 0..n / 32 {
             nibbles(&src[b * 18 + 2..], &mut out.q[32 * b..]);
         }
-        map_codes(&LEVELS_IQ4NL, &mut out.q[..n]);
+        C::lut16(&LEVELS_IQ4NL, &mut out.q[..n]);
     }
     #[inline]
     fn set_code(b: &mut [u8], j: usize, q: u8) {

@@ -7,7 +7,7 @@
 //! [`super::iq4_nl::quantize_nl_impl`]), `ntry = 7`, as llama-quantize's `quantize_iq4_xs` calls
 //! it with or without an imatrix.
 
-use super::iq4_nl::{index_of, map_codes, quantize_nl_impl, NlBlock, KVALUES_IQ4NL, LEVELS_IQ4NL};
+use super::iq4_nl::{index_of, quantize_nl_impl, NlBlock, KVALUES_IQ4NL, LEVELS_IQ4NL};
 use crate::decode::{f16_at, nibbles, put_bits, Half8, IntChunk};
 use crate::{f16_value, BlockFormat, IntBlock, WeightedRowFn};
 use quantkit_core::GgmlType;
@@ -79,7 +79,7 @@ impl IntBlock for BlockIq4Xs {
             nibbles(&src[8 + 16 * ib..], &mut out.q[32 * ib..]);
         }
         out.bias = 128;
-        map_codes(&LEVELS_IQ4NL, &mut out.q[..256]);
+        C::lut16(&LEVELS_IQ4NL, &mut out.q[..256]);
     }
     #[inline]
     fn set_code(b: &mut [u8], j: usize, q: u8) {

@@ -7,7 +7,7 @@
 //! no weights): `e = floor(log2(amax)) − 2 + 127`, then each weight to its nearest level (first on
 //! ties). Decoded chunk form: codes `kvalues[q] + 128` (biased), `s = 2^(e−128)`.
 
-use super::iq4_nl::{biased, index_of, map_codes};
+use super::iq4_nl::{biased, index_of};
 use crate::decode::{nibbles, set_nibble, Half8, IntChunk};
 use crate::{BlockFormat, IntBlock};
 use quantkit_core::GgmlType;
@@ -102,7 +102,7 @@ impl IntBlock for BlockMxfp4 {
             nibbles(&src[b * 17 + 1..], &mut out.q[32 * b..]);
         }
         out.bias = 128;
-        map_codes(&LEVELS_MXFP4, &mut out.q[..n]);
+        C::lut16(&LEVELS_MXFP4, &mut out.q[..n]);
     }
     #[inline]
     fn set_code(b: &mut [u8], j: usize, q: u8) {
