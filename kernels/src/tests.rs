@@ -38,7 +38,7 @@ fn row_lengths(ty: GgmlType) -> Vec<usize> {
     match ty.block_size() {
         1 => vec![1, 33, 250, 576, 1000],
         256 => vec![256, 768, 1536],
-        b => vec![b, 3 * b, 576, 800, 1024],
+        b => [b, 3 * b, 576, 800, 1024, 13 * b].into_iter().filter(|n| n % b == 0).collect(),
     }
 }
 

@@ -1,6 +1,6 @@
 """The engine's perplexity and KL divergence against llama.cpp's own numbers (llama-cpp-python,
 llama-perplexity's method) on the same GGUF files: stories260K f32, Q4_0 and the non-linear 4-bit
-types (IQ4_NL, IQ4_XS, MXFP4), wiki.test.raw."""
+types (IQ4_NL, IQ4_XS, MXFP4, NVFP4), wiki.test.raw."""
 import json
 import subprocess
 import sys
@@ -36,7 +36,7 @@ def test_ppl_equals_llama_perplexity(stories_files):
 
 # How each quantized file is made from the f32 one.
 KLD_FILES = {"q4_0": [], "iq4_nl": ["--type", "iq4_nl"], "iq4_xs": ["--type", "iq4_xs"],
-             "mxfp4": ["--type", "q8_0", "--tensor-type", "(attn|ffn)_.*=mxfp4"]}
+             "mxfp4": ["--type", "q8_0", "--tensor-type", "(attn|ffn)_.*=mxfp4"], "nvfp4": ["--type", "nvfp4"]}
 
 
 @pytest.mark.parametrize("tname", list(KLD_FILES))

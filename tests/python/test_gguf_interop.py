@@ -212,8 +212,8 @@ def test_rebuilt_tokenizer_encodes_like_the_original(smol_export, shared_ok):
     assert rebuilt.decode(orig.encode(text[:5000]).ids) == text[:5000]
 
 
-def test_iq4_and_mxfp4_read_back_in_gguf_py(tmp_path, bin_ok):
-    """IQ4_NL, IQ4_XS and MXFP4 tensors (random data with heavy tails, all-zero, constant and tiny
+def test_iq4_and_fp4_read_back_in_gguf_py(tmp_path, bin_ok):
+    """IQ4_NL, IQ4_XS, MXFP4 and NVFP4 tensors (random data with heavy tails, all-zero, constant and tiny
     rows): gguf-py dequantizes our bytes to exactly the values our own dequantization gives, and
     MXFP4's bytes equal gguf-py's reference quantizer's (gguf-py has no IQ4 quantizer: their bytes
     are checked against llama.cpp's in test_mixes.py)."""
@@ -228,7 +228,7 @@ def test_iq4_and_mxfp4_read_back_in_gguf_py(tmp_path, bin_ok):
     tensors = {k: v.astype(np.float32) for k, v in base.items()}
     src = tmp_path / "t.gguf"
     write_test_gguf(src, tensors)
-    for tname, qtype in {"iq4_nl": Q.IQ4_NL, "iq4_xs": Q.IQ4_XS, "mxfp4": Q.MXFP4}.items():
+    for tname, qtype in {"iq4_nl": Q.IQ4_NL, "iq4_xs": Q.IQ4_XS, "mxfp4": Q.MXFP4, "nvfp4": Q.NVFP4}.items():
         out = tmp_path / f"t-{tname}.gguf"
         run("convert", src, "--type", "q8_0", "--tensor-type", f".*={tname}", "--allow-partial", "-o", out)
         back = tmp_path / f"t-{tname}-f32.gguf"
@@ -245,4 +245,4 @@ def test_iq4_and_mxfp4_read_back_in_gguf_py(tmp_path, bin_ok):
             if t.name == "blk.0.ffn_up.weight":
                 x = tensors[t.name]
                 rel = np.sqrt(np.mean((theirs - x) ** 2) / np.mean(x ** 2))
-                assert rel < {"iq4_nl": 0.09, "iq4_xs": 0.09, "mxfp4": 0.13}[tname], (tname, rel)
+                assert rel < {"iq4_nl": 0.09, "iq4_xs": 0.09, "mxfp4": 0.13, "nvfp4": 0.13}[tname], (tname, rel)

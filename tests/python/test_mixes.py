@@ -20,7 +20,7 @@ MIXES = {"q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q4
          "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18, "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7,
          "iq4_nl": 25, "iq4_xs": 30}
 TYPES = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q2_k": 10, "q3_k": 11, "q4_k": 12,
-         "q5_k": 13, "q6_k": 14, "iq4_nl": 20, "iq4_xs": 23, "mxfp4": 39}
+         "q5_k": 13, "q6_k": 14, "iq4_nl": 20, "iq4_xs": 23, "mxfp4": 39, "nvfp4": 40}
 PURE_FTYPE = {"q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7, "q2_k": 10, "q3_k": 12, "q4_k": 15,
               "q5_k": 17, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30, "mxfp4": 38}
 # Types ggml quantizes without the imatrix.
@@ -221,6 +221,18 @@ def test_mix_with_legacy_imatrix_matches_llama_quantize(tmp_path, bin_ok, mix_mo
     assert bytes(r.fields["quantize.imatrix.dataset"].parts[-1]) == b"synthetic"
     if mix == "q4_0":  # llama.cpp's imatrix-only rule: first eighth of ffn_down → Q4_1
         assert tensors(ours)["blk.0.ffn_down.weight"].tensor_type == gguf.GGMLQuantizationType.Q4_1
+
+
+def test_nvfp4_matches_llama_cpp(tmp_path, bin_ok, mix_model):
+    """NVFP4 has no llama-quantize file type: asked for per tensor on both sides, the bytes agree
+    (ggml ignores an imatrix for it)."""
+    _, f32 = mix_model
+    theirs = tmp_path / "llama.gguf"
+    llama_quantize(f32, theirs, MIXES["q8_0"], pure=True, overrides=[(".*", "nvfp4")])
+    ours = tmp_path / "ours.gguf"
+    run("convert", f32, "--type", "nvfp4", "--pure", "-o", ours)
+    compare(ours, theirs, "nvfp4 --pure")
+    assert tensors(ours)["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.NVFP4
 
 
 def test_overrides_match_llama_quantize(tmp_path, bin_ok, mix_model):

@@ -70,6 +70,7 @@ ggml_types! {
     TQ1_0 = 34, "tq1_0", 256, 54;
     TQ2_0 = 35, "tq2_0", 256, 66;
     MXFP4 = 39, "mxfp4", 32, 17;
+    NVFP4 = 40, "nvfp4", 64, 36;
 }
 
 impl GgmlType {

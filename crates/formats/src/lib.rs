@@ -191,6 +191,7 @@ macro_rules! for_each_format {
             int IQ4_NL $crate::ggml::iq4_nl::BlockIq4Nl, generic;
             int IQ4_XS $crate::ggml::iq4_xs::BlockIq4Xs, generic;
             int MXFP4 $crate::ggml::mxfp4::BlockMxfp4, generic;
+            int NVFP4 $crate::ggml::nvfp4::BlockNvfp4, generic;
         }
     };
 }

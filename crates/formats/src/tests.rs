@@ -37,6 +37,7 @@ fn every_registered_format_roundtrips_within_ggml_ceilings() {
             GgmlType::Q2_K => 0.0075,
             GgmlType::TQ2_0 => 0.01, // MAX_QUANTIZATION_TOTAL_ERROR_TERNARY
             GgmlType::Q3_K => 0.0040,
+            GgmlType::NVFP4 => 0.003, // MAX_QUANTIZATION_TOTAL_ERROR_FP4
             _ => 0.002,
         };
         assert!(e < ceiling, "{}: error {e}", c.ty);
@@ -49,7 +50,7 @@ fn every_registered_format_roundtrips_within_ggml_ceilings() {
             GgmlType::Q3_K => 3,
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::IQ4_NL | GgmlType::IQ4_XS => 4,
             // E2M1: 15 distinct levels, spaced 1..4 apart (of 24): no better than 3 even bits.
-            GgmlType::MXFP4 => 3,
+            GgmlType::MXFP4 | GgmlType::NVFP4 => 3,
             GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 5,
             GgmlType::Q6_K => 6,
             _ => 8,

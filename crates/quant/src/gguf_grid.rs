@@ -103,6 +103,7 @@ mod tests {
             T::IQ4_NL,
             T::IQ4_XS,
             T::MXFP4,
+            T::NVFP4,
         ] {
             assert!(grids.contains(&ty), "{ty} is a grid: {grids:?}");
         }

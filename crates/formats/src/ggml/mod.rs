@@ -6,6 +6,7 @@ pub mod iq4_nl;
 pub mod iq4_xs;
 pub mod k;
 pub mod mxfp4;
+pub mod nvfp4;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q5_0;

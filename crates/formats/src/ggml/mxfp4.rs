@@ -38,9 +38,9 @@ pub fn e8m0_to_f32_half(e: u8) -> f32 {
     f32::from_bits(bits)
 }
 
-/// `best_index_mxfp4`: the first index with the smallest `|kvalues[i]·d − x|`.
+/// `best_index_mxfp4` (MXFP4 and NVFP4): the first index with the smallest `|kvalues[i]·d − x|`.
 #[inline]
-fn best_index(x: f32, d: f32) -> u8 {
+pub(crate) fn best_index_fp4(x: f32, d: f32) -> u8 {
     let mut best = 0u8;
     let mut best_err = (KVALUES_MXFP4[0] as f32 * d - x).abs();
     for i in 1..16 {
@@ -71,7 +71,7 @@ impl BlockFormat for BlockMxfp4 {
         let d = e8m0_to_f32_half(e);
         let mut qs = [0u8; 16];
         for j in 0..16 {
-            qs[j] = best_index(x[j], d) | (best_index(x[j + 16], d) << 4);
+            qs[j] = best_index_fp4(x[j], d) | (best_index_fp4(x[j + 16], d) << 4);
         }
         BlockMxfp4 { e, qs }
     }
