@@ -90,7 +90,7 @@ pub fn hf_config(data: &[u8]) {
     names_file(&r, "config.json");
     let Ok(j) = r else { return };
     names_file(&quantkit_io::config::ModelConfig::from_hf(&j, p), "config.json");
-    names_file(&quantkit_io::layout::LayoutConfig::from_config(&j, p), "config.json");
+    names_file(&quantkit_io::layout::QuantLayout::from_config(&j, p), "config.json");
 }
 
 /// model.safetensors.index.json.
