@@ -18,9 +18,11 @@
 //!   `[ceil(n_blocks/256)]`, `<m>.weight.nested_quant_map` F32 `[256]`, and the JSON gains
 //!   `nested_blocksize`, `nested_dtype`, `nested_offset`.
 //!
-//! Dequantization (bnb's `dequantize_4bit`, all in f32): `absmax_b = map[qa_b]·nested_absmax[b/256] +
-//! offset` (double quant), `w_j = NF4[code_j]·absmax_{j/blocksize}`, then rounded to the quant
-//! state's `dtype` (bnb returns the weight in that dtype).
+//! Dequantization, all in f32: `absmax_b = map[qa_b]·nested_absmax[b/256] + offset` (double quant),
+//! `w_j = NF4[code_j]·absmax_{j/blocksize}` — what bnb's inference GEMM (`gemm_4bit`) multiplies the
+//! activations with: it dequantizes in the activations' dtype, the compute dtype (float32 in the
+//! configs we write). `dequantize_4bit(A, quant_state)` instead returns the quant state's `dtype`
+//! (float16 here): the same values rounded once more.
 
 use std::collections::BTreeMap;
 
@@ -222,9 +224,9 @@ impl StateDtype {
     }
 }
 
-/// `w_j = NF4[code_j] · absmax[j / blocksize]` (f32), rounded to `dtype`.
-pub fn dequantize_nf4(codes: &[u8], absmax: &[f32], blocksize: usize, dtype: StateDtype) -> Vec<f32> {
-    codes.iter().enumerate().map(|(j, &c)| dtype.round(NF4[c as usize] * absmax[j / blocksize])).collect()
+/// `w_j = NF4[code_j] · absmax[j / blocksize]` (f32).
+pub fn dequantize_nf4(codes: &[u8], absmax: &[f32], blocksize: usize) -> Vec<f32> {
+    codes.iter().enumerate().map(|(j, &c)| NF4[c as usize] * absmax[j / blocksize]).collect()
 }
 
 /// Python's `repr` of a float (what `json.dumps` writes): the shortest digits that round-trip,
@@ -316,9 +318,9 @@ impl Nf4Weights {
         }
     }
 
-    /// What bnb's `dequantize_4bit` returns, row-major `[rows, cols]`.
+    /// The weights bnb computes with (f32), row-major `[rows, cols]`.
     pub fn dequantize(&self) -> Vec<f32> {
-        dequantize_nf4(&self.codes, &self.effective_absmax(), self.blocksize, self.dtype)
+        dequantize_nf4(&self.codes, &self.effective_absmax(), self.blocksize)
     }
 
     /// The stored tensors of module `prefix` (`model.layers.0.mlp.up_proj`), sorted by name.
@@ -433,11 +435,11 @@ pub(super) const STATE: &str = "quant_state.bitsandbytes__";
 #[derive(Debug, Clone, PartialEq)]
 struct State {
     blocksize: usize,
-    dtype: StateDtype,
     rows: usize,
     cols: usize,
-    /// `(nested_blocksize, nested_dtype, nested_offset)`.
-    nested: Option<(usize, StateDtype, f32)>,
+    /// `(nested_blocksize, nested_offset)` (`nested_dtype` is checked and otherwise unused: the GEMM
+    /// dequantizes absmax values in f32 whatever it says).
+    nested: Option<(usize, f32)>,
 }
 
 fn parse_state(t: &Module, name: &str, qtype: &str) -> Result<State> {
@@ -499,11 +501,14 @@ fn parse_state(t: &Module, name: &str, qtype: &str) -> Result<State> {
                 .map(|v| v as f32)
                 .filter(|v| v.is_finite())
                 .ok_or_else(|| err(format!("nested_offset {:?} is not a finite number", o.get("nested_offset"))))?;
-            Some((nb as usize, dtype("nested_dtype")?, off))
+            dtype("nested_dtype")?;
+            Some((nb as usize, off))
         }
         _ => return Err(err("nested_blocksize, nested_dtype and nested_offset must come together".into())),
     };
-    Ok(State { blocksize, dtype: dtype("dtype")?, rows, cols, nested })
+    // Checked, otherwise unused: the GEMM dequantizes in the compute dtype (module docs).
+    dtype("dtype")?;
+    Ok(State { blocksize, rows, cols, nested })
 }
 
 /// The quant state tensor of module `m`.
@@ -601,15 +606,18 @@ pub(super) fn unpack(t: &Module) -> Result<Vec<f32>> {
             }
             f32s(t, "weight.absmax", nb)?
         }
-        Some((nbs, ndtype, offset)) => {
+        Some((nbs, offset)) => {
             let codes = u8s(t, "weight.absmax", nb)?;
             let nested = f32s(t, "weight.nested_absmax", nb.div_ceil(nbs))?;
             let map = f32s(t, "weight.nested_quant_map", 256)?;
-            nested_absmax(codes, &nested, &map, nbs, offset).into_iter().map(|v| ndtype.round(v)).collect()
+            nested_absmax(codes, &nested, &map, nbs, offset)
         }
     };
-    let codes = packed.iter().flat_map(|&b| [b >> 4, b & 15]).take(n);
-    Ok(codes.enumerate().map(|(j, c)| s.dtype.round(NF4[c as usize] * absmax[j / s.blocksize])).collect())
+    if let Some(i) = absmax.iter().position(|v| !v.is_finite()) {
+        return Err(Error::bad_tensor(t.name("weight.absmax"), format!("block {i}'s absmax {} is not finite", absmax[i])));
+    }
+    let codes: Vec<u8> = packed.iter().flat_map(|&b| [b >> 4, b & 15]).take(n).collect();
+    Ok(dequantize_nf4(&codes, &absmax, s.blocksize))
 }
 
 #[cfg(test)]
@@ -674,7 +682,7 @@ mod tests {
             let (codes, absmax) = quantize_nf4(&w, BLOCK);
             assert_eq!(codes.len(), n);
             assert_eq!(absmax.len(), n.div_ceil(BLOCK));
-            let dq = dequantize_nf4(&codes, &absmax, BLOCK, StateDtype::F32);
+            let dq = dequantize_nf4(&codes, &absmax, BLOCK);
             let widest = NF4.windows(2).map(|p| p[1] - p[0]).fold(0f32, f32::max);
             for (b, blk) in w.chunks(BLOCK).enumerate() {
                 let am = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
