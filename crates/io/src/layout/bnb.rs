@@ -443,10 +443,11 @@ struct State {
 }
 
 fn parse_state(t: &Module, name: &str, qtype: &str) -> Result<State> {
-    let err = |msg: String| Error::bad_tensor(name, msg);
+    let err = |msg: String| bad(t, name, msg);
     if qtype != "nf4" {
         return Err(Error::Unsupported(format!(
-            "{name}: bitsandbytes quant type {qtype:?} (only nf4 is read)"
+            "{name} in {}: bitsandbytes quant type {qtype:?} (only nf4 is read)",
+            t.src.file_of(name).display()
         )));
     }
     let (b, dt, s) = t.src.raw(name)?;
@@ -511,6 +512,11 @@ fn parse_state(t: &Module, name: &str, qtype: &str) -> Result<State> {
     Ok(State { blocksize, rows, cols, nested })
 }
 
+/// A bad component `name` of module `t`, naming the file that holds it.
+fn bad(t: &Module, name: &str, msg: impl Into<String>) -> Error {
+    Error::bad_tensor(name, format!("{} (in {})", msg.into(), t.src.file_of(name).display()))
+}
+
 /// The quant state tensor of module `m`.
 fn state_name(m: &str) -> String {
     format!("{m}.weight.{STATE}nf4")
@@ -528,7 +534,7 @@ pub(super) fn visible_names(h: &HfCheckpoint) -> Result<BTreeMap<String, Option<
             let t = Module { src: h, m };
             let s = parse_state(&t, n, qtype)?;
             if modules.insert(m, (s.rows, s.cols)).is_some() {
-                return Err(Error::bad_tensor(format!("{m}.weight"), "several bitsandbytes quant states"));
+                return Err(bad(&t, &format!("{m}.weight"), "several bitsandbytes quant states"));
             }
         }
     }
@@ -541,7 +547,8 @@ pub(super) fn visible_names(h: &HfCheckpoint) -> Result<BTreeMap<String, Option<
         if let Some((m, part)) = n.split_once(".weight.") {
             if PARTS.contains(&part) || part.starts_with(STATE) {
                 if !modules.contains_key(m) {
-                    return Err(Error::bad_tensor(*n, format!("a bitsandbytes component, but {m}.weight has no quant state")));
+                    let t = Module { src: h, m };
+                    return Err(bad(&t, n, format!("a bitsandbytes component, but {m}.weight has no quant state")));
                 }
                 continue;
             }
@@ -551,7 +558,8 @@ pub(super) fn visible_names(h: &HfCheckpoint) -> Result<BTreeMap<String, Option<
     for m in modules.keys() {
         let w = format!("{m}.weight");
         if !out.contains_key(&w) {
-            return Err(Error::MissingTensor { path: h.dir.clone(), tensor: w, hint: " (it has a bitsandbytes quant state)".into() });
+            let path = h.file_of(&format!("{w}.{STATE}nf4"));
+            return Err(Error::MissingTensor { path, tensor: w, hint: " (it has a bitsandbytes quant state)".into() });
         }
     }
     Ok(out)
@@ -562,12 +570,12 @@ fn f32s(t: &Module, part: &str, want: usize) -> Result<Vec<f32>> {
     let name = t.name(part);
     let (b, dt, s) = t.raw(part)?;
     if dt != "F32" || s != [want] {
-        return Err(Error::bad_tensor(&name, format!("is {dt} {s:?}, expected F32 [{want}]")));
+        return Err(bad(t, &name, format!("is {dt} {s:?}, expected F32 [{want}]")));
     }
     let v: Vec<f32> =
         b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(Error::bad_tensor(&name, format!("value {} at index {i} is not finite", v[i])));
+        return Err(bad(t, &name, format!("value {} at index {i} is not finite", v[i])));
     }
     Ok(v)
 }
@@ -576,8 +584,9 @@ fn u8s<'a>(t: &'a Module, part: &str, want: usize) -> Result<&'a [u8]> {
     let (b, dt, s) = t.raw(part)?;
     let numel: usize = s.iter().product();
     if dt != "U8" || numel != want || s.iter().filter(|&&d| d != 1).count() > 1 {
-        return Err(Error::bad_tensor(
-            t.name(part),
+        return Err(bad(
+            t,
+            &t.name(part),
             format!("is {dt} {s:?}, expected U8 with {want} elements ([{want}] or [{want}, 1])"),
         ));
     }
@@ -594,13 +603,14 @@ pub(super) fn unpack(t: &Module) -> Result<Vec<f32>> {
     let packed = u8s(t, "weight", n.div_ceil(2))?;
     let qmap = f32s(t, "weight.quant_map", 16)?;
     if qmap != NF4 {
-        return Err(Error::bad_tensor(t.name("weight.quant_map"), "is not bitsandbytes' NF4 table"));
+        return Err(bad(t, &t.name("weight.quant_map"), "is not bitsandbytes' NF4 table"));
     }
     let absmax = match s.nested {
         None => {
             if t.src.raw(&t.name("weight.nested_absmax")).is_ok() {
-                return Err(Error::bad_tensor(
-                    t.name("weight.nested_absmax"),
+                return Err(bad(
+                    t,
+                    &t.name("weight.nested_absmax"),
                     format!("present, but {state} has no nested_* entries"),
                 ));
             }
@@ -614,10 +624,28 @@ pub(super) fn unpack(t: &Module) -> Result<Vec<f32>> {
         }
     };
     if let Some(i) = absmax.iter().position(|v| !v.is_finite()) {
-        return Err(Error::bad_tensor(t.name("weight.absmax"), format!("block {i}'s absmax {} is not finite", absmax[i])));
+        return Err(bad(t, &t.name("weight.absmax"), format!("block {i}'s absmax {} is not finite", absmax[i])));
     }
     let codes: Vec<u8> = packed.iter().flat_map(|&b| [b >> 4, b & 15]).take(n).collect();
     Ok(dequantize_nf4(&codes, &absmax, s.blocksize))
+}
+
+/// Every module with a quant state in one safetensors file, dequantized: the fuzz harness's entry
+/// (`quantkit_cli::fuzzing::bnb_nf4`). Modules of more than `max_elems` weights are only parsed.
+/// Returns each module's result (the number of weights).
+pub fn dequantize_file(f: &crate::safetensors::SafetensorsFile, max_elems: usize) -> Vec<Result<usize>> {
+    let names = f.names();
+    let mut out = vec![];
+    for n in &names {
+        let Some((m, qtype)) = n.split_once(&format!(".weight.{STATE}")) else { continue };
+        let t = Module { src: f, m };
+        out.push(match parse_state(&t, n, qtype) {
+            Err(e) => Err(e),
+            Ok(s) if s.rows * s.cols > max_elems => Ok(0),
+            Ok(_) => unpack(&t).map(|v| v.len()),
+        });
+    }
+    out
 }
 
 #[cfg(test)]

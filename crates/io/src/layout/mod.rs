@@ -496,11 +496,33 @@ fn gcd(a: usize, b: usize) -> usize {
 /// Stored tensors by name: raw bytes, dtype (`"I32"`, `"F16"`, …) and shape.
 trait RawTensors {
     fn raw(&self, name: &str) -> Result<(&[u8], String, Vec<usize>)>;
+    /// The file that holds a stored tensor (for error messages).
+    fn file_of(&self, name: &str) -> std::path::PathBuf;
 }
 
 impl RawTensors for HfCheckpoint {
     fn raw(&self, name: &str) -> Result<(&[u8], String, Vec<usize>)> {
         HfCheckpoint::raw(self, name)
+    }
+
+    fn file_of(&self, name: &str) -> std::path::PathBuf {
+        HfCheckpoint::file_of(self, name)
+    }
+}
+
+impl RawTensors for crate::safetensors::SafetensorsFile {
+    fn raw(&self, name: &str) -> Result<(&[u8], String, Vec<usize>)> {
+        let info = self.info(name).ok_or_else(|| Error::MissingTensor {
+            path: self.path().to_path_buf(),
+            tensor: name.into(),
+            hint: String::new(),
+        })?;
+        let (dtype, shape) = (format!("{:?}", info.dtype), info.shape.clone());
+        Ok((self.data(name)?, dtype, shape))
+    }
+
+    fn file_of(&self, _name: &str) -> std::path::PathBuf {
+        self.path().to_path_buf()
     }
 }
 
