@@ -13,9 +13,9 @@
 //! (config.json values), [`text`] (tokenizer.json, the text and corpus
 //! inputs of ppl and calib, a KLD base-logits file) and [`bnb`] (bitsandbytes NF4 checkpoints).
 
+mod bnb;
 #[path = "../common/mod.rs"]
 mod common;
-mod bnb;
 mod config;
 mod gguf;
 mod safetensors;

@@ -207,7 +207,8 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fuzz/corpus/bnb_nf4");
         for name in ["nf4.safetensors", "nf4-dq.safetensors"] {
             let data = std::fs::read(dir.join(name)).expect("seed");
-            let f = quantkit_io::safetensors::SafetensorsFile::from_bytes(data.clone(), name).expect("seed parses");
+            let f = quantkit_io::safetensors::SafetensorsFile::from_bytes(data.clone(), name)
+                .expect("seed parses");
             let r = quantkit_io::layout::bnb::dequantize_file(&f, usize::MAX);
             assert!(!r.is_empty() && r.iter().all(|x| matches!(x, Ok(n) if *n > 0)), "{name}: {r:?}");
             for i in 0..data.len() {

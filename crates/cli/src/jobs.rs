@@ -435,9 +435,17 @@ mod tests {
             assert_eq!(r.format(), if dq { "bnb-nf4-dq" } else { "bnb-nf4" });
         }
         assert_eq!(RecipeSpec::parse("nf4-dq", b).expect("nf4").slug(), "nf4-dq");
-        for bad in
-            ["q9_z", "nf4:dq", "nf4-dq2", "awq:3:128", "rtn:q4_k_m", "gptq:x:128", "gptq:4:128:maybe", "a:b:c:d:e", "missing.toml"]
-        {
+        for bad in [
+            "q9_z",
+            "nf4:dq",
+            "nf4-dq2",
+            "awq:3:128",
+            "rtn:q4_k_m",
+            "gptq:x:128",
+            "gptq:4:128:maybe",
+            "a:b:c:d:e",
+            "missing.toml",
+        ] {
             assert!(RecipeSpec::parse(bad, b).is_err(), "{bad}");
         }
     }

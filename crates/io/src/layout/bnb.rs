@@ -189,7 +189,13 @@ pub fn double_quant(absmax: &[f32]) -> Nested {
 }
 
 /// The absmax values a nested state stands for (bnb's `dequantize_blockwise` + offset, in f32).
-pub fn nested_absmax(codes: &[u8], absmax: &[f32], map: &[f32], nested_block: usize, offset: f32) -> Vec<f32> {
+pub fn nested_absmax(
+    codes: &[u8],
+    absmax: &[f32],
+    map: &[f32],
+    nested_block: usize,
+    offset: f32,
+) -> Vec<f32> {
     codes.iter().enumerate().map(|(i, &q)| map[q as usize] * absmax[i / nested_block] + offset).collect()
 }
 
@@ -233,7 +239,13 @@ pub fn dequantize_nf4(codes: &[u8], absmax: &[f32], blocksize: usize) -> Vec<f32
 /// positional for decimal exponents −4 < e ≤ 16 (with `.0` when integral), else `d.ddde±XX`.
 pub fn py_float_repr(x: f64) -> String {
     if !x.is_finite() {
-        return if x.is_nan() { "NaN".into() } else if x > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if x.is_nan() {
+            "NaN".into()
+        } else if x > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if x == 0.0 {
         return if x.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
@@ -304,7 +316,14 @@ impl Nf4Weights {
     /// Quantize a row-major `[rows, cols]` matrix (bnb's `quantize_4bit` with `blocksize`,
     /// `compress_statistics = double_quant`); values are taken as given (round them to `dtype`
     /// first to match bnb quantizing a `dtype` model).
-    pub fn quantize(w: &[f32], rows: usize, cols: usize, blocksize: usize, double: bool, dtype: StateDtype) -> Self {
+    pub fn quantize(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        blocksize: usize,
+        double: bool,
+        dtype: StateDtype,
+    ) -> Self {
         let (codes, absmax) = quantize_nf4(w, blocksize);
         let nested = double.then(|| double_quant(&absmax));
         Nf4Weights { rows, cols, blocksize, codes, absmax, nested, dtype }
@@ -483,7 +502,9 @@ fn parse_state(t: &Module, name: &str, qtype: &str) -> Result<State> {
         .and_then(|a| a.iter().map(Json::as_u64).collect::<Option<Vec<u64>>>())
         .ok_or_else(|| err(format!("shape {:?} is not a list of sizes", o.get("shape"))))?;
     let (rows, cols) = match shape.as_slice() {
-        [r, c] if *r > 0 && *c > 0 && r.checked_mul(*c).is_some_and(|n| n <= 1 << 40) => (*r as usize, *c as usize),
+        [r, c] if *r > 0 && *c > 0 && r.checked_mul(*c).is_some_and(|n| n <= 1 << 40) => {
+            (*r as usize, *c as usize)
+        }
         _ => return Err(err(format!("shape {shape:?} is not a 2-D weight shape"))),
     };
     let nested_keys = ["nested_blocksize", "nested_dtype", "nested_offset"];
@@ -501,7 +522,9 @@ fn parse_state(t: &Module, name: &str, qtype: &str) -> Result<State> {
                 .and_then(Json::as_f64)
                 .map(|v| v as f32)
                 .filter(|v| v.is_finite())
-                .ok_or_else(|| err(format!("nested_offset {:?} is not a finite number", o.get("nested_offset"))))?;
+                .ok_or_else(|| {
+                    err(format!("nested_offset {:?} is not a finite number", o.get("nested_offset")))
+                })?;
             dtype("nested_dtype")?;
             Some((nb as usize, off))
         }
@@ -548,7 +571,11 @@ pub(super) fn visible_names(h: &HfCheckpoint) -> Result<BTreeMap<String, Option<
             if PARTS.contains(&part) || part.starts_with(STATE) {
                 if !modules.contains_key(m) {
                     let t = Module { src: h, m };
-                    return Err(bad(&t, n, format!("a bitsandbytes component, but {m}.weight has no quant state")));
+                    return Err(bad(
+                        &t,
+                        n,
+                        format!("a bitsandbytes component, but {m}.weight has no quant state"),
+                    ));
                 }
                 continue;
             }
@@ -559,7 +586,11 @@ pub(super) fn visible_names(h: &HfCheckpoint) -> Result<BTreeMap<String, Option<
         let w = format!("{m}.weight");
         if !out.contains_key(&w) {
             let path = h.file_of(&format!("{w}.{STATE}nf4"));
-            return Err(Error::MissingTensor { path, tensor: w, hint: " (it has a bitsandbytes quant state)".into() });
+            return Err(Error::MissingTensor {
+                path,
+                tensor: w,
+                hint: " (it has a bitsandbytes quant state)".into(),
+            });
         }
     }
     Ok(out)
@@ -572,8 +603,7 @@ fn f32s(t: &Module, part: &str, want: usize) -> Result<Vec<f32>> {
     if dt != "F32" || s != [want] {
         return Err(bad(t, &name, format!("is {dt} {s:?}, expected F32 [{want}]")));
     }
-    let v: Vec<f32> =
-        b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+    let v: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         return Err(bad(t, &name, format!("value {} at index {i} is not finite", v[i])));
     }
@@ -624,7 +654,11 @@ pub(super) fn unpack(t: &Module) -> Result<Vec<f32>> {
         }
     };
     if let Some(i) = absmax.iter().position(|v| !v.is_finite()) {
-        return Err(bad(t, &t.name("weight.absmax"), format!("block {i}'s absmax {} is not finite", absmax[i])));
+        return Err(bad(
+            t,
+            &t.name("weight.absmax"),
+            format!("block {i}'s absmax {} is not finite", absmax[i]),
+        ));
     }
     let codes: Vec<u8> = packed.iter().flat_map(|&b| [b >> 4, b & 15]).take(n).collect();
     Ok(dequantize_nf4(&codes, &absmax, s.blocksize))
@@ -676,7 +710,10 @@ mod tests {
         assert_eq!(m[255], 1.0);
         // create_dynamic_map(): 127 negative levels, 0, 127 positive ones and 1.0.
         assert_eq!(m.iter().filter(|v| **v < 0.0).count(), 127);
-        assert_eq!((m[0].to_bits(), m[128].to_bits(), m[254].to_bits()), (0xbf7e3333, 0x3513a3b7, 0x3f7e3333));
+        assert_eq!(
+            (m[0].to_bits(), m[128].to_bits(), m[254].to_bits()),
+            (0xbf7e3333, 0x3513a3b7, 0x3f7e3333)
+        );
     }
 
     #[test]
@@ -692,12 +729,16 @@ mod tests {
         for (i, &m) in mids.iter().enumerate() {
             // On the midpoint: the lower level; just above it: the upper one.
             assert_eq!(nf4_code(m), i as u8);
-            assert_eq!(nf4_code(f32::from_bits(m.to_bits().wrapping_add(if m > 0.0 { 1 } else { u32::MAX }))), i as u8 + 1);
+            assert_eq!(
+                nf4_code(f32::from_bits(m.to_bits().wrapping_add(if m > 0.0 { 1 } else { u32::MAX }))),
+                i as u8 + 1
+            );
         }
         // Nearest level, by brute force, everywhere else.
         for i in 0..=20_000 {
             let x = -1.0 + i as f32 / 10_000.0;
-            let best = (0..16).min_by(|&a, &b| (NF4[a] - x).abs().total_cmp(&(NF4[b] - x).abs())).unwrap_or(0);
+            let best =
+                (0..16).min_by(|&a, &b| (NF4[a] - x).abs().total_cmp(&(NF4[b] - x).abs())).unwrap_or(0);
             let c = nf4_code(x) as usize;
             assert!((NF4[c] - x).abs() <= (NF4[best] - x).abs(), "{x}: {c} vs {best}");
         }
@@ -720,7 +761,11 @@ mod tests {
                 assert_eq!(dq[b * BLOCK + i], blk[i]);
                 for (k, &v) in blk.iter().enumerate() {
                     let e = (dq[b * BLOCK + k] - v).abs();
-                    assert!(e <= widest / 2.0 * am * 1.0001, "block {b} value {k}: {v} → {}", dq[b * BLOCK + k]);
+                    assert!(
+                        e <= widest / 2.0 * am * 1.0001,
+                        "block {b} value {k}: {v} → {}",
+                        dq[b * BLOCK + k]
+                    );
                     // And no other level is closer.
                     let x = v / am;
                     let c = codes[b * BLOCK + k] as usize;
@@ -813,7 +858,10 @@ mod tests {
         assert_eq!(weight.spec.shape, vec![3, 1]);
         assert_eq!(weight.bytes, vec![0xf0, 0x7f, 0x07]);
         let names: Vec<&str> = p.iter().map(|t| t.spec.name.as_str()).collect();
-        assert_eq!(names, ["m.weight", "m.weight.absmax", "m.weight.quant_map", "m.weight.quant_state.bitsandbytes__nf4"]);
+        assert_eq!(
+            names,
+            ["m.weight", "m.weight.absmax", "m.weight.quant_map", "m.weight.quant_state.bitsandbytes__nf4"]
+        );
         let q = Nf4Weights::quantize(&w, 1, 5, 64, true, StateDtype::F32);
         let names: Vec<String> = q.pack("m").into_iter().map(|t| t.spec.name).collect();
         assert_eq!(names.len(), 6);
