@@ -80,6 +80,41 @@ fn reordered(m: &IntMatrix, rows_from: &[usize]) -> (Vec<u8>, Vec<f32>, Vec<u8>)
     (codes, scales, zeros)
 }
 
+/// A source tensor's HF name and, for q/k of a model whose rows llama.cpp permuted, its head count
+/// (the rows go back to HF order with `names::unpermute_qk`).
+fn hf_name_and_heads(
+    src: &ModelSource,
+    t: &quantkit_io::source::SourceTensor,
+) -> Result<(String, Option<u64>)> {
+    let cfg = src.config();
+    let hf = names::gguf_to_hf(&t.name)
+        .ok_or_else(|| Error::Unsupported(format!("tensor '{}' has no Hugging Face name", t.name)))?;
+    let heads =
+        if cfg.arch.permutes_qk() { names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads) } else { None };
+    Ok((hf, heads))
+}
+
+/// A checkpoint folder in `dest`: `model.safetensors` (`outs`), `config.json`, the tokenizer and any
+/// `extra` JSON files, written beside and renamed into place.
+fn write_checkpoint_dir(
+    dest: &Path,
+    src: &ModelSource,
+    outs: &[Packed],
+    config: &Json,
+    extra: &[(&str, &Json)],
+) -> Result<()> {
+    write_dir(dest, |tmp| {
+        let specs: Vec<StTensorSpec> = outs.iter().map(|o| o.spec.clone()).collect();
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        write_safetensors(&tmp.join("model.safetensors"), &specs, &meta, |i, sink| sink(&outs[i].bytes))?;
+        write_json(&tmp.join("config.json"), config)?;
+        for (name, j) in extra {
+            write_json(&tmp.join(name), j)?;
+        }
+        copy_tokenizer(src, tmp)
+    })
+}
+
 /// What was written.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WriteReport {
@@ -122,10 +157,7 @@ pub fn write_int_checkpoint(
     let mut outs: Vec<Packed> = vec![];
     let mut skipped_modules = vec![];
     for t in &tensors {
-        let hf = names::gguf_to_hf(&t.name)
-            .ok_or_else(|| Error::Unsupported(format!("tensor '{}' has no Hugging Face name", t.name)))?;
-        let heads =
-            if cfg.arch.permutes_qk() { names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads) } else { None };
+        let (hf, heads) = hf_name_and_heads(src, t)?;
         let (rows, cols) = (t.rows(), t.row_len());
         if let Some(m) = quantized.get(&t.name) {
             let order: Vec<usize> = match heads {
@@ -249,16 +281,12 @@ pub fn write_int_checkpoint(
     });
 
     let bytes: u64 = outs.iter().map(|o| o.bytes.len() as u64).sum();
-    write_dir(dest, |tmp| {
-        let specs: Vec<StTensorSpec> = outs.iter().map(|o| o.spec.clone()).collect();
-        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-        write_safetensors(&tmp.join("model.safetensors"), &specs, &meta, |i, sink| sink(&outs[i].bytes))?;
-        write_json(&tmp.join("config.json"), &config)?;
-        if matches!(fmt, IntFormat::GptqV1 | IntFormat::GptqV2) {
-            write_json(&tmp.join("quantize_config.json"), &qc)?;
-        }
-        copy_tokenizer(src, tmp)
-    })?;
+    let extra: Vec<(&str, &Json)> = if matches!(fmt, IntFormat::GptqV1 | IntFormat::GptqV2) {
+        vec![("quantize_config.json", &qc)]
+    } else {
+        vec![]
+    };
+    write_checkpoint_dir(dest, src, &outs, &config, &extra)?;
     Ok(WriteReport {
         format: fmt,
         dir: dest.to_path_buf(),
@@ -359,10 +387,7 @@ pub fn write_bnb_checkpoint(src: &ModelSource, fmt: BnbFormat, dest: &Path) -> R
     let mut outs: Vec<Packed> = vec![];
     let (mut modules, mut linear_bytes, mut linear_params) = (0usize, 0u64, 0u64);
     for t in &tensors {
-        let hf = names::gguf_to_hf(&t.name)
-            .ok_or_else(|| Error::Unsupported(format!("tensor '{}' has no Hugging Face name", t.name)))?;
-        let heads =
-            if cfg.arch.permutes_qk() { names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads) } else { None };
+        let (hf, heads) = hf_name_and_heads(src, t)?;
         let (rows, cols) = (t.rows(), t.row_len());
         let mut data = src.read(t)?;
         if let Some(h) = heads {
@@ -402,13 +427,7 @@ pub fn write_bnb_checkpoint(src: &ModelSource, fmt: BnbFormat, dest: &Path) -> R
         "nested_blocksize": if fmt.double_quant { json!(bnb::NESTED_BLOCK) } else { Json::Null },
     });
     let bytes: u64 = outs.iter().map(|o| o.bytes.len() as u64).sum();
-    write_dir(dest, |tmp| {
-        let specs: Vec<StTensorSpec> = outs.iter().map(|o| o.spec.clone()).collect();
-        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-        write_safetensors(&tmp.join("model.safetensors"), &specs, &meta, |i, sink| sink(&outs[i].bytes))?;
-        write_json(&tmp.join("config.json"), &config)?;
-        copy_tokenizer(src, tmp)
-    })?;
+    write_checkpoint_dir(dest, src, &outs, &config, &[])?;
     Ok(BnbReport {
         format: fmt.name(),
         dir: dest.to_path_buf(),
