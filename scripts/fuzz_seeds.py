@@ -210,8 +210,46 @@ def calib_layer():
     return b"QKLAYER1" + struct.pack("<Q", len(j)) + j + q8 + codes + params
 
 
+NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                0.7229568362236023, 1.0], dtype=np.float32)
+
+
+def bnb_module(prefix, rows, cols, nested):
+    """One bitsandbytes NF4 module by hand (docs/quantized-layouts.md): codes two a byte, first in the
+    high nibble, absmax per 64 weights (U8 codes + nested state with double quantization)."""
+    g = np.random.default_rng(rows * 1000 + cols + nested)
+    n = rows * cols
+    nb = -(-n // 64)
+    codes = g.integers(0, 16, size=n + n % 2).astype(np.uint8)
+    t = {f"{prefix}.weight": ("U8", ((codes[0::2] << 4) | codes[1::2]).reshape(-1, 1)),
+         f"{prefix}.weight.quant_map": ("F32", NF4)}
+    st = {"quant_type": "nf4", "blocksize": 64, "dtype": "float16", "shape": [rows, cols]}
+    if nested:
+        t[f"{prefix}.weight.absmax"] = ("U8", g.integers(0, 256, size=nb).astype(np.uint8))
+        t[f"{prefix}.weight.nested_absmax"] = ("F32", g.random(-(-nb // 256)).astype(np.float32))
+        t[f"{prefix}.weight.nested_quant_map"] = ("F32", np.linspace(-1, 1, 256).astype(np.float32))
+        st.update({"nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.0123})
+    else:
+        t[f"{prefix}.weight.absmax"] = ("F32", (g.random(nb) * 0.1).astype(np.float32))
+    t[f"{prefix}.weight.quant_state.bitsandbytes__nf4"] = ("U8", np.frombuffer(json.dumps(st).encode(), np.uint8))
+    return t
+
+
+def bnb_seeds(out):
+    (out / "bnb_nf4").mkdir(parents=True, exist_ok=True)
+    (out / "bnb_nf4/nf4.safetensors").write_bytes(safetensors({
+        **bnb_module("model.layers.0.self_attn.q_proj", 4, 64, False),
+        **bnb_module("model.layers.0.mlp.down_proj", 3, 43, False),  # 129 weights: a ragged block, odd count
+    }, {"format": "pt"}))
+    (out / "bnb_nf4/nf4-dq.safetensors").write_bytes(safetensors(
+        bnb_module("model.layers.0.mlp.up_proj", 8, 64, True), {"format": "pt"}))
+
+
 def main():
     out = pathlib.Path(sys.argv[1])
+    bnb_seeds(out)
     (out / "calib_resid").mkdir(parents=True, exist_ok=True)
     (out / "calib_resid/one-block.bin").write_bytes(calib_resid())
     (out / "calib_layer").mkdir(parents=True, exist_ok=True)
@@ -241,6 +279,9 @@ def main():
                "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
                    "num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": 32,
                    "actorder": "static"}}}},
+        "bnb-nf4": {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                    "bnb_4bit_use_double_quant": True, "bnb_4bit_quant_storage": "uint8",
+                    "llm_int8_skip_modules": ["lm_head"]},
     }
     (out / "hf_config/llama.json").write_text(json.dumps(CONFIG))
     (out / "hf_config/qwen2.json").write_text(json.dumps({**CONFIG, "architectures": ["Qwen2ForCausalLM"],

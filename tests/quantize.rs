@@ -278,3 +278,88 @@ fn killed_gptq_run_resumes_to_identical_bytes() {
         assert!(x == y, "{n} differs between the uninterrupted run and the killed + resumed one");
     }
 }
+
+/// bitsandbytes NF4 outputs: byte-identical with 1 or 2 threads; they read back through the engine
+/// (ppl close to the model's), inspect (packed modules shown as their dequantized weight) and
+/// export-hf (a dense folder that quantizes to NF4 again with the same perplexity within 2%);
+/// GPTQ into bnb is refused without leaving anything.
+#[test]
+fn bnb_nf4_outputs_are_deterministic_and_read_back() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let run = |threads: &str, out: &std::path::Path| {
+        ok(&[
+            &"--threads",
+            &threads,
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"rtn",
+            &"-f",
+            &"bnb-nf4",
+            &"-f",
+            &"bnb-nf4-dq",
+            &"-o",
+            &out,
+        ]);
+        files(out)
+    };
+    let (a, b) = (run("1", &t.path().join("a")), run("2", &t.path().join("b")));
+    assert!(a.len() >= 6, "{:?}", a.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert!(a == b, "bnb outputs differ between 1 and 2 threads");
+    let base = {
+        let o =
+            ok(&[&"ppl", &stories(), &"--text", &calib(), &"--ctx", &"128", &"--chunks", &"4", &"--json"]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json")["ppl"].as_f64().expect("ppl")
+    };
+    for f in ["bnb-nf4", "bnb-nf4-dq"] {
+        let d = t.path().join("a").join(f);
+        let o = ok(&[&"ppl", &d, &"--text", &calib(), &"--ctx", &"128", &"--chunks", &"4", &"--json"]);
+        let q = serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json")["ppl"]
+            .as_f64()
+            .expect("ppl");
+        assert!(q.is_finite() && q > base * 0.9 && q < base * 1.5, "{f}: ppl {q} vs {base}");
+        let o = ok(&[&"inspect", &d]);
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(text.contains("model.layers.0.mlp.down_proj.weight") && !text.contains("absmax"), "{text}");
+        // NF4 → dense f32 → NF4 again.
+        let dense = t.path().join(format!("{f}-dense"));
+        ok(&[&"export-hf", &d, &"-o", &dense, &"--dtype", &"f32"]);
+        let again = t.path().join(format!("{f}-again"));
+        ok(&[&"quantize", &dense, &"--method", &"rtn", &"-f", &"bnb-nf4", &"-o", &again]);
+        let ppl2 = ok(&[
+            &"ppl",
+            &again.join("bnb-nf4"),
+            &"--text",
+            &calib(),
+            &"--ctx",
+            &"128",
+            &"--chunks",
+            &"4",
+            &"--json",
+        ]);
+        let q2 = serde_json::from_slice::<serde_json::Value>(&ppl2.stdout).expect("json")["ppl"]
+            .as_f64()
+            .expect("ppl");
+        assert!((q2 / q - 1.0).abs() < 0.02, "{f}: re-quantized export {q2} vs {q}");
+    }
+    let out = t.path().join("refused");
+    fails_with(
+        &[
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"gptq",
+            &"--calib",
+            &calib(),
+            &"-f",
+            &"bnb-nf4",
+            &"-o",
+            &out,
+        ],
+        &["bnb-nf4", "--method rtn"],
+    );
+    assert!(!out.join("bnb-nf4").exists());
+}

@@ -10,9 +10,10 @@
 //!
 //! One generator per input format, each in its own module: [`gguf`] (every section of a GGUF file,
 //! walked independently of quantkit's reader), [`safetensors`] (header and data), [`config`]
-//! (config.json values) and [`text`] (tokenizer.json, the text and corpus
-//! inputs of ppl and calib, a KLD base-logits file).
+//! (config.json values), [`text`] (tokenizer.json, the text and corpus
+//! inputs of ppl and calib, a KLD base-logits file) and [`bnb`] (bitsandbytes NF4 checkpoints).
 
+mod bnb;
 #[path = "../common/mod.rs"]
 mod common;
 mod config;
@@ -172,5 +173,6 @@ fn malformed_input_corpus() {
     safetensors::safetensors_variants(&mut s);
     config::config_variants(&mut s);
     text::tokenizer_and_text_variants(&mut s, &g);
+    bnb::bnb_variants(&mut s);
     s.finish();
 }

@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("base_logits", base_logits),
     ("calib_resid", calib_resid),
     ("calib_layer", calib_layer),
+    ("bnb_nf4", bnb_nf4),
 ];
 
 /// Run target `name` on `data` (panics on an unknown name: a harness bug, not an input one).
@@ -83,6 +84,15 @@ pub fn safetensors(data: &[u8]) {
     }
 }
 
+/// A bitsandbytes NF4 checkpoint's tensors (a safetensors file): every module's quant-state JSON,
+/// component dtypes/shapes/sizes, then its dequantization.
+pub fn bnb_nf4(data: &[u8]) {
+    let Ok(f) = SafetensorsFile::from_bytes(data.to_vec(), "fuzz.safetensors") else { return };
+    for r in quantkit_io::layout::bnb::dequantize_file(&f, MAX_ELEMS as usize) {
+        names_file(&r, "fuzz.safetensors");
+    }
+}
+
 /// config.json: JSON, the model description and a `quantization_config`.
 pub fn hf_config(data: &[u8]) {
     let p = Path::new("fuzz/config.json");
@@ -90,7 +100,7 @@ pub fn hf_config(data: &[u8]) {
     names_file(&r, "config.json");
     let Ok(j) = r else { return };
     names_file(&quantkit_io::config::ModelConfig::from_hf(&j, p), "config.json");
-    names_file(&quantkit_io::layout::LayoutConfig::from_config(&j, p), "config.json");
+    names_file(&quantkit_io::layout::QuantLayout::from_config(&j, p), "config.json");
 }
 
 /// model.safetensors.index.json.
@@ -190,6 +200,28 @@ pub fn calib_layer(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    /// The bitsandbytes seeds dequantize; every single-byte corruption and truncation of them is
+    /// handled (no panic, errors name the file).
+    #[test]
+    fn bnb_nf4_seeds_and_their_corruptions() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fuzz/corpus/bnb_nf4");
+        for name in ["nf4.safetensors", "nf4-dq.safetensors"] {
+            let data = std::fs::read(dir.join(name)).expect("seed");
+            let f = quantkit_io::safetensors::SafetensorsFile::from_bytes(data.clone(), name)
+                .expect("seed parses");
+            let r = quantkit_io::layout::bnb::dequantize_file(&f, usize::MAX);
+            assert!(!r.is_empty() && r.iter().all(|x| matches!(x, Ok(n) if *n > 0)), "{name}: {r:?}");
+            for i in 0..data.len() {
+                for v in [0u8, 0xff, data[i] ^ 1] {
+                    let mut d = data.clone();
+                    d[i] = v;
+                    super::bnb_nf4(&d);
+                }
+                super::bnb_nf4(&data[..i]);
+            }
+        }
+    }
+
     #[test]
     fn every_target_runs_on_empty_and_junk_input() {
         for (name, _) in super::TARGETS {

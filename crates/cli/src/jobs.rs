@@ -17,6 +17,7 @@ use quantkit_quant::grid::IntSpec;
 use quantkit_quant::method::{GgufUse, Knobs, MethodKind, METHODS};
 use quantkit_quant::quantize::{quantize_with, OutFormat, Prepared, Progress, QuantizeOptions, RunSettings};
 use quantkit_quant::recipe::Recipe;
+use quantkit_quant::writers::BnbFormat;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -27,11 +28,23 @@ use sha2::{Digest, Sha256};
 /// * `gptq:q4_k_m` — the same mix with GPTQ error feedback (needs calibration);
 /// * `rtn:4:128`, `gptq:4:128`, `awq:4:128`, optionally `:sym`/`:asym` — an integer checkpoint
 ///   (GPTQ layout for rtn/gptq, AWQ GEMM for awq; group `-1` = per channel);
+/// * `nf4`, `nf4-dq` — a bitsandbytes 4-bit NF4 checkpoint (blocks of 64, round to nearest as bnb
+///   quantizes on load; `-dq` with double-quantized absmax values);
 /// * `path/to/recipe.toml` — a recipe file (`convert --print-recipe` writes one) into GGUF.
 #[derive(Debug, Clone)]
 pub enum Spec {
     Gguf { recipe: Box<Recipe>, gptq: bool },
     Int { method: MethodKind, int: IntSpec },
+    Bnb(BnbFormat),
+}
+
+/// The bitsandbytes recipe strings: `nf4`, `nf4-dq`.
+fn bnb_recipe(s: &str) -> Option<BnbFormat> {
+    match s.to_ascii_lowercase().as_str() {
+        "nf4" => Some(BnbFormat { double_quant: false }),
+        "nf4-dq" => Some(BnbFormat { double_quant: true }),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -82,11 +95,12 @@ impl RecipeSpec {
                     Spec::Int { method, int }
                 }
             }
+            [b] if bnb_recipe(b).is_some() => Spec::Bnb(bnb_recipe(b).expect("matched")),
             [mix] => Spec::Gguf { recipe: Box::new(Recipe::named(mix)?), gptq: false },
             _ => {
                 let methods: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
                 return Err(Error::Invalid(format!(
-                    "recipe {t:?}: expected a mix (q4_k_m), gptq:<mix>, {}:<bits>:<group>[:sym|asym] or a .toml file",
+                    "recipe {t:?}: expected a mix (q4_k_m), gptq:<mix>, {}:<bits>:<group>[:sym|asym], nf4, nf4-dq or a .toml file",
                     methods.join("|")
                 )));
             }
@@ -110,6 +124,7 @@ impl RecipeSpec {
         match &self.spec {
             Spec::Gguf { gptq, .. } => *gptq,
             Spec::Int { method, .. } => method.info().needs_calibration,
+            Spec::Bnb(_) => false,
         }
     }
 
@@ -130,6 +145,7 @@ impl RecipeSpec {
                 int.label(),
                 if int.sym { " sym" } else { " asym" }
             ),
+            Spec::Bnb(f) => f.name().to_string(),
         }
     }
 }
@@ -214,6 +230,18 @@ pub fn quantize_recipe(
                         run: RunSettings::default(),
                     },
                     method.info().default_layout.dir_name().to_string(),
+                ),
+                Spec::Bnb(f) => (
+                    QuantizeOptions {
+                        method: "rtn".parse()?,
+                        int: None,
+                        knobs: Knobs::default(),
+                        formats: vec![OutFormat::Bnb(*f)],
+                        calib: None,
+                        write_imatrix: false,
+                        run: RunSettings::default(),
+                    },
+                    f.name().to_string(),
                 ),
             };
             // quantize writes a folder (the output plus its report): build it beside `dest`, then
@@ -400,9 +428,24 @@ mod tests {
             matches!(r.spec, Spec::Int { method, int: i } if method.name() == "rtn" && i == int(3, None, false))
         );
         assert!(!r.needs_calibration());
-        for bad in
-            ["q9_z", "awq:3:128", "rtn:q4_k_m", "gptq:x:128", "gptq:4:128:maybe", "a:b:c:d:e", "missing.toml"]
-        {
+        for (text, dq) in [("nf4", false), ("nf4-dq", true), ("NF4-DQ", true)] {
+            let r = RecipeSpec::parse(text, b).expect("nf4");
+            assert!(matches!(r.spec, Spec::Bnb(f) if f.double_quant == dq), "{text}");
+            assert!(!r.is_gguf() && !r.needs_calibration());
+            assert_eq!(r.format(), if dq { "bnb-nf4-dq" } else { "bnb-nf4" });
+        }
+        assert_eq!(RecipeSpec::parse("nf4-dq", b).expect("nf4").slug(), "nf4-dq");
+        for bad in [
+            "q9_z",
+            "nf4:dq",
+            "nf4-dq2",
+            "awq:3:128",
+            "rtn:q4_k_m",
+            "gptq:x:128",
+            "gptq:4:128:maybe",
+            "a:b:c:d:e",
+            "missing.toml",
+        ] {
             assert!(RecipeSpec::parse(bad, b).is_err(), "{bad}");
         }
     }

@@ -19,8 +19,8 @@ pub struct HfCheckpoint {
     shards: Vec<SafetensorsFile>,
     /// tensor name → shard index
     locations: BTreeMap<String, usize>,
-    /// GPTQ / AWQ / compressed-tensors checkpoints: how the packed tensors read.
-    pub quant: Option<crate::layout::LayoutConfig>,
+    /// GPTQ / AWQ / compressed-tensors / bitsandbytes checkpoints: how the packed tensors read.
+    pub quant: Option<crate::layout::QuantLayout>,
     /// Tensor names as presented: packed modules appear as their dequantized `<m>.weight`.
     visible: BTreeMap<String, Option<(usize, usize)>>,
 }
@@ -119,7 +119,7 @@ impl HfCheckpoint {
                 dir.display()
             )));
         }
-        let quant = crate::layout::LayoutConfig::from_config(&raw_config, &config_path)?;
+        let quant = crate::layout::QuantLayout::from_config(&raw_config, &config_path)?;
         let mut me = Self { dir, config, raw_config, shards, locations, quant, visible: BTreeMap::new() };
         me.visible = match &me.quant {
             Some(q) => q.visible_names(&me)?,

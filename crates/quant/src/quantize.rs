@@ -21,25 +21,34 @@ use crate::convert::{convert, ConvertOptions, TensorOverride};
 use crate::grid::{IntMatrix, IntSpec, Quantized};
 use crate::method::{GgufUse, Knobs, LayerReport, MethodKind, Pass, PassResult, Target};
 use crate::recipe::{ModelInfo, Recipe};
-use crate::writers::{self, IntFormat, QuantInfo, WriteReport};
+use crate::writers::{self, BnbFormat, BnbReport, IntFormat, QuantInfo, WriteReport};
 
 /// One requested output.
 #[derive(Debug, Clone)]
 pub enum OutFormat {
     Int(IntFormat),
     Gguf(Box<Recipe>),
+    /// bitsandbytes 4-bit NF4 (round to nearest, as bnb quantizes on load).
+    Bnb(BnbFormat),
 }
 
 impl OutFormat {
-    /// `gptq`, `gptq-v2`, `awq`, `compressed-tensors`, `gguf:<type or mix>`.
+    /// `gptq`, `gptq-v2`, `awq`, `compressed-tensors`, `bnb-nf4`, `bnb-nf4-dq`, `gguf:<type or mix>`.
     pub fn parse(s: &str) -> Result<Self> {
         if let Ok(f) = IntFormat::parse(s) {
             return Ok(OutFormat::Int(f));
         }
+        if let Some(f) = BnbFormat::parse(s) {
+            return Ok(OutFormat::Bnb(f));
+        }
         match s.strip_prefix("gguf:") {
             Some(t) => Ok(OutFormat::Gguf(Box::new(Recipe::named(t)?))),
             None => {
-                let names: Vec<&str> = IntFormat::ALL.iter().map(|l| l.name()).collect();
+                let names: Vec<&str> = IntFormat::ALL
+                    .iter()
+                    .map(|l| l.name())
+                    .chain(BnbFormat::ALL.iter().map(|f| f.name()))
+                    .collect();
                 Err(Error::Invalid(format!("unknown format {s:?} ({}, gguf:<type>)", names.join(", "))))
             }
         }
@@ -49,8 +58,13 @@ impl OutFormat {
     pub fn layout(&self) -> Option<IntFormat> {
         match self {
             OutFormat::Int(f) => Some(*f),
-            OutFormat::Gguf(_) => None,
+            OutFormat::Gguf(_) | OutFormat::Bnb(_) => None,
         }
+    }
+
+    /// Whether it is a GGUF mix.
+    pub fn is_gguf(&self) -> bool {
+        matches!(self, OutFormat::Gguf(_))
     }
 }
 
@@ -144,6 +158,8 @@ pub struct OutputReport {
     pub bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<WriteReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bnb: Option<BnbReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bits_per_weight: Option<f64>,
 }
@@ -293,8 +309,18 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
             info.name
         )));
     }
-    if let (GgufUse::No(why), true) = (info.gguf, opts.formats.iter().any(|f| f.layout().is_none())) {
+    if let (GgufUse::No(why), true) = (info.gguf, opts.formats.iter().any(OutFormat::is_gguf)) {
         return Err(Error::Unsupported(why.into()));
+    }
+    if let Some(OutFormat::Bnb(f)) = opts.formats.iter().find(|f| matches!(f, OutFormat::Bnb(_))) {
+        if opts.method.name() != "rtn" {
+            return Err(Error::Unsupported(format!(
+                "{}: bitsandbytes checkpoints are NF4 rounded to nearest, as bitsandbytes quantizes on load; \
+                 use --method rtn (not {})",
+                f.name(),
+                opts.method.name()
+            )));
+        }
     }
     let layouts: Vec<IntFormat> = opts.formats.iter().filter_map(OutFormat::layout).collect();
     let int = if layouts.is_empty() {
@@ -454,9 +480,27 @@ pub fn quantize_with(
                 path: dest.clone(),
                 bytes: dir_bytes(&dest.join("model.safetensors")),
                 detail: Some(rep),
+                bnb: None,
                 bits_per_weight: None,
             });
         }
+    }
+
+    // bitsandbytes NF4: straight from the weights.
+    for f in &opts.formats {
+        let OutFormat::Bnb(b) = f else { continue };
+        let dest = out.join(b.name());
+        progress.stage(b.name(), 1);
+        let rep = writers::write_bnb_checkpoint(&src, *b, &dest)?;
+        progress.tick(1);
+        outputs.push(OutputReport {
+            format: b.name().to_string(),
+            path: dest.clone(),
+            bytes: dir_bytes(&dest.join("model.safetensors")),
+            detail: None,
+            bnb: Some(rep),
+            bits_per_weight: None,
+        });
     }
 
     // GGUF mixes.
@@ -514,6 +558,7 @@ pub fn quantize_with(
             path: dest,
             bytes: rep.output_bytes,
             detail: None,
+            bnb: None,
             bits_per_weight: Some(rep.bits_per_weight),
         });
     }

@@ -8,11 +8,15 @@
 //! original group's `(scale, zero)` repeated — the weights are identical, and the metadata says so.
 //! Modules a format cannot pack stay in fp16 and are listed the way each loader skips modules.
 //! Every file is written into a temporary folder renamed into place.
+//!
+//! bitsandbytes NF4 checkpoints ([`write_bnb_checkpoint`]) are not an integer grid: every linear of
+//! every block is quantized here as bnb's `quantize_4bit` does on load (`quantkit_io::layout::bnb`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use quantkit_core::{AtomicDir, Error, Result};
+use quantkit_io::layout::bnb::{self, BnbConfig, Nf4Weights, StateDtype};
 use quantkit_io::layout::{f16_bytes, IntWeights, LayoutConfig, Packed};
 use quantkit_io::names::{self, Proj};
 use quantkit_io::safetensors::{write_safetensors, StTensorSpec};
@@ -76,6 +80,41 @@ fn reordered(m: &IntMatrix, rows_from: &[usize]) -> (Vec<u8>, Vec<f32>, Vec<u8>)
     (codes, scales, zeros)
 }
 
+/// A source tensor's HF name and, for q/k of a model whose rows llama.cpp permuted, its head count
+/// (the rows go back to HF order with `names::unpermute_qk`).
+fn hf_name_and_heads(
+    src: &ModelSource,
+    t: &quantkit_io::source::SourceTensor,
+) -> Result<(String, Option<u64>)> {
+    let cfg = src.config();
+    let hf = names::gguf_to_hf(&t.name)
+        .ok_or_else(|| Error::Unsupported(format!("tensor '{}' has no Hugging Face name", t.name)))?;
+    let heads =
+        if cfg.arch.permutes_qk() { names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads) } else { None };
+    Ok((hf, heads))
+}
+
+/// A checkpoint folder in `dest`: `model.safetensors` (`outs`), `config.json`, the tokenizer and any
+/// `extra` JSON files, written beside and renamed into place.
+fn write_checkpoint_dir(
+    dest: &Path,
+    src: &ModelSource,
+    outs: &[Packed],
+    config: &Json,
+    extra: &[(&str, &Json)],
+) -> Result<()> {
+    write_dir(dest, |tmp| {
+        let specs: Vec<StTensorSpec> = outs.iter().map(|o| o.spec.clone()).collect();
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        write_safetensors(&tmp.join("model.safetensors"), &specs, &meta, |i, sink| sink(&outs[i].bytes))?;
+        write_json(&tmp.join("config.json"), config)?;
+        for (name, j) in extra {
+            write_json(&tmp.join(name), j)?;
+        }
+        copy_tokenizer(src, tmp)
+    })
+}
+
 /// What was written.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WriteReport {
@@ -118,10 +157,7 @@ pub fn write_int_checkpoint(
     let mut outs: Vec<Packed> = vec![];
     let mut skipped_modules = vec![];
     for t in &tensors {
-        let hf = names::gguf_to_hf(&t.name)
-            .ok_or_else(|| Error::Unsupported(format!("tensor '{}' has no Hugging Face name", t.name)))?;
-        let heads =
-            if cfg.arch.permutes_qk() { names::qk_heads(&t.name, cfg.n_heads, cfg.n_kv_heads) } else { None };
+        let (hf, heads) = hf_name_and_heads(src, t)?;
         let (rows, cols) = (t.rows(), t.row_len());
         if let Some(m) = quantized.get(&t.name) {
             let order: Vec<usize> = match heads {
@@ -245,16 +281,12 @@ pub fn write_int_checkpoint(
     });
 
     let bytes: u64 = outs.iter().map(|o| o.bytes.len() as u64).sum();
-    write_dir(dest, |tmp| {
-        let specs: Vec<StTensorSpec> = outs.iter().map(|o| o.spec.clone()).collect();
-        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-        write_safetensors(&tmp.join("model.safetensors"), &specs, &meta, |i, sink| sink(&outs[i].bytes))?;
-        write_json(&tmp.join("config.json"), &config)?;
-        if matches!(fmt, IntFormat::GptqV1 | IntFormat::GptqV2) {
-            write_json(&tmp.join("quantize_config.json"), &qc)?;
-        }
-        copy_tokenizer(src, tmp)
-    })?;
+    let extra: Vec<(&str, &Json)> = if matches!(fmt, IntFormat::GptqV1 | IntFormat::GptqV2) {
+        vec![("quantize_config.json", &qc)]
+    } else {
+        vec![]
+    };
+    write_checkpoint_dir(dest, src, &outs, &config, &extra)?;
     Ok(WriteReport {
         format: fmt,
         dir: dest.to_path_buf(),
@@ -307,4 +339,100 @@ pub fn write_dir(dest: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result
     let staged = AtomicDir::create(dest)?;
     build(staged.path())?;
     staged.commit()
+}
+
+/// A bitsandbytes 4-bit output: NF4, with or without double quantization of the absmax values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct BnbFormat {
+    pub double_quant: bool,
+}
+
+impl BnbFormat {
+    pub const ALL: [BnbFormat; 2] = [BnbFormat { double_quant: false }, BnbFormat { double_quant: true }];
+
+    /// The name on the command line (`--format`) and of the output folder.
+    pub fn name(self) -> &'static str {
+        if self.double_quant {
+            "bnb-nf4-dq"
+        } else {
+            "bnb-nf4"
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BnbFormat> {
+        BnbFormat::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
+/// What a bitsandbytes checkpoint holds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BnbReport {
+    pub format: &'static str,
+    pub dir: PathBuf,
+    pub bytes: u64,
+    pub quantized_modules: usize,
+    /// Bits per weight of the quantized linears: 4 + the absmax (+ nested state) overhead.
+    pub linear_bits_per_weight: f64,
+}
+
+/// Write `src` as a bitsandbytes 4-bit NF4 checkpoint in `dest`: what transformers'
+/// `from_pretrained(..., quantization_config=BitsAndBytesConfig(load_in_4bit=True,
+/// bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=…), dtype=torch.float16)` followed by
+/// `save_pretrained` writes. Every linear of every block is quantized (bnb blocks the flattened
+/// weight, so any shape packs) from its float16 value, blocks of 64; the embeddings, norms and an
+/// untied `lm_head` stay float16 (`llm_int8_skip_modules: ["lm_head"]`).
+pub fn write_bnb_checkpoint(src: &ModelSource, fmt: BnbFormat, dest: &Path) -> Result<BnbReport> {
+    let cfg = src.config();
+    let tensors = src.tensors()?;
+    let mut outs: Vec<Packed> = vec![];
+    let (mut modules, mut linear_bytes, mut linear_params) = (0usize, 0u64, 0u64);
+    for t in &tensors {
+        let (hf, heads) = hf_name_and_heads(src, t)?;
+        let (rows, cols) = (t.rows(), t.row_len());
+        let mut data = src.read(t)?;
+        if let Some(h) = heads {
+            data = names::unpermute_qk(&data, rows, h as usize);
+        }
+        if Proj::of_weight(&t.name).is_some() {
+            // bnb quantizes the float16 weight transformers loaded.
+            let w: Vec<f32> = data.iter().map(|&v| StateDtype::F16.round(v)).collect();
+            if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+                return Err(Error::bad_tensor(
+                    &t.name,
+                    format!("value {} at index {i} is not finite as float16 (bitsandbytes quantizes the float16 weight)", data[i]),
+                ));
+            }
+            let q = Nf4Weights::quantize(&w, rows, cols, bnb::BLOCK, fmt.double_quant, StateDtype::F16);
+            let packed = q.pack(hf.trim_end_matches(".weight"));
+            linear_bytes += packed.iter().map(|p| p.bytes.len() as u64).sum::<u64>();
+            linear_params += (rows * cols) as u64;
+            modules += 1;
+            outs.extend(packed);
+            continue;
+        }
+        let shape = if t.dims.len() == 2 { vec![rows, cols] } else { vec![cols] };
+        outs.push(Packed::new(hf, Dtype::F16, shape, f16_bytes(data.into_iter())));
+    }
+    if modules == 0 {
+        return Err(Error::Invalid("nothing was quantized".into()));
+    }
+    outs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    let mut config = cfg.to_hf_json("float16");
+    config["quantization_config"] = BnbConfig { double_quant: fmt.double_quant }.to_json();
+    config["quantkit"] = json!({
+        "method": "rtn",
+        "format": fmt.name(),
+        "quant_state_dtype": "float16",
+        "blocksize": bnb::BLOCK,
+        "nested_blocksize": if fmt.double_quant { json!(bnb::NESTED_BLOCK) } else { Json::Null },
+    });
+    let bytes: u64 = outs.iter().map(|o| o.bytes.len() as u64).sum();
+    write_checkpoint_dir(dest, src, &outs, &config, &[])?;
+    Ok(BnbReport {
+        format: fmt.name(),
+        dir: dest.to_path_buf(),
+        bytes,
+        quantized_modules: modules,
+        linear_bits_per_weight: linear_bytes as f64 * 8.0 / linear_params.max(1) as f64,
+    })
 }

@@ -4,6 +4,9 @@
 //!
 //! * [`Layout`] names a layout and answers what it can hold ([`Layout::packs_bits`],
 //!   [`Layout::stores_g_idx`], [`Layout::zero_min`], [`Layout::packs`], [`Layout::file_group`]).
+//! * [`QuantLayout`] is what `config.json`'s `quantization_config` says a checkpoint holds: one of
+//!   those integer layouts, or bitsandbytes 4-bit NF4 (`bnb.rs`: quantization, packing and
+//!   unpacking of bnb's blockwise absmax format, which is not an integer grid).
 //! * [`LayoutConfig`] is a layout with its parameters: read from `config.json`'s
 //!   `quantization_config` ([`LayoutConfig::from_config`]), it presents every packed module of a
 //!   checkpoint as its dequantized `<m>.weight` (f32, `[out, in]`; every shape is checked against the
@@ -11,6 +14,7 @@
 //!   ([`IntWeights`]) into the layout's tensors ([`LayoutConfig::pack`]).
 
 mod awq;
+pub mod bnb;
 mod compressed_tensors;
 mod gptq;
 
@@ -163,6 +167,43 @@ impl FromStr for Layout {
     type Err = Error;
     fn from_str(s: &str) -> Result<Layout> {
         Layout::parse(s)
+    }
+}
+
+/// How a quantized checkpoint's packed modules read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantLayout {
+    /// GPTQ v1/v2, AWQ GEMM, compressed-tensors.
+    Int(LayoutConfig),
+    /// bitsandbytes 4-bit (`quant_method: "bitsandbytes"`, `load_in_4bit`), NF4.
+    Bnb(bnb::BnbConfig),
+}
+
+impl QuantLayout {
+    /// From `config.json`'s `quantization_config` (`None` when absent).
+    pub fn from_config(cfg: &Json, path: &Path) -> Result<Option<Self>> {
+        if let Some(q) = cfg.get("quantization_config") {
+            if q.get("quant_method").and_then(Json::as_str) == Some("bitsandbytes") {
+                return bnb::BnbConfig::from_config(q, path).map(|c| Some(QuantLayout::Bnb(c)));
+            }
+        }
+        Ok(LayoutConfig::from_config(cfg, path)?.map(QuantLayout::Int))
+    }
+
+    /// Presented names: stored ones minus packed components, plus `<m>.weight` (with `[out, in]`).
+    pub fn visible_names(&self, h: &HfCheckpoint) -> Result<BTreeMap<String, Option<(usize, usize)>>> {
+        match self {
+            QuantLayout::Int(c) => c.visible_names(h),
+            QuantLayout::Bnb(_) => bnb::visible_names(h),
+        }
+    }
+
+    /// The dequantized weight of module `m`, row-major `[out, in]`, in f32.
+    pub fn dequantize(&self, h: &HfCheckpoint, m: &str) -> Result<Vec<f32>> {
+        match self {
+            QuantLayout::Int(c) => c.dequantize(h, m),
+            QuantLayout::Bnb(_) => bnb::unpack(&Module { src: h, m }),
+        }
     }
 }
 
@@ -455,11 +496,33 @@ fn gcd(a: usize, b: usize) -> usize {
 /// Stored tensors by name: raw bytes, dtype (`"I32"`, `"F16"`, …) and shape.
 trait RawTensors {
     fn raw(&self, name: &str) -> Result<(&[u8], String, Vec<usize>)>;
+    /// The file that holds a stored tensor (for error messages).
+    fn file_of(&self, name: &str) -> std::path::PathBuf;
 }
 
 impl RawTensors for HfCheckpoint {
     fn raw(&self, name: &str) -> Result<(&[u8], String, Vec<usize>)> {
         HfCheckpoint::raw(self, name)
+    }
+
+    fn file_of(&self, name: &str) -> std::path::PathBuf {
+        HfCheckpoint::file_of(self, name)
+    }
+}
+
+impl RawTensors for crate::safetensors::SafetensorsFile {
+    fn raw(&self, name: &str) -> Result<(&[u8], String, Vec<usize>)> {
+        let info = self.info(name).ok_or_else(|| Error::MissingTensor {
+            path: self.path().to_path_buf(),
+            tensor: name.into(),
+            hint: String::new(),
+        })?;
+        let (dtype, shape) = (format!("{:?}", info.dtype), info.shape.clone());
+        Ok((self.data(name)?, dtype, shape))
+    }
+
+    fn file_of(&self, _name: &str) -> std::path::PathBuf {
+        self.path().to_path_buf()
     }
 }
 

@@ -99,6 +99,41 @@ impl RawTensors for Mem {
             self.0.iter().find(|p| p.spec.name == name).ok_or_else(|| Error::bad_tensor(name, "absent"))?;
         Ok((&p.bytes, format!("{:?}", p.spec.dtype), p.spec.shape.clone()))
     }
+
+    fn file_of(&self, _: &str) -> std::path::PathBuf {
+        "memory".into()
+    }
+}
+
+/// bitsandbytes NF4: what `pack` stores, `unpack` reads back as exactly the weights the quantizer
+/// stands for, with and without double quantization, for shapes with a ragged last block and an
+/// odd weight count; damaged components are errors naming the tensor and the file.
+#[test]
+fn bnb_nf4_pack_unpack_round_trip() {
+    use super::bnb::{Nf4Weights, StateDtype};
+    for (rows, cols) in [(64, 172), (172, 64), (3, 43), (5, 7), (600, 64)] {
+        let w: Vec<f32> =
+            (0..rows * cols).map(|i| ((i as f32 * 0.7548).sin() + (i % 13) as f32 * 0.01) * 0.03).collect();
+        for dq in [false, true] {
+            let q = Nf4Weights::quantize(&w, rows, cols, 64, dq, StateDtype::F16);
+            let packed = Mem(q.pack("m"));
+            let got = super::bnb::unpack(&Module { src: &packed, m: "m" }).expect("unpack");
+            assert_eq!(got, q.dequantize(), "{rows}x{cols} dq={dq}");
+            let err = |edit: &dyn Fn(&mut Vec<Packed>)| {
+                let mut p = q.pack("m");
+                edit(&mut p);
+                super::bnb::unpack(&Module { src: &Mem(p), m: "m" }).expect_err("damaged").to_string()
+            };
+            let e = err(&|p| p.retain(|t| t.spec.name != "m.weight.quant_map"));
+            assert!(e.contains("m.weight.quant_map"), "{e}");
+            let e = err(&|p| {
+                let t = p.iter_mut().find(|t| t.spec.name == "m.weight").expect("w");
+                t.bytes.push(0);
+                t.spec.shape = vec![t.bytes.len(), 1];
+            });
+            assert!(e.contains("m.weight") && e.contains("memory"), "{e}");
+        }
+    }
 }
 
 fn round_trip(layout: Layout, bits: u32, sym: bool, group: usize) {
