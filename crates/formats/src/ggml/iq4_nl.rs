@@ -274,9 +274,9 @@ mod tests {
             let want = (0..16)
                 .min_by(|&a, &b| {
                     let (da, db) = ((x - KVALUES_IQ4NL[a] as f32).abs(), (x - KVALUES_IQ4NL[b] as f32).abs());
-                    da.partial_cmp(&db).unwrap().then(b.cmp(&a))
+                    da.total_cmp(&db).then(b.cmp(&a))
                 })
-                .unwrap();
+                .expect("16 levels");
             assert_eq!(best_index_int8(&KVALUES_IQ4NL, x) as usize, want, "x = {x}");
         }
     }

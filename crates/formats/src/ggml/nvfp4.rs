@@ -44,7 +44,8 @@ pub fn ue4m3_to_f32_half(x: u8) -> f32 {
 
 /// `ggml_fp32_to_ue4m3`: saturating at 448, mantissa rounded up on its first dropped bit.
 pub fn fp32_to_ue4m3(x: f32) -> u8 {
-    if !(x > 0.0) {
+    // Zero, negatives and NaN all give 0 (C's `!(x > 0.0f)`).
+    if x.is_nan() || x <= 0.0 {
         return 0;
     }
     let x = if x > 448.0 { 448.0 } else { x };
