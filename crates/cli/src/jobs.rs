@@ -17,6 +17,7 @@ use quantkit_quant::grid::IntSpec;
 use quantkit_quant::method::{GgufUse, Knobs, MethodKind, METHODS};
 use quantkit_quant::quantize::{quantize_with, OutFormat, Prepared, Progress, QuantizeOptions, RunSettings};
 use quantkit_quant::recipe::Recipe;
+use quantkit_quant::writers::IntFormat;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -27,11 +28,29 @@ use sha2::{Digest, Sha256};
 /// * `gptq:q4_k_m` — the same mix with GPTQ error feedback (needs calibration);
 /// * `rtn:4:128`, `gptq:4:128`, `awq:4:128`, optionally `:sym`/`:asym` — an integer checkpoint
 ///   (GPTQ layout for rtn/gptq, AWQ GEMM for awq; group `-1` = per channel);
+/// * `w8a16`, `w8a8` (round to nearest) and `gptq:w8a16`, `gptq:w8a8` — llm-compressor's int8
+///   schemes as compressed-tensors writes them (per-channel symmetric int8: `pack-quantized`
+///   weight-only, `int-quantized` with dynamic int8 activations); `fp8`, `fp8-dynamic` — FP8 E4M3
+///   per-channel weights (`naive-quantized` weight-only, `float-quantized` with dynamic FP8
+///   activations; round to nearest only);
 /// * `path/to/recipe.toml` — a recipe file (`convert --print-recipe` writes one) into GGUF.
 #[derive(Debug, Clone)]
 pub enum Spec {
     Gguf { recipe: Box<Recipe>, gptq: bool },
-    Int { method: MethodKind, int: IntSpec },
+    /// A checkpoint folder in `layout` (an FP8 layout ignores `int`).
+    Int { method: MethodKind, int: IntSpec, layout: IntFormat },
+}
+
+/// The 8-bit compressed-tensors presets (`w8a8`, `gptq:w8a8`, `fp8`, …): their layout, and whether
+/// a calibrated method may make them (the FP8 ones are round to nearest only).
+fn ct8_preset(name: &str) -> Option<(IntFormat, bool)> {
+    match name {
+        "w8a16" => Some((IntFormat::CompressedTensors, true)),
+        "w8a8" => Some((IntFormat::CtW8A8, true)),
+        "fp8" => Some((IntFormat::CtFp8, false)),
+        "fp8-dynamic" => Some((IntFormat::CtFp8Dynamic, false)),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -59,7 +78,22 @@ impl RecipeSpec {
             });
         }
         let parts: Vec<&str> = t.split(':').collect();
+        let per_channel_int8 = IntSpec { bits: 8, group: None, sym: true };
         let spec = match parts.as_slice() {
+            [name] if ct8_preset(name).is_some() => {
+                let (layout, _) = ct8_preset(name).expect("checked");
+                Spec::Int { method: MethodKind::rtn(), int: per_channel_int8, layout }
+            }
+            [m, name] if METHODS.iter().any(|i| i.name == *m) && ct8_preset(name).is_some() => {
+                let (layout, calibrated) = ct8_preset(name).expect("checked");
+                let method: MethodKind = m.parse()?;
+                if !calibrated && method != MethodKind::rtn() {
+                    return Err(Error::Invalid(format!(
+                        "recipe {t:?}: {name} is round to nearest only (write {name})"
+                    )));
+                }
+                Spec::Int { method, int: per_channel_int8, layout }
+            }
             [m, rest @ ..] if !rest.is_empty() && METHODS.iter().any(|i| i.name == *m) => {
                 let method: MethodKind = m.parse()?;
                 if rest.len() == 1 && rest[0].parse::<u32>().is_err() {
@@ -79,14 +113,15 @@ impl RecipeSpec {
                             int.bits
                         )));
                     }
-                    Spec::Int { method, int }
+                    Spec::Int { method, int, layout: info.default_layout }
                 }
             }
             [mix] => Spec::Gguf { recipe: Box::new(Recipe::named(mix)?), gptq: false },
             _ => {
                 let methods: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
                 return Err(Error::Invalid(format!(
-                    "recipe {t:?}: expected a mix (q4_k_m), gptq:<mix>, {}:<bits>:<group>[:sym|asym] or a .toml file",
+                    "recipe {t:?}: expected a mix (q4_k_m), gptq:<mix>, {}:<bits>:<group>[:sym|asym], \
+                     [<method>:]w8a16|w8a8, fp8, fp8-dynamic or a .toml file",
                     methods.join("|")
                 )));
             }
@@ -124,11 +159,13 @@ impl RecipeSpec {
             Spec::Gguf { recipe, gptq } => {
                 format!("gguf:{}{}", recipe.mix.name, if *gptq { " (gptq)" } else { "" })
             }
-            Spec::Int { method, int } => format!(
-                "{} {}{}",
-                method.info().default_layout.dir_name(),
+            Spec::Int { layout, .. } if layout.is_float() => format!("{} fp8 per-channel", layout.dir_name()),
+            Spec::Int { method, int, layout } => format!(
+                "{} {}{}{}",
+                layout.dir_name(),
                 int.label(),
-                if int.sym { " sym" } else { " asym" }
+                if int.sym { " sym" } else { " asym" },
+                if *layout != method.info().default_layout { format!(" ({method})") } else { String::new() }
             ),
         }
     }
@@ -203,17 +240,17 @@ pub fn quantize_recipe(
                     },
                     format!("model-{}.gguf", recipe.mix.name),
                 ),
-                Spec::Int { method, int } => (
+                Spec::Int { method, int, layout } => (
                     QuantizeOptions {
                         method: *method,
                         int: Some(*int),
                         knobs: Knobs { gptq: sh.gptq, ..Knobs::default() },
-                        formats: vec![OutFormat::Int(method.info().default_layout)],
+                        formats: vec![OutFormat::Int(*layout)],
                         calib: None,
                         write_imatrix: false,
                         run: RunSettings::default(),
                     },
-                    method.info().default_layout.dir_name().to_string(),
+                    layout.dir_name().to_string(),
                 ),
             };
             // quantize writes a folder (the output plus its report): build it beside `dest`, then
@@ -389,20 +426,53 @@ mod tests {
         let r = RecipeSpec::parse("gptq:4:128", b).expect("int");
         let int = |bits, group, sym| IntSpec { bits, group, sym };
         assert!(
-            matches!(r.spec, Spec::Int { method, int: i } if method.name() == "gptq" && i == int(4, Some(128), true))
+            matches!(r.spec, Spec::Int { method, int: i, .. } if method.name() == "gptq" && i == int(4, Some(128), true))
         );
         let r = RecipeSpec::parse("awq:4:64", b).expect("awq");
         assert!(
-            matches!(r.spec, Spec::Int { method, int: i } if method.name() == "awq" && i == int(4, Some(64), false))
+            matches!(r.spec, Spec::Int { method, int: i, .. } if method.name() == "awq" && i == int(4, Some(64), false))
         );
         let r = RecipeSpec::parse("rtn:3:-1:asym", b).expect("rtn");
         assert!(
-            matches!(r.spec, Spec::Int { method, int: i } if method.name() == "rtn" && i == int(3, None, false))
+            matches!(r.spec, Spec::Int { method, int: i, .. } if method.name() == "rtn" && i == int(3, None, false))
         );
         assert!(!r.needs_calibration());
-        for bad in
-            ["q9_z", "awq:3:128", "rtn:q4_k_m", "gptq:x:128", "gptq:4:128:maybe", "a:b:c:d:e", "missing.toml"]
-        {
+        // The 8-bit compressed-tensors presets.
+        let c8 = int(8, None, true);
+        for (text, method, layout, calib, slug) in [
+            ("w8a16", "rtn", IntFormat::CompressedTensors, false, "w8a16"),
+            ("w8a8", "rtn", IntFormat::CtW8A8, false, "w8a8"),
+            ("gptq:w8a8", "gptq", IntFormat::CtW8A8, true, "gptq-w8a8"),
+            ("gptq:w8a16", "gptq", IntFormat::CompressedTensors, true, "gptq-w8a16"),
+            ("fp8", "rtn", IntFormat::CtFp8, false, "fp8"),
+            ("fp8-dynamic", "rtn", IntFormat::CtFp8Dynamic, false, "fp8-dynamic"),
+            ("rtn:fp8", "rtn", IntFormat::CtFp8, false, "rtn-fp8"),
+        ] {
+            let r = RecipeSpec::parse(text, b).expect(text);
+            assert!(
+                matches!(r.spec, Spec::Int { method: m, int: i, layout: l } if m.name() == method && i == c8 && l == layout),
+                "{text}: {:?}",
+                r.spec
+            );
+            assert_eq!((r.needs_calibration(), r.is_gguf(), r.slug().as_str()), (calib, false, slug), "{text}");
+        }
+        assert_eq!(RecipeSpec::parse("w8a8", b).expect("w8a8").format(), "ct-w8a8 int8 per-channel sym (rtn)");
+        assert_eq!(RecipeSpec::parse("fp8", b).expect("fp8").format(), "ct-fp8 fp8 per-channel");
+        let e = RecipeSpec::parse("gptq:fp8", b).expect_err("gptq fp8").to_string();
+        assert!(e.contains("round to nearest only"), "{e}");
+        for bad in [
+            "q9_z",
+            "awq:3:128",
+            "rtn:q4_k_m",
+            "gptq:x:128",
+            "gptq:4:128:maybe",
+            "a:b:c:d:e",
+            "missing.toml",
+            "gptq:fp8-dynamic",
+            "awq:fp8",
+            "w8a4",
+            "fp8:dynamic",
+        ] {
             assert!(RecipeSpec::parse(bad, b).is_err(), "{bad}");
         }
     }
