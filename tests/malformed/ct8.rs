@@ -22,8 +22,18 @@ fn read(path: &Path) -> Tensors {
         .map(|(k, t)| {
             let o = &t["data_offsets"];
             let (s, e) = (o[0].as_u64().expect("off") as usize, o[1].as_u64().expect("off") as usize);
-            let shape = t["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().expect("dim") as usize).collect();
-            (k.clone(), t["dtype"].as_str().expect("dtype").to_string(), shape, b[8 + n + s..8 + n + e].to_vec())
+            let shape = t["shape"]
+                .as_array()
+                .expect("shape")
+                .iter()
+                .map(|d| d.as_u64().expect("dim") as usize)
+                .collect();
+            (
+                k.clone(),
+                t["dtype"].as_str().expect("dtype").to_string(),
+                shape,
+                b[8 + n + s..8 + n + e].to_vec(),
+            )
         })
         .collect();
     v.sort_by_key(|t| t.0.clone());
@@ -191,7 +201,8 @@ pub(crate) fn ct8_variants(s: &mut Suite, int8: &Path, fp8: &Path) {
             "weight type unknown",
             int8,
             Box::new(|_, c| {
-                c["quantization_config"]["config_groups"]["group_0"]["weights"]["type"] = serde_json::json!("posit")
+                c["quantization_config"]["config_groups"]["group_0"]["weights"]["type"] =
+                    serde_json::json!("posit")
             }),
             all(&["config.json", "posit"]),
         ),
@@ -199,7 +210,8 @@ pub(crate) fn ct8_variants(s: &mut Suite, int8: &Path, fp8: &Path) {
             "strategy block",
             fp8,
             Box::new(|_, c| {
-                c["quantization_config"]["config_groups"]["group_0"]["weights"]["strategy"] = serde_json::json!("block")
+                c["quantization_config"]["config_groups"]["group_0"]["weights"]["strategy"] =
+                    serde_json::json!("block")
             }),
             all(&["config.json", "block"]),
         ),
@@ -207,7 +219,8 @@ pub(crate) fn ct8_variants(s: &mut Suite, int8: &Path, fp8: &Path) {
             "num_bits 4 in int-quantized",
             int8,
             Box::new(|_, c| {
-                c["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = serde_json::json!(4)
+                c["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] =
+                    serde_json::json!(4)
             }),
             all(&["config.json", "quantization_config", "4"]),
         ),
@@ -215,7 +228,8 @@ pub(crate) fn ct8_variants(s: &mut Suite, int8: &Path, fp8: &Path) {
             "asymmetric",
             int8,
             Box::new(|_, c| {
-                c["quantization_config"]["config_groups"]["group_0"]["weights"]["symmetric"] = serde_json::json!(false)
+                c["quantization_config"]["config_groups"]["group_0"]["weights"]["symmetric"] =
+                    serde_json::json!(false)
             }),
             all(&["config.json", "asymmetric"]),
         ),
@@ -234,6 +248,12 @@ pub(crate) fn ct8_variants(s: &mut Suite, int8: &Path, fp8: &Path) {
         edit(&mut ts, &mut cfg);
         write(&m.join("model.safetensors"), &ts);
         std::fs::write(m.join("config.json"), serde_json::to_vec(&cfg).expect("json")).expect("write");
-        s.check("ct8", label, &d, &args(&["convert", m.to_str().expect("utf8"), "-t", "q8_0", "-o", "{out}"]), expect);
+        s.check(
+            "ct8",
+            label,
+            &d,
+            &args(&["convert", m.to_str().expect("utf8"), "-t", "q8_0", "-o", "{out}"]),
+            expect,
+        );
     }
 }

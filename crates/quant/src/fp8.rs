@@ -85,7 +85,8 @@ mod tests {
     #[test]
     fn rows_use_the_full_range_and_round_to_the_nearest_code() {
         let (rows, cols) = (130, 37); // more rows than one task, odd width
-        let w: Vec<f32> = (0..rows * cols).map(|i| ((i as f32 * 0.731).sin() * (1 + i % 7) as f32) * 0.01).collect();
+        let w: Vec<f32> =
+            (0..rows * cols).map(|i| ((i as f32 * 0.731).sin() * (1 + i % 7) as f32) * 0.01).collect();
         let m = Fp8Matrix::rtn(&w, rows, cols);
         let d = m.dequantize();
         for r in 0..rows {
@@ -93,7 +94,8 @@ mod tests {
             let amax = row.iter().fold(0f32, |a, &x| a.max(x.abs()));
             assert_eq!(m.scales[r], amax / 448.0);
             // The largest magnitude lands on ±448 exactly (up to the division's rounding).
-            let top = m.codes[r * cols..(r + 1) * cols].iter().map(|&c| fp8::to_f32(c).abs()).fold(0f32, f32::max);
+            let top =
+                m.codes[r * cols..(r + 1) * cols].iter().map(|&c| fp8::to_f32(c).abs()).fold(0f32, f32::max);
             assert_eq!(top, 448.0);
             for c in 0..cols {
                 let (x, q) = (row[c], d[r * cols + c]);

@@ -26,12 +26,7 @@ pub(super) fn weight_dtype(layout: Layout) -> &'static str {
 
 /// `quantization_config` of an `int-quantized` / `float-quantized` / `naive-quantized` checkpoint
 /// (`format` is one of those; `w` is the weights' `QuantizationArgs`).
-pub(super) fn from_config(
-    fmt: &str,
-    w: &Json,
-    acts: bool,
-    path: &std::path::Path,
-) -> Result<LayoutConfig> {
+pub(super) fn from_config(fmt: &str, w: &Json, acts: bool, path: &std::path::Path) -> Result<LayoutConfig> {
     let ty = w.get("type").and_then(Json::as_str).unwrap_or("int");
     let bits = w.get("num_bits").and_then(Json::as_u64);
     let layout = match (fmt, ty) {
@@ -105,7 +100,13 @@ pub(super) fn shape(layout: Layout, t: &Module, s: &[usize], dt: &str) -> Result
     Ok((s[0], s[1]))
 }
 
-pub(super) fn unpack(layout: Layout, group: Option<usize>, t: &Module, rows: usize, cols: usize) -> Result<Vec<f32>> {
+pub(super) fn unpack(
+    layout: Layout,
+    group: Option<usize>,
+    t: &Module,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<f32>> {
     if t.raw("weight_zero_point").is_ok() {
         return Err(Error::bad_tensor(
             t.name("weight_zero_point"),
@@ -129,7 +130,10 @@ pub(super) fn unpack(layout: Layout, group: Option<usize>, t: &Module, rows: usi
         }
     };
     if let Some(i) = sc.iter().position(|v| !v.is_finite()) {
-        return Err(Error::bad_tensor(t.name("weight_scale"), format!("value {} at index {i} is not finite", sc[i])));
+        return Err(Error::bad_tensor(
+            t.name("weight_scale"),
+            format!("value {} at index {i} is not finite", sc[i]),
+        ));
     }
     let ng = cols / gs;
     let float = layout.is_float();

@@ -258,8 +258,7 @@ fn fp8_unpacks_what_it_packs_and_refuses_bad_tensors() {
         let damaged = |i: usize, p: Packed| {
             let mut v = m.0.clone();
             v[i] = p;
-            let e = cfg.unpack(&Module { src: &Mem(v), m: "m.q_proj" }).expect_err("damaged").to_string();
-            e
+            cfg.unpack(&Module { src: &Mem(v), m: "m.q_proj" }).expect_err("damaged").to_string()
         };
         let e = damaged(0, Packed::new("m.q_proj.weight".into(), Dtype::I8, vec![rows, cols], codes.clone()));
         assert!(e.contains("m.q_proj.weight") && e.contains("I8") && e.contains("F8_E4M3"), "{e}");
