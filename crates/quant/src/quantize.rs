@@ -332,6 +332,26 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
     Ok(Plan { layouts, int, fp8 })
 }
 
+/// Write the checkpoint folder of `fmt` in `out` with `write` (one progress stage) and report it.
+fn write_folder(
+    fmt: IntFormat,
+    out: &Path,
+    progress: &dyn Progress,
+    write: impl FnOnce(&Path) -> Result<WriteReport>,
+) -> Result<OutputReport> {
+    let dest = out.join(fmt.dir_name());
+    progress.stage(fmt.dir_name(), 1);
+    let rep = write(&dest)?;
+    progress.tick(1);
+    Ok(OutputReport {
+        format: fmt.dir_name().to_string(),
+        bytes: dir_bytes(&dest.join("model.safetensors")),
+        path: dest,
+        detail: Some(rep),
+        bits_per_weight: None,
+    })
+}
+
 /// A source tensor's values, refused (naming it) when one is not finite.
 fn read_finite(src: &ModelSource, t: &quantkit_io::source::SourceTensor) -> Result<Vec<f32>> {
     let w = src.read(t)?;
@@ -460,17 +480,9 @@ pub fn quantize_with(
                 (q, BTreeMap::new())
             };
         for fmt in int_formats {
-            let dest = out.join(fmt.dir_name());
-            progress.stage(fmt.dir_name(), 1);
-            let rep = writers::write_int_checkpoint(*fmt, &src, &quantized, &floats, &info, &dest)?;
-            progress.tick(1);
-            outputs.push(OutputReport {
-                format: fmt.dir_name().to_string(),
-                path: dest.clone(),
-                bytes: dir_bytes(&dest.join("model.safetensors")),
-                detail: Some(rep),
-                bits_per_weight: None,
-            });
+            outputs.push(write_folder(*fmt, out, progress, |dest| {
+                writers::write_int_checkpoint(*fmt, &src, &quantized, &floats, &info, dest)
+            })?);
         }
     }
 
@@ -485,17 +497,9 @@ pub fn quantize_with(
             }
         }
         for fmt in &plan.fp8 {
-            let dest = out.join(fmt.dir_name());
-            progress.stage(fmt.dir_name(), 1);
-            let rep = writers::write_fp8_checkpoint(*fmt, &src, &q, &info, &dest)?;
-            progress.tick(1);
-            outputs.push(OutputReport {
-                format: fmt.dir_name().to_string(),
-                path: dest.clone(),
-                bytes: dir_bytes(&dest.join("model.safetensors")),
-                detail: Some(rep),
-                bits_per_weight: None,
-            });
+            outputs.push(write_folder(*fmt, out, progress, |dest| {
+                writers::write_fp8_checkpoint(*fmt, &src, &q, &info, dest)
+            })?);
         }
     }
 
