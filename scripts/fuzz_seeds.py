@@ -283,6 +283,15 @@ def main():
                     "bnb_4bit_use_double_quant": True, "bnb_4bit_quant_storage": "uint8",
                     "llm_int8_skip_modules": ["lm_head"]},
     }
+    # compressed-tensors 8-bit: int8 W8A8, FP8 weight-only, FP8_DYNAMIC (quantkit's ct-* outputs)
+    w8 = lambda t: {"num_bits": 8, "type": t, "symmetric": True, "strategy": "channel", "dynamic": False}  # noqa: E731
+    a8 = lambda t: {"num_bits": 8, "type": t, "symmetric": True, "strategy": "token", "dynamic": True}  # noqa: E731
+    for k, fmt, t, acts in [("ct-w8a8", "int-quantized", "int", True), ("ct-fp8", "naive-quantized", "float", False),
+                            ("ct-fp8-dynamic", "float-quantized", "float", True)]:
+        quant[k] = {"quant_method": "compressed-tensors", "format": fmt, "ignore": ["lm_head"],
+                    "config_groups": {"group_0": {"targets": ["Linear"], "format": fmt, "weights": w8(t),
+                                                  "input_activations": a8(t) if acts else None,
+                                                  "output_activations": None}}}
     (out / "hf_config/llama.json").write_text(json.dumps(CONFIG))
     (out / "hf_config/qwen2.json").write_text(json.dumps({**CONFIG, "architectures": ["Qwen2ForCausalLM"],
                                                          "model_type": "qwen2", "head_dim": 8}))

@@ -363,3 +363,67 @@ fn bnb_nf4_outputs_are_deterministic_and_read_back() {
     );
     assert!(!out.join("bnb-nf4").exists());
 }
+
+/// The 8-bit compressed-tensors outputs: identical bytes with 1 and 2 threads (GPTQ int8 W8A8 and
+/// RTN FP8), every one reads back through the engine (`ppl`) and `export-hf`, and the requests they
+/// cannot hold are refused naming why, leaving no folder.
+#[test]
+fn ct8_outputs_are_deterministic_read_back_and_refuse_what_they_cannot_hold() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let run = |threads: &str, out: &std::path::Path| {
+        ok(&[
+            &"--threads", &threads, &"quantize", &stories(), &"--method", &"gptq", &"--bits", &"8", &"--group",
+            &"-1", &"--calib", &calib(), &"--samples", &"8", &"--seqlen", &"64", &"--format", &"ct-w8a8",
+            &"--format", &"compressed-tensors", &"-o", &out,
+        ]);
+        ok(&[
+            &"--threads", &threads, &"quantize", &stories(), &"--method", &"rtn", &"--format", &"ct-fp8",
+            &"--format", &"ct-fp8-dynamic", &"-o", &out.join("fp8"),
+        ]);
+    };
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    run("1", &a);
+    run("2", &b);
+    let (fa, fb) = (files(&a), files(&b));
+    assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
+    for ((n, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(n.ends_with("report.json") || x == y, "{n} differs between 1 and 2 threads");
+    }
+    let text = t.path().join("text.txt");
+    std::fs::write(&text, std::fs::read_to_string(calib()).expect("text").chars().take(4000).collect::<String>())
+        .expect("write");
+    let mut ppls = vec![];
+    for d in [a.join("ct-w8a8"), a.join("compressed-tensors"), a.join("fp8/ct-fp8"), a.join("fp8/ct-fp8-dynamic")] {
+        let o = ok(&[&"ppl", &d, &"--text", &text, &"--ctx", &"64", &"--json"]);
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let p = j["ppl"].as_f64().unwrap_or_else(|| panic!("no ppl in {j}"));
+        assert!(p.is_finite() && p > 1.0 && p < 100.0, "{}: ppl {p}", d.display());
+        ppls.push(p);
+        ok(&[&"export-hf", &d, &"-o", &t.path().join("exported"), &"--force"]);
+    }
+    // W8A8 and W8A16 hold the same int8 quantization; FP8 weight-only and FP8_DYNAMIC the same FP8 one.
+    assert_eq!(ppls[0], ppls[1]);
+    assert_eq!(ppls[2], ppls[3]);
+    assert_ne!(ppls[0], ppls[2]);
+
+    let out = t.path().join("bad");
+    fails_with(
+        &[&"quantize", &stories(), &"--method", &"rtn", &"--format", &"ct-w8a8", &"-o", &out],
+        &["int8 W8A8", "8-bit", "not 4"],
+    );
+    fails_with(
+        &[&"quantize", &stories(), &"--method", &"rtn", &"--bits", &"8", &"--format", &"ct-w8a8", &"-o", &out],
+        &["per-channel", "groups of 128"],
+    );
+    fails_with(
+        &[
+            &"quantize", &stories(), &"--method", &"gptq", &"--calib", &calib(), &"--format", &"ct-fp8", &"-o",
+            &out,
+        ],
+        &["ct-fp8", "round to nearest only", "--method rtn"],
+    );
+    assert!(!out.exists() || std::fs::read_dir(&out).expect("dir").next().is_none());
+}

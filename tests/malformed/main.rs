@@ -10,13 +10,15 @@
 //!
 //! One generator per input format, each in its own module: [`gguf`] (every section of a GGUF file,
 //! walked independently of quantkit's reader), [`safetensors`] (header and data), [`config`]
-//! (config.json values), [`text`] (tokenizer.json, the text and corpus
-//! inputs of ppl and calib, a KLD base-logits file) and [`bnb`] (bitsandbytes NF4 checkpoints).
+//! (config.json values), [`ct8`] (compressed-tensors 8-bit checkpoints: weight and scale
+//! tensors, their config), [`text`] (tokenizer.json, the text and corpus inputs of ppl and calib, a
+//! KLD base-logits file) and [`bnb`] (bitsandbytes NF4 checkpoints).
 
 mod bnb;
 #[path = "../common/mod.rs"]
 mod common;
 mod config;
+mod ct8;
 mod gguf;
 mod safetensors;
 mod text;
@@ -170,6 +172,10 @@ fn malformed_input_corpus() {
         ok(&[&"convert", &stories(), &"--type", &ty, &"-o", &q]);
         gguf::scale_variants(&mut s, &std::fs::read(&q).expect("read"), id);
     }
+    let ct = src.path().join("ct8");
+    ok(&[&"quantize", &stories(), &"--method", &"rtn", &"--bits", &"8", &"--group", &"-1", &"--format", &"ct-w8a8",
+        &"--format", &"ct-fp8", &"-o", &ct]);
+    ct8::ct8_variants(&mut s, &ct.join("ct-w8a8"), &ct.join("ct-fp8"));
     safetensors::safetensors_variants(&mut s);
     config::config_variants(&mut s);
     text::tokenizer_and_text_variants(&mut s, &g);

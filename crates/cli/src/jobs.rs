@@ -17,7 +17,7 @@ use quantkit_quant::grid::IntSpec;
 use quantkit_quant::method::{GgufUse, Knobs, MethodKind, METHODS};
 use quantkit_quant::quantize::{quantize_with, OutFormat, Prepared, Progress, QuantizeOptions, RunSettings};
 use quantkit_quant::recipe::Recipe;
-use quantkit_quant::writers::BnbFormat;
+use quantkit_quant::writers::{BnbFormat, IntFormat};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -30,11 +30,17 @@ use sha2::{Digest, Sha256};
 ///   (GPTQ layout for rtn/gptq, AWQ GEMM for awq; group `-1` = per channel);
 /// * `nf4`, `nf4-dq` — a bitsandbytes 4-bit NF4 checkpoint (blocks of 64, round to nearest as bnb
 ///   quantizes on load; `-dq` with double-quantized absmax values);
+/// * `w8a16`, `w8a8` (round to nearest) and `gptq:w8a16`, `gptq:w8a8` — llm-compressor's int8
+///   schemes as compressed-tensors writes them (per-channel symmetric int8: `pack-quantized`
+///   weight-only, `int-quantized` with dynamic int8 activations); `fp8`, `fp8-dynamic` — FP8 E4M3
+///   per-channel weights (`naive-quantized` weight-only, `float-quantized` with dynamic FP8
+///   activations; round to nearest only);
 /// * `path/to/recipe.toml` — a recipe file (`convert --print-recipe` writes one) into GGUF.
 #[derive(Debug, Clone)]
 pub enum Spec {
     Gguf { recipe: Box<Recipe>, gptq: bool },
-    Int { method: MethodKind, int: IntSpec },
+    /// A checkpoint folder in `layout` (an FP8 layout ignores `int`).
+    Int { method: MethodKind, int: IntSpec, layout: IntFormat },
     Bnb(BnbFormat),
 }
 
@@ -43,6 +49,18 @@ fn bnb_recipe(s: &str) -> Option<BnbFormat> {
     match s.to_ascii_lowercase().as_str() {
         "nf4" => Some(BnbFormat { double_quant: false }),
         "nf4-dq" => Some(BnbFormat { double_quant: true }),
+        _ => None,
+    }
+}
+
+/// The 8-bit compressed-tensors presets (`w8a8`, `gptq:w8a8`, `fp8`, …): their layout, and whether
+/// a calibrated method may make them (the FP8 ones are round to nearest only).
+fn ct8_preset(name: &str) -> Option<(IntFormat, bool)> {
+    match name {
+        "w8a16" => Some((IntFormat::CompressedTensors, true)),
+        "w8a8" => Some((IntFormat::CtW8A8, true)),
+        "fp8" => Some((IntFormat::CtFp8, false)),
+        "fp8-dynamic" => Some((IntFormat::CtFp8Dynamic, false)),
         _ => None,
     }
 }
@@ -72,7 +90,22 @@ impl RecipeSpec {
             });
         }
         let parts: Vec<&str> = t.split(':').collect();
+        let per_channel_int8 = IntSpec { bits: 8, group: None, sym: true };
         let spec = match parts.as_slice() {
+            [name] if ct8_preset(name).is_some() => {
+                let (layout, _) = ct8_preset(name).expect("checked");
+                Spec::Int { method: MethodKind::rtn(), int: per_channel_int8, layout }
+            }
+            [m, name] if METHODS.iter().any(|i| i.name == *m) && ct8_preset(name).is_some() => {
+                let (layout, calibrated) = ct8_preset(name).expect("checked");
+                let method: MethodKind = m.parse()?;
+                if !calibrated && method != MethodKind::rtn() {
+                    return Err(Error::Invalid(format!(
+                        "recipe {t:?}: {name} is round to nearest only (write {name})"
+                    )));
+                }
+                Spec::Int { method, int: per_channel_int8, layout }
+            }
             [m, rest @ ..] if !rest.is_empty() && METHODS.iter().any(|i| i.name == *m) => {
                 let method: MethodKind = m.parse()?;
                 if rest.len() == 1 && rest[0].parse::<u32>().is_err() {
@@ -92,7 +125,7 @@ impl RecipeSpec {
                             int.bits
                         )));
                     }
-                    Spec::Int { method, int }
+                    Spec::Int { method, int, layout: info.default_layout }
                 }
             }
             [b] if bnb_recipe(b).is_some() => Spec::Bnb(bnb_recipe(b).expect("matched")),
@@ -100,7 +133,8 @@ impl RecipeSpec {
             _ => {
                 let methods: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
                 return Err(Error::Invalid(format!(
-                    "recipe {t:?}: expected a mix (q4_k_m), gptq:<mix>, {}:<bits>:<group>[:sym|asym], nf4, nf4-dq or a .toml file",
+                    "recipe {t:?}: expected a mix (q4_k_m), gptq:<mix>, {}:<bits>:<group>[:sym|asym], \
+                     [<method>:]w8a16|w8a8, fp8, fp8-dynamic, nf4, nf4-dq or a .toml file",
                     methods.join("|")
                 )));
             }
@@ -139,11 +173,13 @@ impl RecipeSpec {
             Spec::Gguf { recipe, gptq } => {
                 format!("gguf:{}{}", recipe.mix.name, if *gptq { " (gptq)" } else { "" })
             }
-            Spec::Int { method, int } => format!(
-                "{} {}{}",
-                method.info().default_layout.dir_name(),
+            Spec::Int { layout, .. } if layout.is_float() => format!("{} fp8 per-channel", layout.dir_name()),
+            Spec::Int { method, int, layout } => format!(
+                "{} {}{}{}",
+                layout.dir_name(),
                 int.label(),
-                if int.sym { " sym" } else { " asym" }
+                if int.sym { " sym" } else { " asym" },
+                if *layout != method.info().default_layout { format!(" ({method})") } else { String::new() }
             ),
             Spec::Bnb(f) => f.name().to_string(),
         }
@@ -219,17 +255,17 @@ pub fn quantize_recipe(
                     },
                     format!("model-{}.gguf", recipe.mix.name),
                 ),
-                Spec::Int { method, int } => (
+                Spec::Int { method, int, layout } => (
                     QuantizeOptions {
                         method: *method,
                         int: Some(*int),
                         knobs: Knobs { gptq: sh.gptq, ..Knobs::default() },
-                        formats: vec![OutFormat::Int(method.info().default_layout)],
+                        formats: vec![OutFormat::Int(*layout)],
                         calib: None,
                         write_imatrix: false,
                         run: RunSettings::default(),
                     },
-                    method.info().default_layout.dir_name().to_string(),
+                    layout.dir_name().to_string(),
                 ),
                 Spec::Bnb(f) => (
                     QuantizeOptions {
@@ -417,15 +453,15 @@ mod tests {
         let r = RecipeSpec::parse("gptq:4:128", b).expect("int");
         let int = |bits, group, sym| IntSpec { bits, group, sym };
         assert!(
-            matches!(r.spec, Spec::Int { method, int: i } if method.name() == "gptq" && i == int(4, Some(128), true))
+            matches!(r.spec, Spec::Int { method, int: i, .. } if method.name() == "gptq" && i == int(4, Some(128), true))
         );
         let r = RecipeSpec::parse("awq:4:64", b).expect("awq");
         assert!(
-            matches!(r.spec, Spec::Int { method, int: i } if method.name() == "awq" && i == int(4, Some(64), false))
+            matches!(r.spec, Spec::Int { method, int: i, .. } if method.name() == "awq" && i == int(4, Some(64), false))
         );
         let r = RecipeSpec::parse("rtn:3:-1:asym", b).expect("rtn");
         assert!(
-            matches!(r.spec, Spec::Int { method, int: i } if method.name() == "rtn" && i == int(3, None, false))
+            matches!(r.spec, Spec::Int { method, int: i, .. } if method.name() == "rtn" && i == int(3, None, false))
         );
         assert!(!r.needs_calibration());
         for (text, dq) in [("nf4", false), ("nf4-dq", true), ("NF4-DQ", true)] {
@@ -435,6 +471,29 @@ mod tests {
             assert_eq!(r.format(), if dq { "bnb-nf4-dq" } else { "bnb-nf4" });
         }
         assert_eq!(RecipeSpec::parse("nf4-dq", b).expect("nf4").slug(), "nf4-dq");
+        // The 8-bit compressed-tensors presets.
+        let c8 = int(8, None, true);
+        for (text, method, layout, calib, slug) in [
+            ("w8a16", "rtn", IntFormat::CompressedTensors, false, "w8a16"),
+            ("w8a8", "rtn", IntFormat::CtW8A8, false, "w8a8"),
+            ("gptq:w8a8", "gptq", IntFormat::CtW8A8, true, "gptq-w8a8"),
+            ("gptq:w8a16", "gptq", IntFormat::CompressedTensors, true, "gptq-w8a16"),
+            ("fp8", "rtn", IntFormat::CtFp8, false, "fp8"),
+            ("fp8-dynamic", "rtn", IntFormat::CtFp8Dynamic, false, "fp8-dynamic"),
+            ("rtn:fp8", "rtn", IntFormat::CtFp8, false, "rtn-fp8"),
+        ] {
+            let r = RecipeSpec::parse(text, b).expect(text);
+            assert!(
+                matches!(r.spec, Spec::Int { method: m, int: i, layout: l } if m.name() == method && i == c8 && l == layout),
+                "{text}: {:?}",
+                r.spec
+            );
+            assert_eq!((r.needs_calibration(), r.is_gguf(), r.slug().as_str()), (calib, false, slug), "{text}");
+        }
+        assert_eq!(RecipeSpec::parse("w8a8", b).expect("w8a8").format(), "ct-w8a8 int8 per-channel sym (rtn)");
+        assert_eq!(RecipeSpec::parse("fp8", b).expect("fp8").format(), "ct-fp8 fp8 per-channel");
+        let e = RecipeSpec::parse("gptq:fp8", b).expect_err("gptq fp8").to_string();
+        assert!(e.contains("round to nearest only"), "{e}");
         for bad in [
             "q9_z",
             "nf4:dq",
@@ -445,6 +504,10 @@ mod tests {
             "gptq:4:128:maybe",
             "a:b:c:d:e",
             "missing.toml",
+            "gptq:fp8-dynamic",
+            "awq:fp8",
+            "w8a4",
+            "fp8:dynamic",
         ] {
             assert!(RecipeSpec::parse(bad, b).is_err(), "{bad}");
         }

@@ -19,16 +19,17 @@ use crate::progress::StageBars;
 pub struct QuantizeArgs {
     /// HF checkpoint folder or GGUF file.
     pub model: PathBuf,
-    /// Output folder: one entry per format (gptq/, gptq-v2/, awq/, compressed-tensors/,
-    /// bnb-nf4/, bnb-nf4-dq/, model-<MIX>.gguf) plus report.json.
+    /// Output folder: one entry per format (gptq/, gptq-v2/, awq/, compressed-tensors/, ct-w8a8/,
+    /// ct-fp8/, ct-fp8-dynamic/, bnb-nf4/, bnb-nf4-dq/, model-<MIX>.gguf) plus report.json.
     #[arg(long, short)]
     pub output: PathBuf,
     /// rtn, gptq, awq or mse (activation-weighted MSE clipping, integer grids only).
     #[arg(long, default_value = "gptq")]
     pub method: String,
-    /// gptq, gptq-v2, awq, compressed-tensors, bnb-nf4, bnb-nf4-dq (bitsandbytes NF4, --method rtn)
-    /// or gguf:<type or mix> (repeat for several; they share the calibration samples, and the
-    /// integer ones share one quantization).
+    /// gptq, gptq-v2, awq, compressed-tensors, ct-w8a8 (int8 W8A8: --bits 8 --group -1),
+    /// ct-fp8, ct-fp8-dynamic (FP8 E4M3, --method rtn), bnb-nf4, bnb-nf4-dq (bitsandbytes NF4,
+    /// --method rtn) or gguf:<type or mix> (repeat for several; they share the calibration
+    /// samples, and the integer ones share one quantization).
     #[arg(long = "format", short = 'f', required = true)]
     pub formats: Vec<String>,
     /// Bits per weight of the integer grid (2, 3, 4, 8).

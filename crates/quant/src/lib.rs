@@ -12,9 +12,11 @@
 //!   and quantized matrices; [`gguf_grid`] — every GGUF integer type as a GPTQ grid, from the
 //!   formats registry.
 //! * [`writers`] — GPTQ v1/v2, AWQ and compressed-tensors checkpoint folders (the bytes come from
-//!   `quantkit_io::layout`).
+//!   `quantkit_io::layout`), and the 8-bit compressed-tensors folders (int8 W8A8; FP8 weights
+//!   quantized by [`fp8`]).
 
 pub mod convert;
+pub mod fp8;
 pub mod gguf_grid;
 pub mod grid;
 pub mod method;

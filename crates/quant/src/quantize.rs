@@ -18,6 +18,7 @@ use quantkit_io::source::ModelSource;
 use serde::Serialize;
 
 use crate::convert::{convert, ConvertOptions, TensorOverride};
+use crate::fp8::Fp8Matrix;
 use crate::grid::{IntMatrix, IntSpec, Quantized};
 use crate::method::{GgufUse, Knobs, LayerReport, MethodKind, Pass, PassResult, Target};
 use crate::recipe::{ModelInfo, Recipe};
@@ -288,12 +289,14 @@ pub fn imatrix_pass(
     Ok(to_imatrix(&pass.into_result(), Some(&prep.manifest), path))
 }
 
-/// What a job will do, checked before anything runs: the integer layouts and their grid.
+/// What a job will do, checked before anything runs: the integer layouts and their grid, and the
+/// FP8 layouts (round to nearest, their own grid).
 #[derive(Debug)]
 struct Plan {
     layouts: Vec<IntFormat>,
     /// The integer grid, when an integer layout is requested.
     int: Option<IntSpec>,
+    fp8: Vec<IntFormat>,
 }
 
 /// Every rule that decides whether a job can run, in one place: the method's needs and each
@@ -322,7 +325,16 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
             )));
         }
     }
-    let layouts: Vec<IntFormat> = opts.formats.iter().filter_map(OutFormat::layout).collect();
+    let (fp8, layouts): (Vec<IntFormat>, Vec<IntFormat>) =
+        opts.formats.iter().filter_map(OutFormat::layout).partition(|f| f.is_float());
+    if let (Some(f), false) = (fp8.first(), opts.method == MethodKind::rtn()) {
+        return Err(Error::Unsupported(format!(
+            "{} weights are quantized by round to nearest only (--method rtn); {} onto the FP8 grid \
+             is not implemented",
+            f.dir_name(),
+            opts.method
+        )));
+    }
     let int = if layouts.is_empty() {
         None
     } else {
@@ -330,7 +342,7 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
             Error::Invalid("an integer layout needs an integer grid (bits, group, symmetry)".into())
         })?;
         for f in &layouts {
-            f.check_bits(spec.bits)?;
+            f.check_grid(spec.bits, spec.group, spec.sym)?;
         }
         Some(spec)
     };
@@ -343,7 +355,37 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
             )));
         }
     }
-    Ok(Plan { layouts, int })
+    Ok(Plan { layouts, int, fp8 })
+}
+
+/// Write the checkpoint folder of `fmt` in `out` with `write` (one progress stage) and report it.
+fn write_folder(
+    fmt: IntFormat,
+    out: &Path,
+    progress: &dyn Progress,
+    write: impl FnOnce(&Path) -> Result<WriteReport>,
+) -> Result<OutputReport> {
+    let dest = out.join(fmt.dir_name());
+    progress.stage(fmt.dir_name(), 1);
+    let rep = write(&dest)?;
+    progress.tick(1);
+    Ok(OutputReport {
+        format: fmt.dir_name().to_string(),
+        bytes: dir_bytes(&dest.join("model.safetensors")),
+        path: dest,
+        detail: Some(rep),
+        bnb: None,
+        bits_per_weight: None,
+    })
+}
+
+/// A source tensor's values, refused (naming it) when one is not finite.
+fn read_finite(src: &ModelSource, t: &quantkit_io::source::SourceTensor) -> Result<Vec<f32>> {
+    let w = src.read(t)?;
+    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+        return Err(Error::bad_tensor(&t.name, format!("value {} at index {i} is not finite", w[i])));
+    }
+    Ok(w)
 }
 
 /// Run the whole job: calibrate, quantize, write every format into `out` (a folder).
@@ -458,31 +500,33 @@ pub fn quantize_with(
                 let mut q = BTreeMap::new();
                 for t in &tensors {
                     if Proj::of_weight(&t.name).is_some() && !skip.contains(&t.name) {
-                        let w = src.read(t)?;
-                        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
-                            return Err(Error::bad_tensor(
-                                &t.name,
-                                format!("value {} at index {i} is not finite", w[i]),
-                            ));
-                        }
+                        let w = read_finite(&src, t)?;
                         q.insert(t.name.clone(), IntMatrix::rtn(grid, &w, t.rows(), t.row_len(), None));
                     }
                 }
                 (q, BTreeMap::new())
             };
         for fmt in int_formats {
-            let dest = out.join(fmt.dir_name());
-            progress.stage(fmt.dir_name(), 1);
-            let rep = writers::write_int_checkpoint(*fmt, &src, &quantized, &floats, &info, &dest)?;
-            progress.tick(1);
-            outputs.push(OutputReport {
-                format: fmt.dir_name().to_string(),
-                path: dest.clone(),
-                bytes: dir_bytes(&dest.join("model.safetensors")),
-                detail: Some(rep),
-                bnb: None,
-                bits_per_weight: None,
-            });
+            outputs.push(write_folder(*fmt, out, progress, |dest| {
+                writers::write_int_checkpoint(*fmt, &src, &quantized, &floats, &info, dest)
+            })?);
+        }
+    }
+
+    // FP8 checkpoints: round to nearest straight from the weights (every projection fits).
+    if !plan.fp8.is_empty() {
+        let skip = writers::skipped(&src, &plan.fp8, 8)?;
+        let mut q = BTreeMap::new();
+        for t in &src.tensors()? {
+            if Proj::of_weight(&t.name).is_some() && !skip.contains(&t.name) {
+                let w = read_finite(&src, t)?;
+                q.insert(t.name.clone(), Fp8Matrix::rtn(&w, t.rows(), t.row_len()));
+            }
+        }
+        for fmt in &plan.fp8 {
+            outputs.push(write_folder(*fmt, out, progress, |dest| {
+                writers::write_fp8_checkpoint(*fmt, &src, &q, &info, dest)
+            })?);
         }
     }
 

@@ -1,4 +1,6 @@
-//! Integer checkpoints (GPTQ v1/v2, AWQ GEMM, compressed-tensors) from quantized matrices: the
+//! Integer checkpoints (GPTQ v1/v2, AWQ GEMM, compressed-tensors `pack-quantized` and int8
+//! `int-quantized`) and FP8 ones (compressed-tensors `naive-quantized` / `float-quantized`) from
+//! quantized matrices: the
 //! model's tensors in HF naming, the configs each loader reads (`config.json`'s
 //! `quantization_config`, GPTQ's `quantize_config.json`), the tokenizer. The bytes of each layout —
 //! packing, AWQ's order, regrouping — are `quantkit_io::layout`'s (docs/quantized-layouts.md).
@@ -24,6 +26,7 @@ use quantkit_io::source::ModelSource;
 use safetensors::Dtype;
 use serde_json::{json, Value as Json};
 
+use crate::fp8::Fp8Matrix;
 use crate::grid::IntMatrix;
 
 /// An integer checkpoint layout: the one enum of `quantkit_io::layout`, under the name the
@@ -137,13 +140,43 @@ pub fn write_int_checkpoint(
     info: &QuantInfo,
     dest: &Path,
 ) -> Result<WriteReport> {
+    if fmt.is_float() {
+        return Err(Error::Unsupported(format!("{} holds FP8 weights, not integer ones", fmt.title())));
+    }
+    write_checkpoint(fmt, src, quantized, floats, info, dest)
+}
+
+/// Write `quantized` (GGUF names → FP8 matrices, GGUF row order) and every other tensor of `src` as
+/// an FP8 compressed-tensors checkpoint (`fmt` one of the [`IntFormat::is_float`] layouts).
+pub fn write_fp8_checkpoint(
+    fmt: IntFormat,
+    src: &ModelSource,
+    quantized: &BTreeMap<String, Fp8Matrix>,
+    info: &QuantInfo,
+    dest: &Path,
+) -> Result<WriteReport> {
+    if !fmt.is_float() {
+        return Err(Error::Unsupported(format!("{} does not hold FP8 weights", fmt.title())));
+    }
+    let carriers = quantized.iter().map(|(k, m)| (k.clone(), m.carrier())).collect();
+    write_checkpoint(fmt, src, &carriers, &BTreeMap::new(), info, dest)
+}
+
+fn write_checkpoint(
+    fmt: IntFormat,
+    src: &ModelSource,
+    quantized: &BTreeMap<String, IntMatrix>,
+    floats: &BTreeMap<String, Vec<f32>>,
+    info: &QuantInfo,
+    dest: &Path,
+) -> Result<WriteReport> {
     let cfg = src.config();
     let grid = quantized
         .values()
         .next()
         .map(|m| m.grid)
         .ok_or_else(|| Error::Invalid("nothing was quantized".into()))?;
-    fmt.check_bits(grid.bits)?;
+    fmt.check_grid(grid.bits, grid.group, grid.sym)?;
     let non_monotone = quantized.values().any(|m| m.g_idx.windows(2).any(|p| p[0] > p[1]));
     if non_monotone && !fmt.stores_g_idx() {
         return Err(Error::Unsupported(format!(
@@ -235,13 +268,17 @@ pub fn write_int_checkpoint(
             "version": "gemm",
             "modules_to_not_convert": if kinds.is_empty() { Json::Null } else { json!(kinds) },
         }),
-        IntFormat::CompressedTensors => {
+        IntFormat::CompressedTensors
+        | IntFormat::CtW8A8
+        | IntFormat::CtFp8
+        | IntFormat::CtFp8Dynamic => {
+            let ty = if fmt.is_float() { "float" } else { "int" };
             let mut weights = json!({
                 "dynamic": false,
                 "num_bits": grid.bits,
                 "strategy": if file_group.is_some() { "group" } else { "channel" },
                 "symmetric": grid.sym,
-                "type": "int",
+                "type": ty,
             });
             if let Some(g) = file_group {
                 weights["group_size"] = json!(g);
@@ -249,17 +286,38 @@ pub fn write_int_checkpoint(
             if info.act_order {
                 weights["actorder"] = json!("weight");
             }
+            // llm-compressor's W8A8 / FP8_DYNAMIC: dynamic per-token symmetric 8-bit activations
+            // (compressed-tensors' INT8_W8A8 and FP8_DYNAMIC presets).
+            let acts = match fmt {
+                IntFormat::CtW8A8 | IntFormat::CtFp8Dynamic => json!({
+                    "dynamic": true,
+                    "num_bits": 8,
+                    "strategy": "token",
+                    "symmetric": true,
+                    "type": ty,
+                }),
+                _ => Json::Null,
+            };
+            // The format compressed-tensors infers for the scheme (`infer_module_format`): int
+            // weights with int activations int-quantized, weight-only int pack-quantized, float
+            // weights with activations float-quantized, weight-only float naive-quantized.
+            let format = match fmt {
+                IntFormat::CtW8A8 => "int-quantized",
+                IntFormat::CtFp8 => "naive-quantized",
+                IntFormat::CtFp8Dynamic => "float-quantized",
+                _ => "pack-quantized",
+            };
             let mut ignore = vec!["lm_head".to_string()];
             ignore.extend(skipped_modules.iter().cloned());
             json!({
                 "config_groups": {"group_0": {
-                    "format": "pack-quantized",
-                    "input_activations": null,
+                    "format": format,
+                    "input_activations": acts,
                     "output_activations": null,
                     "targets": ["Linear"],
                     "weights": weights,
                 }},
-                "format": "pack-quantized",
+                "format": format,
                 "global_compression_ratio": null,
                 "ignore": ignore,
                 "kv_cache_scheme": null,

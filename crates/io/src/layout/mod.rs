@@ -1,6 +1,8 @@
 //! The four integer checkpoint layouts, each packed and unpacked in one place
 //! (docs/quantized-layouts.md): GPTQ v1 (AutoGPTQ) and v2 (GPTQModel) in `gptq.rs`, AWQ GEMM
-//! (AutoAWQ) in `awq.rs`, compressed-tensors `pack-quantized` in `compressed_tensors.rs`.
+//! (AutoAWQ) in `awq.rs`, compressed-tensors `pack-quantized` in `compressed_tensors.rs`, and
+//! compressed-tensors' unpacked 8-bit formats (`int-quantized` int8, `float-quantized` /
+//! `naive-quantized` FP8 E4M3) in `ct_dense.rs` (the E4M3 codec in [`fp8`]).
 //!
 //! * [`Layout`] names a layout and answers what it can hold ([`Layout::packs_bits`],
 //!   [`Layout::stores_g_idx`], [`Layout::zero_min`], [`Layout::packs`], [`Layout::file_group`]).
@@ -16,6 +18,8 @@
 mod awq;
 pub mod bnb;
 mod compressed_tensors;
+mod ct_dense;
+pub mod fp8;
 mod gptq;
 
 use std::collections::BTreeMap;
@@ -43,10 +47,27 @@ pub enum Layout {
     Awq,
     /// compressed-tensors `pack-quantized`.
     CompressedTensors,
+    /// compressed-tensors `int-quantized`: int8 per-channel weights, dynamic per-token int8
+    /// activations declared (llm-compressor's `W8A8`).
+    CtW8A8,
+    /// compressed-tensors `naive-quantized` FP8 E4M3 per-channel weights, no activation scheme
+    /// (FP8 weight-only, "W8A16 float").
+    CtFp8,
+    /// compressed-tensors `float-quantized`: FP8 E4M3 per-channel weights, dynamic per-token FP8
+    /// activations declared (llm-compressor's `FP8_DYNAMIC`).
+    CtFp8Dynamic,
 }
 
 impl Layout {
-    pub const ALL: [Layout; 4] = [Layout::GptqV1, Layout::GptqV2, Layout::Awq, Layout::CompressedTensors];
+    pub const ALL: [Layout; 7] = [
+        Layout::GptqV1,
+        Layout::GptqV2,
+        Layout::Awq,
+        Layout::CompressedTensors,
+        Layout::CtW8A8,
+        Layout::CtFp8,
+        Layout::CtFp8Dynamic,
+    ];
 
     /// The name on the command line (`--format`) and of the output folder.
     pub fn name(self) -> &'static str {
@@ -55,6 +76,9 @@ impl Layout {
             Layout::GptqV2 => "gptq-v2",
             Layout::Awq => "awq",
             Layout::CompressedTensors => "compressed-tensors",
+            Layout::CtW8A8 => "ct-w8a8",
+            Layout::CtFp8 => "ct-fp8",
+            Layout::CtFp8Dynamic => "ct-fp8-dynamic",
         }
     }
 
@@ -78,13 +102,44 @@ impl Layout {
             Layout::GptqV2 => "GPTQ v2",
             Layout::Awq => "AWQ GEMM",
             Layout::CompressedTensors => "compressed-tensors",
+            Layout::CtW8A8 => "compressed-tensors int8 W8A8",
+            Layout::CtFp8 => "compressed-tensors FP8",
+            Layout::CtFp8Dynamic => "compressed-tensors FP8_DYNAMIC",
         }
+    }
+
+    /// Whether its weights are FP8 E4M3 (not on an integer grid: quantized by `quantkit_quant::fp8`).
+    pub fn is_float(self) -> bool {
+        matches!(self, Layout::CtFp8 | Layout::CtFp8Dynamic)
+    }
+
+    /// Whether it stores each weight unpacked as an 8-bit `<m>.weight` beside `<m>.weight_scale`
+    /// (compressed-tensors' naive/int/float-quantized formats).
+    fn dense(self) -> bool {
+        matches!(self, Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic)
+    }
+
+    /// `Ok` when it holds weights on the grid `bits`, `group`, `sym`: [`Layout::check_bits`], and the
+    /// 8-bit compressed-tensors layouts take only symmetric per-channel weights (llm-compressor's
+    /// W8A8 / FP8_DYNAMIC schemes; vLLM's int8 kernels take no groups).
+    pub fn check_grid(self, bits: u32, group: Option<usize>, sym: bool) -> Result<()> {
+        self.check_bits(bits)?;
+        if self.dense() && (group.is_some() || !sym) {
+            return Err(Error::Unsupported(format!(
+                "{} checkpoints hold symmetric per-channel weights (--sym --group -1), not {}{}",
+                self.title(),
+                group.map(|g| format!("groups of {g}")).unwrap_or_else(|| "per-channel".into()),
+                if sym { "" } else { " asymmetric" }
+            )));
+        }
+        Ok(())
     }
 
     /// The bit widths it packs.
     pub fn bits(self) -> RangeInclusive<u32> {
         match self {
             Layout::Awq => 4..=4,
+            Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => 8..=8,
             _ => 2..=8,
         }
     }
@@ -130,7 +185,7 @@ impl Layout {
                 // The loaders size buffers with floor divisions by 32.
                 Layout::GptqV1 | Layout::GptqV2 => cols % 32 == 0 && rows % 32 == 0,
                 Layout::Awq => rows % 8 == 0,
-                Layout::CompressedTensors => true,
+                Layout::CompressedTensors | Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => true,
             }
     }
 
@@ -152,6 +207,11 @@ impl Layout {
             Layout::CompressedTensors => (
                 "weight_packed",
                 &["weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx"],
+            ),
+            // `weight` is a component only beside a `weight_scale` (see `visible_names`).
+            Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => (
+                "weight_scale",
+                &["weight", "weight_scale", "weight_zero_point", "input_scale", "input_zero_point"],
             ),
         }
     }
@@ -264,9 +324,10 @@ impl LayoutConfig {
             }
             "compressed-tensors" => {
                 let fmt = q.get("format").and_then(Json::as_str).unwrap_or("");
-                if fmt != "pack-quantized" {
+                if !matches!(fmt, "pack-quantized" | "int-quantized" | "float-quantized" | "naive-quantized") {
                     return Err(Error::Unsupported(format!(
-                        "compressed-tensors format {fmt:?} in {} (only pack-quantized)",
+                        "compressed-tensors format {fmt:?} in {} (pack-quantized, int-quantized, \
+                         float-quantized or naive-quantized)",
                         path.display()
                     )));
                 }
@@ -280,11 +341,12 @@ impl LayoutConfig {
                         path.display()
                     )));
                 }
-                let w = groups
-                    .values()
-                    .next()
-                    .and_then(|g| g.get("weights"))
-                    .ok_or_else(|| bad(path, "no weights scheme"))?;
+                let scheme = groups.values().next().ok_or_else(|| bad(path, "no weights scheme"))?;
+                let w = scheme.get("weights").ok_or_else(|| bad(path, "no weights scheme"))?;
+                if fmt != "pack-quantized" {
+                    let acts = scheme.get("input_activations").is_some_and(|a| !a.is_null());
+                    return ct_dense::from_config(fmt, w, acts, path).map(Some);
+                }
                 LayoutConfig {
                     layout: Layout::CompressedTensors,
                     bits: bits(w.get("num_bits"))?,
@@ -316,22 +378,30 @@ impl LayoutConfig {
                 &w.regrouped(self.group.unwrap_or(w.cols)),
                 prefix,
             ),
+            Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => {
+                ct_dense::pack(self.layout, &w.regrouped(self.group.unwrap_or(w.cols)), prefix)
+            }
         }
     }
 
     /// Presented names: stored ones minus packed components, plus `<m>.weight` (with `[out, in]`).
     pub fn visible_names(&self, h: &HfCheckpoint) -> Result<BTreeMap<String, Option<(usize, usize)>>> {
         let (marker, parts) = self.layout.components();
+        let stored: std::collections::BTreeSet<&str> = h.stored_names().collect();
         let mut out = BTreeMap::new();
-        for n in h.stored_names() {
+        for &n in &stored {
             let (prefix, last) = n.rsplit_once('.').unwrap_or(("", n));
-            if parts.contains(&last) {
+            // A plain `<m>.weight` is a component only of a module that has the marker (the
+            // 8-bit compressed-tensors layouts store their quantized weight under that name).
+            let part = parts.contains(&last)
+                && (last != "weight" || stored.contains(format!("{prefix}.{marker}").as_str()));
+            if part {
                 if last == marker {
                     let shape = self.shape(&Module { src: h, m: prefix })?;
                     out.insert(format!("{prefix}.weight"), Some(shape));
                 }
             } else {
-                out.insert(n.to_string(), None);
+                out.entry(n.to_string()).or_insert(None);
             }
         }
         Ok(out)
@@ -339,7 +409,7 @@ impl LayoutConfig {
 
     /// `(out, in)` of a packed module.
     fn shape(&self, t: &Module) -> Result<(usize, usize)> {
-        let marker = self.layout.components().0;
+        let marker = if self.layout.dense() { "weight" } else { self.layout.components().0 };
         let (_, _, qs) = t.raw(marker)?;
         if qs.len() != 2 {
             return Err(Error::bad_tensor(t.name(marker), format!("shape {qs:?} is not 2-D")));
@@ -348,6 +418,10 @@ impl LayoutConfig {
             Layout::GptqV1 | Layout::GptqV2 => Ok(gptq::shape(self.bits, &qs)),
             Layout::Awq => Ok(awq::shape(self.bits, &qs)),
             Layout::CompressedTensors => compressed_tensors::shape(t, &qs),
+            Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => {
+                let (_, dt, _) = t.raw(marker)?;
+                ct_dense::shape(self.layout, t, &qs, &dt)
+            }
         }
     }
 
@@ -365,6 +439,9 @@ impl LayoutConfig {
             Layout::Awq => awq::unpack(self.bits, t, rows, cols),
             Layout::CompressedTensors => {
                 compressed_tensors::unpack(self.bits, self.sym, self.group, t, rows, cols)
+            }
+            Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => {
+                ct_dense::unpack(self.layout, self.group, t, rows, cols)
             }
         }
     }
@@ -550,11 +627,17 @@ impl Module<'_> {
     }
 
     fn floats(&self, part: &str, want: &[usize]) -> Result<Vec<f32>> {
-        let (b, dt, s) = self.raw(part)?;
+        let (v, s) = self.floats_any(part)?;
         if s != want {
             return Err(Error::bad_tensor(self.name(part), format!("shape {s:?}, expected {want:?}")));
         }
-        match dt.as_str() {
+        Ok(v)
+    }
+
+    /// A float component of any shape, with its shape.
+    fn floats_any(&self, part: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (b, dt, s) = self.raw(part)?;
+        let v = match dt.as_str() {
             "F16" => Ok(b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
             "BF16" => Ok(b
                 .chunks_exact(2)
@@ -564,7 +647,8 @@ impl Module<'_> {
                 Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
             }
             _ => Err(Error::bad_tensor(self.name(part), format!("dtype {dt} (F16, BF16 or F32 expected)"))),
-        }
+        }?;
+        Ok((v, s))
     }
 }
 

@@ -242,3 +242,126 @@ fn config_names_the_layout() {
     assert!(e.contains("config.json") && e.contains("quantization_config") && e.contains("13"), "{e}");
     assert_eq!(LayoutConfig::from_config(&serde_json::json!({}), p).expect("plain"), None);
 }
+
+#[test]
+fn int8_w8a8_unpacks_what_it_packs() {
+    // Per channel and (as compressed-tensors also reads it) per group; codes span 0..=255.
+    for group in [96, 32] {
+        let f = Fixture::new(8, 64, 96, group, |_| 128);
+        let cfg = LayoutConfig { layout: Layout::CtW8A8, bits: 8, group: (group < 96).then_some(group), sym: true };
+        let m = Mem(cfg.pack(&f.weights(), "model.layers.0.mlp.up_proj"));
+        let names: Vec<(&str, String, Vec<usize>)> =
+            m.0.iter().map(|p| (p.spec.name.as_str(), format!("{:?}", p.spec.dtype), p.spec.shape.clone())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("model.layers.0.mlp.up_proj.weight", "I8".into(), vec![64, 96]),
+                ("model.layers.0.mlp.up_proj.weight_scale", "F32".into(), vec![64, 96 / group]),
+            ]
+        );
+        // Stored as signed code − 128.
+        assert_eq!(m.0[0].bytes[5] as i8 as i32, f.codes[5] as i32 - 128);
+        let t = Module { src: &m, m: "model.layers.0.mlp.up_proj" };
+        assert_eq!(cfg.shape(&t).expect("shape"), (64, 96));
+        assert_eq!(cfg.unpack(&t).expect("unpack"), f.dequantize());
+    }
+}
+
+#[test]
+fn fp8_unpacks_what_it_packs_and_refuses_bad_tensors() {
+    let (rows, cols) = (8, 16);
+    let codes: Vec<u8> = (0..rows * cols).map(|i| (i * 37 % 256) as u8).map(|c| if fp8::is_nan(c) { 0 } else { c }).collect();
+    let scales: Vec<f32> = (0..rows).map(|r| (r + 1) as f32 / 256.0).collect();
+    let zeros = vec![0u8; rows];
+    let g_idx = vec![0u32; cols];
+    let w = IntWeights { rows, cols, group: cols, codes: &codes, scales: &scales, zeros: &zeros, g_idx: &g_idx };
+    for layout in [Layout::CtFp8, Layout::CtFp8Dynamic] {
+        let cfg = LayoutConfig { layout, bits: 8, group: None, sym: true };
+        let m = Mem(cfg.pack(&w, "m.q_proj"));
+        assert_eq!(format!("{:?}", m.0[0].spec.dtype), "F8_E4M3");
+        assert_eq!(m.0[0].bytes, codes);
+        let t = Module { src: &m, m: "m.q_proj" };
+        let want: Vec<f32> = (0..rows * cols).map(|i| scales[i / cols] * fp8::to_f32(codes[i])).collect();
+        assert_eq!(cfg.unpack(&t).expect("unpack"), want);
+        // A per-tensor scale ([1]) broadcasts.
+        let mut one = m.0.clone();
+        one[1] = Packed::new("m.q_proj.weight_scale".into(), Dtype::F32, vec![1], 0.5f32.to_le_bytes().to_vec());
+        let t1 = Module { src: &Mem(one), m: "m.q_proj" };
+        let half: Vec<f32> = codes.iter().map(|&c| 0.5 * fp8::to_f32(c)).collect();
+        assert_eq!(cfg.unpack(&t1).expect("per tensor"), half);
+        // Damage: each error names the tensor.
+        let damaged = |i: usize, p: Packed| {
+            let mut v = m.0.clone();
+            v[i] = p;
+            cfg.unpack(&Module { src: &Mem(v), m: "m.q_proj" }).expect_err("damaged").to_string()
+        };
+        let e = damaged(0, Packed::new("m.q_proj.weight".into(), Dtype::I8, vec![rows, cols], codes.clone()));
+        assert!(e.contains("m.q_proj.weight") && e.contains("I8") && e.contains("F8_E4M3"), "{e}");
+        let mut nan = codes.clone();
+        nan[3] = 0xFF;
+        let e = damaged(0, Packed::new("m.q_proj.weight".into(), Dtype::F8_E4M3, vec![rows, cols], nan));
+        assert!(e.contains("m.q_proj.weight") && e.contains("NaN"), "{e}");
+        let e = damaged(1, Packed::new("m.q_proj.weight_scale".into(), Dtype::F32, vec![rows, 2], vec![0; rows * 8]));
+        assert!(e.contains("m.q_proj.weight_scale") && e.contains("[8, 2]"), "{e}");
+        let e = damaged(1, Packed::new("m.q_proj.weight_scale".into(), Dtype::I32, vec![rows, 1], vec![0; rows * 4]));
+        assert!(e.contains("m.q_proj.weight_scale") && e.contains("I32"), "{e}");
+        let e = damaged(
+            1,
+            Packed::new("m.q_proj.weight_scale".into(), Dtype::F32, vec![rows, 1], f32_bytes((0..rows).map(|_| f32::INFINITY))),
+        );
+        assert!(e.contains("m.q_proj.weight_scale") && e.contains("not finite"), "{e}");
+        let mut zp = m.0.clone();
+        zp.push(Packed::new("m.q_proj.weight_zero_point".into(), Dtype::I8, vec![rows, 1], vec![0; rows]));
+        let e = cfg.unpack(&Module { src: &Mem(zp), m: "m.q_proj" }).expect_err("zp").to_string();
+        assert!(e.contains("m.q_proj.weight_zero_point") && e.contains("symmetric"), "{e}");
+    }
+}
+
+#[test]
+fn config_reads_the_8bit_formats_and_refuses_bad_ones() {
+    let p = Path::new("m/config.json");
+    let read = |fmt: &str, w: Json, acts: Json| {
+        LayoutConfig::from_config(
+            &serde_json::json!({ "quantization_config": {"quant_method": "compressed-tensors", "format": fmt,
+                "config_groups": {"group_0": {"targets": ["Linear"], "weights": w, "input_activations": acts}}}}),
+            p,
+        )
+    };
+    let w = |ty: &str| serde_json::json!({"num_bits": 8, "type": ty, "symmetric": true, "strategy": "channel"});
+    let act = |ty: &str| serde_json::json!({"num_bits": 8, "type": ty, "symmetric": true, "strategy": "token", "dynamic": true});
+    let cfg = |layout, group| Some(LayoutConfig { layout, bits: 8, group, sym: true });
+    assert_eq!(read("int-quantized", w("int"), act("int")).expect("w8a8"), cfg(Layout::CtW8A8, None));
+    assert_eq!(read("int-quantized", w("int"), Json::Null).expect("w8a16 int"), cfg(Layout::CtW8A8, None));
+    assert_eq!(read("naive-quantized", w("float"), Json::Null).expect("fp8"), cfg(Layout::CtFp8, None));
+    assert_eq!(read("float-quantized", w("float"), act("float")).expect("fp8 dyn"), cfg(Layout::CtFp8Dynamic, None));
+    let tensor = serde_json::json!({"num_bits": 8, "type": "float", "strategy": "tensor"});
+    assert_eq!(read("float-quantized", tensor, act("float")).expect("per tensor"), cfg(Layout::CtFp8Dynamic, None));
+    let grouped = serde_json::json!({"num_bits": 8, "type": "int", "strategy": "group", "group_size": 32});
+    assert_eq!(read("int-quantized", grouped, act("int")).expect("group"), cfg(Layout::CtW8A8, Some(32)));
+    for (fmt, wt, what) in [
+        ("int-quantized", w("float"), "\"float\""),
+        ("float-quantized", w("int"), "\"int\""),
+        ("marlin-24", w("int"), "marlin-24"),
+        ("int-quantized", serde_json::json!({"num_bits": 4, "type": "int", "strategy": "channel"}), "Some(4)"),
+        ("int-quantized", serde_json::json!({"num_bits": 8, "type": "int", "symmetric": false}), "asymmetric"),
+        ("float-quantized", serde_json::json!({"num_bits": 8, "type": "float", "strategy": "block"}), "\"block\""),
+        ("int-quantized", serde_json::json!({"num_bits": 8, "type": "int", "strategy": "group"}), "group_size"),
+    ] {
+        let e = read(fmt, wt, Json::Null).expect_err(fmt).to_string();
+        assert!(e.contains("config.json") && e.contains(what), "{fmt}: {e}");
+    }
+}
+
+#[test]
+fn the_8bit_layouts_take_symmetric_per_channel_grids() {
+    for l in [Layout::CtW8A8, Layout::CtFp8, Layout::CtFp8Dynamic] {
+        assert!(l.check_grid(8, None, true).is_ok());
+        assert!(l.check_bits(4).is_err());
+        let e = l.check_grid(8, Some(128), true).expect_err("groups").to_string();
+        assert!(e.contains("per-channel") && e.contains("groups of 128"), "{e}");
+        assert!(l.check_grid(8, None, false).expect_err("asym").to_string().contains("asymmetric"));
+        assert!(l.packs(8, 172, 64) && !l.stores_g_idx());
+    }
+    assert!(Layout::CtFp8.is_float() && Layout::CtFp8Dynamic.is_float() && !Layout::CtW8A8.is_float());
+    assert!(Layout::CompressedTensors.check_grid(4, Some(128), false).is_ok());
+}
