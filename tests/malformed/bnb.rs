@@ -301,10 +301,11 @@ pub(crate) fn bnb_variants(s: &mut Suite) {
         );
     }
     // config.json: bitsandbytes settings we do not read.
-    let set = |k: &'static str, val: serde_json::Value| -> Box<dyn Fn(&mut serde_json::Value)> {
+    type CfgEdit = Box<dyn Fn(&mut serde_json::Value)>;
+    let set = |k: &'static str, val: serde_json::Value| -> CfgEdit {
         Box::new(move |c| c["quantization_config"][k] = val.clone())
     };
-    let cfg_cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, Expect)> = vec![
+    let cfg_cases: Vec<(&str, CfgEdit, Expect)> = vec![
         ("quant type fp4", set("bnb_4bit_quant_type", "fp4".into()), all(&["fp4", "config.json"])),
         (
             "quant type missing (fp4)",
