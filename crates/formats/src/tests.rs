@@ -171,5 +171,8 @@ fn imatrix_quantizers_reduce_the_weighted_error() {
         assert!(ew < ep, "{}: weighted error {ew} not below unweighted {ep}", c.ty);
         covered += 1;
     }
-    assert_eq!(covered, 11, "every legacy type but Q8_0, every k-quant, IQ4_NL and IQ4_XS have a weighted path");
+    assert_eq!(
+        covered, 11,
+        "every legacy type but Q8_0, every k-quant, IQ4_NL and IQ4_XS have a weighted path"
+    );
 }

@@ -17,7 +17,8 @@ use crate::{f16_bits, f16_value, BlockFormat, IntBlock, WeightedRowFn};
 use quantkit_core::GgmlType;
 
 /// ggml's `kvalues_iq4nl` (ggml-common.h).
-pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub const KVALUES_IQ4NL: [i8; 16] =
+    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 /// `kvalues + 128`: the decoded code of each 4-bit index.
 pub const LEVELS_IQ4NL: [u8; 16] = biased(KVALUES_IQ4NL);
@@ -252,14 +253,20 @@ impl IntBlock for BlockIq4Nl {
     }
 }
 
-/// `quantize_iq4_nl` with an imatrix: each block of 32 weighted by `qw·sqrt(σ² + x²)`, σ² twice
-/// the block's mean square.
-pub fn quantize_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
-    let out: &mut [BlockIq4Nl] = bytemuck::cast_slice_mut(out);
+/// `quantize_iq4_nl` / `quantize_iq4_xs` with an imatrix, for one row: each block of `B::QK`
+/// through [`quantize_nl_impl`] with its slice of `qw` (weights `qw·sqrt(σ² + x²)`, σ² twice the
+/// block's mean square), stored by `from`.
+pub(crate) fn weighted_row<B: BlockFormat>(x: &[f32], qw: &[f32], out: &mut [u8], from: fn(NlBlock) -> B) {
+    let out: &mut [B] = bytemuck::cast_slice_mut(out);
     for (i, y) in out.iter_mut().enumerate() {
-        let s = 32 * i..32 * i + 32;
-        *y = from_impl(quantize_nl_impl(&x[s.clone()], Some(&qw[s]), 7));
+        let s = B::QK * i..B::QK * (i + 1);
+        *y = from(quantize_nl_impl(&x[s.clone()], Some(&qw[s]), 7));
     }
+}
+
+/// `quantize_iq4_nl` with an imatrix.
+pub fn quantize_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    weighted_row(x, qw, out, from_impl)
 }
 
 #[cfg(test)]

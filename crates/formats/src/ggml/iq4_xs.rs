@@ -7,7 +7,7 @@
 //! [`super::iq4_nl::quantize_nl_impl`]), `ntry = 7`, as llama-quantize's `quantize_iq4_xs` calls
 //! it with or without an imatrix.
 
-use super::iq4_nl::{index_of, quantize_nl_impl, NlBlock, KVALUES_IQ4NL, LEVELS_IQ4NL};
+use super::iq4_nl::{index_of, quantize_nl_impl, weighted_row, NlBlock, KVALUES_IQ4NL, LEVELS_IQ4NL};
 use crate::decode::{f16_at, nibbles, put_bits, Half8, IntChunk};
 use crate::{f16_value, BlockFormat, IntBlock, WeightedRowFn};
 use quantkit_core::GgmlType;
@@ -91,9 +91,5 @@ impl IntBlock for BlockIq4Xs {
 
 /// `quantize_iq4_xs` with an imatrix.
 pub fn quantize_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
-    let out: &mut [BlockIq4Xs] = bytemuck::cast_slice_mut(out);
-    for (i, y) in out.iter_mut().enumerate() {
-        let s = 256 * i..256 * i + 256;
-        *y = from_impl(quantize_nl_impl(&x[s.clone()], Some(&qw[s]), 7));
-    }
+    weighted_row(x, qw, out, from_impl)
 }
