@@ -234,7 +234,8 @@ fn killed_gptq_run_resumes_to_identical_bytes() {
         v
     };
     let run = |a: &[std::ffi::OsString]| {
-        let refs: Vec<&dyn AsRef<std::ffi::OsStr>> = a.iter().map(|s| s as &dyn AsRef<std::ffi::OsStr>).collect();
+        let refs: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            a.iter().map(|s| s as &dyn AsRef<std::ffi::OsStr>).collect();
         ok(&refs)
     };
     let whole = t.path().join("whole");
@@ -252,7 +253,12 @@ fn killed_gptq_run_resumes_to_identical_bytes() {
     // Saved block files of any pass (read_dir errors: the folder is not there yet, or changing).
     let saved = |n: usize| {
         let layers = |d: std::path::PathBuf| {
-            std::fs::read_dir(d).into_iter().flatten().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("layer-")).count()
+            std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("layer-"))
+                .count()
         };
         std::fs::read_dir(&work).into_iter().flatten().flatten().map(|e| layers(e.path())).sum::<usize>() >= n
     };
@@ -375,13 +381,42 @@ fn ct8_outputs_are_deterministic_read_back_and_refuse_what_they_cannot_hold() {
     let t = tempfile::tempdir().expect("tmp");
     let run = |threads: &str, out: &std::path::Path| {
         ok(&[
-            &"--threads", &threads, &"quantize", &stories(), &"--method", &"gptq", &"--bits", &"8", &"--group",
-            &"-1", &"--calib", &calib(), &"--samples", &"8", &"--seqlen", &"64", &"--format", &"ct-w8a8",
-            &"--format", &"compressed-tensors", &"-o", &out,
+            &"--threads",
+            &threads,
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"gptq",
+            &"--bits",
+            &"8",
+            &"--group",
+            &"-1",
+            &"--calib",
+            &calib(),
+            &"--samples",
+            &"8",
+            &"--seqlen",
+            &"64",
+            &"--format",
+            &"ct-w8a8",
+            &"--format",
+            &"compressed-tensors",
+            &"-o",
+            &out,
         ]);
         ok(&[
-            &"--threads", &threads, &"quantize", &stories(), &"--method", &"rtn", &"--format", &"ct-fp8",
-            &"--format", &"ct-fp8-dynamic", &"-o", &out.join("fp8"),
+            &"--threads",
+            &threads,
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"rtn",
+            &"--format",
+            &"ct-fp8",
+            &"--format",
+            &"ct-fp8-dynamic",
+            &"-o",
+            &out.join("fp8"),
         ]);
     };
     let (a, b) = (t.path().join("a"), t.path().join("b"));
@@ -393,10 +428,15 @@ fn ct8_outputs_are_deterministic_read_back_and_refuse_what_they_cannot_hold() {
         assert!(n.ends_with("report.json") || x == y, "{n} differs between 1 and 2 threads");
     }
     let text = t.path().join("text.txt");
-    std::fs::write(&text, std::fs::read_to_string(calib()).expect("text").chars().take(4000).collect::<String>())
-        .expect("write");
+    std::fs::write(
+        &text,
+        std::fs::read_to_string(calib()).expect("text").chars().take(4000).collect::<String>(),
+    )
+    .expect("write");
     let mut ppls = vec![];
-    for d in [a.join("ct-w8a8"), a.join("compressed-tensors"), a.join("fp8/ct-fp8"), a.join("fp8/ct-fp8-dynamic")] {
+    for d in
+        [a.join("ct-w8a8"), a.join("compressed-tensors"), a.join("fp8/ct-fp8"), a.join("fp8/ct-fp8-dynamic")]
+    {
         let o = ok(&[&"ppl", &d, &"--text", &text, &"--ctx", &"64", &"--json"]);
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
         let p = j["ppl"].as_f64().unwrap_or_else(|| panic!("no ppl in {j}"));
@@ -415,12 +455,31 @@ fn ct8_outputs_are_deterministic_read_back_and_refuse_what_they_cannot_hold() {
         &["int8 W8A8", "8-bit", "not 4"],
     );
     fails_with(
-        &[&"quantize", &stories(), &"--method", &"rtn", &"--bits", &"8", &"--format", &"ct-w8a8", &"-o", &out],
+        &[
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"rtn",
+            &"--bits",
+            &"8",
+            &"--format",
+            &"ct-w8a8",
+            &"-o",
+            &out,
+        ],
         &["per-channel", "groups of 128"],
     );
     fails_with(
         &[
-            &"quantize", &stories(), &"--method", &"gptq", &"--calib", &calib(), &"--format", &"ct-fp8", &"-o",
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"gptq",
+            &"--calib",
+            &calib(),
+            &"--format",
+            &"ct-fp8",
+            &"-o",
             &out,
         ],
         &["ct-fp8", "round to nearest only", "--method rtn"],

@@ -32,6 +32,7 @@ pub mod cpu;
 pub use quantkit_formats::decode;
 mod matmul;
 pub mod pool;
+pub mod w8;
 
 pub use act::QAct;
 pub use cpu::MAX_GEMV_TOKENS;

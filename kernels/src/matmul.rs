@@ -63,12 +63,12 @@ pub struct QMatrix {
     kernel: Kernel,
 }
 
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: used only to hand disjoint output ranges to worker threads.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
-    fn get(&self) -> *mut f32 {
+    pub(crate) fn get(&self) -> *mut f32 {
         self.0
     }
 }
@@ -164,41 +164,20 @@ impl QMatrix {
     /// Batched path: panels of rows dequantized into an L2-sized buffer, times all tokens (faer).
     fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let (rows, k) = (self.rows, self.cols);
-        let lhs = MatRef::from_row_major_slice(x, n, k);
         if self.ty == GgmlType::F32 {
             if let Ok(w) = bytemuck_f32(self.bytes()) {
+                let lhs = MatRef::from_row_major_slice(x, n, k);
                 let rhs = MatRef::from_column_major_slice(w, k, rows);
                 let dst = MatMut::from_row_major_slice_mut(y, n, rows);
                 faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer_par());
                 return;
             }
         }
-        let yp = SendPtr(y.as_mut_ptr());
-        self.for_each_panel(1, |r0, r1| {
-            PANEL.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                buf.resize((r1 - r0) * k, 0.0);
-                let w = &mut buf[..(r1 - r0) * k];
-                self.dequantize_rows(r0, r1, w);
-                let rhs = MatRef::from_column_major_slice(w, k, r1 - r0);
-                // SAFETY: columns r0..r1 of the n × rows output belong to this task alone.
-                let dst =
-                    unsafe { MatMut::from_raw_parts_mut(yp.get().add(r0), n, r1 - r0, rows as isize, 1) };
-                faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::Seq);
-            });
-        });
+        panel_gemm(rows, k, x, n, y, &|r0, r1, w| self.dequantize_rows(r0, r1, w));
     }
 
-    /// `f(r0, r1)` on rayon for each batch-path panel of rows: ≈ 256 KiB–1 MiB of f32, a
-    /// multiple of `align` rows, and a multiple of the thread count of panels when the matrix
-    /// allows.
     fn for_each_panel(&self, align: usize, f: impl Fn(usize, usize) + Sync + Send) {
-        let (rows, k) = (self.rows, self.cols);
-        let threads = rayon::current_num_threads().max(1);
-        let target = (262_144 / k.max(1)).clamp(16, 512);
-        let tasks = rows.div_ceil(target).max(1).div_ceil(threads) * threads;
-        let panel = rows.div_ceil(tasks).max(1).div_ceil(align) * align;
-        (0..rows.div_ceil(panel)).into_par_iter().for_each(|p| f(p * panel, ((p + 1) * panel).min(rows)));
+        for_each_panel(self.rows, self.cols, align, f)
     }
 
     /// The AMX batch path (`cpu::amx`): panels of 16-row groups, dequantized and packed into
@@ -219,6 +198,44 @@ impl QMatrix {
             });
         });
     }
+}
+
+/// `f(r0, r1)` on rayon for each batch-path panel of a `rows × k` matrix: ≈ 256 KiB–1 MiB of
+/// f32, a multiple of `align` rows, and a multiple of the thread count of panels when the matrix
+/// allows.
+fn for_each_panel(rows: usize, k: usize, align: usize, f: impl Fn(usize, usize) + Sync + Send) {
+    let threads = rayon::current_num_threads().max(1);
+    let target = (262_144 / k.max(1)).clamp(16, 512);
+    let tasks = rows.div_ceil(target).max(1).div_ceil(threads) * threads;
+    let panel = rows.div_ceil(tasks).max(1).div_ceil(align) * align;
+    (0..rows.div_ceil(panel)).into_par_iter().for_each(|p| f(p * panel, ((p + 1) * panel).min(rows)));
+}
+
+/// `y[n × rows] = x[n × k] · Wᵀ` where `deq(r0, r1, out)` writes rows `[r0, r1)` of W as f32:
+/// panels of rows decoded into an L2-sized thread-local buffer, times all tokens (faer). No f32
+/// copy of the whole matrix exists.
+pub(crate) fn panel_gemm(
+    rows: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    deq: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+) {
+    let lhs = MatRef::from_row_major_slice(x, n, k);
+    let yp = SendPtr(y.as_mut_ptr());
+    for_each_panel(rows, k, 1, |r0, r1| {
+        PANEL.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize((r1 - r0) * k, 0.0);
+            let w = &mut buf[..(r1 - r0) * k];
+            deq(r0, r1, w);
+            let rhs = MatRef::from_column_major_slice(w, k, r1 - r0);
+            // SAFETY: columns r0..r1 of the n × rows output belong to this task alone.
+            let dst = unsafe { MatMut::from_raw_parts_mut(yp.get().add(r0), n, r1 - r0, rows as isize, 1) };
+            faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::Seq);
+        });
+    });
 }
 
 fn bytemuck_f32(b: &[u8]) -> std::result::Result<&[f32], ()> {

@@ -173,8 +173,22 @@ fn malformed_input_corpus() {
         gguf::scale_variants(&mut s, &std::fs::read(&q).expect("read"), id);
     }
     let ct = src.path().join("ct8");
-    ok(&[&"quantize", &stories(), &"--method", &"rtn", &"--bits", &"8", &"--group", &"-1", &"--format", &"ct-w8a8",
-        &"--format", &"ct-fp8", &"-o", &ct]);
+    ok(&[
+        &"quantize",
+        &stories(),
+        &"--method",
+        &"rtn",
+        &"--bits",
+        &"8",
+        &"--group",
+        &"-1",
+        &"--format",
+        &"ct-w8a8",
+        &"--format",
+        &"ct-fp8",
+        &"-o",
+        &ct,
+    ]);
     ct8::ct8_variants(&mut s, &ct.join("ct-w8a8"), &ct.join("ct-fp8"));
     safetensors::safetensors_variants(&mut s);
     config::config_variants(&mut s);

@@ -176,7 +176,10 @@ pub fn generate(ctx: &Ctx, a: &GenerateArgs) -> Result<()> {
     let rendered;
     let text_in = if a.chat {
         let template = tok.chat_template.as_deref().ok_or_else(|| {
-            Error::Invalid(format!("{}: the model has no chat template (tokenizer.chat_template)", a.model.display()))
+            Error::Invalid(format!(
+                "{}: the model has no chat template (tokenizer.chat_template)",
+                a.model.display()
+            ))
         })?;
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {

@@ -38,9 +38,16 @@ use sha2::{Digest, Sha256};
 /// * `path/to/recipe.toml` — a recipe file (`convert --print-recipe` writes one) into GGUF.
 #[derive(Debug, Clone)]
 pub enum Spec {
-    Gguf { recipe: Box<Recipe>, gptq: bool },
+    Gguf {
+        recipe: Box<Recipe>,
+        gptq: bool,
+    },
     /// A checkpoint folder in `layout` (an FP8 layout ignores `int`).
-    Int { method: MethodKind, int: IntSpec, layout: IntFormat },
+    Int {
+        method: MethodKind,
+        int: IntSpec,
+        layout: IntFormat,
+    },
     Bnb(BnbFormat),
 }
 
@@ -488,9 +495,16 @@ mod tests {
                 "{text}: {:?}",
                 r.spec
             );
-            assert_eq!((r.needs_calibration(), r.is_gguf(), r.slug().as_str()), (calib, false, slug), "{text}");
+            assert_eq!(
+                (r.needs_calibration(), r.is_gguf(), r.slug().as_str()),
+                (calib, false, slug),
+                "{text}"
+            );
         }
-        assert_eq!(RecipeSpec::parse("w8a8", b).expect("w8a8").format(), "ct-w8a8 int8 per-channel sym (rtn)");
+        assert_eq!(
+            RecipeSpec::parse("w8a8", b).expect("w8a8").format(),
+            "ct-w8a8 int8 per-channel sym (rtn)"
+        );
         assert_eq!(RecipeSpec::parse("fp8", b).expect("fp8").format(), "ct-fp8 fp8 per-channel");
         let e = RecipeSpec::parse("gptq:fp8", b).expect_err("gptq fp8").to_string();
         assert!(e.contains("round to nearest only"), "{e}");

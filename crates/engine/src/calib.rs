@@ -131,7 +131,7 @@ pub trait BlockHook: Send {
 
 fn f32_linear(rows: usize, cols: usize, w: &[f32], bias: Option<Vec<f32>>) -> Result<QLinear> {
     let bytes: Vec<u8> = bytemuck_f32(w);
-    Ok(QLinear { m: QMatrix::new(GgmlType::F32, rows, cols, WeightBytes::owned(bytes))?, bias })
+    Ok(QLinear::new(QMatrix::new(GgmlType::F32, rows, cols, WeightBytes::owned(bytes))?, bias))
 }
 
 fn bytemuck_f32(w: &[f32]) -> Vec<u8> {
@@ -161,13 +161,19 @@ impl Model {
     pub fn block_weights(&self, li: usize) -> BlockWeights {
         let l = &self.layers[li];
         let lin = l.linears();
-        let shape = lin.map(|q| (q.m.rows, q.m.cols));
+        let shape = lin.map(|q| (q.out_features(), q.in_features()));
         let w = lin.map(|q| {
-            let mut v = vec![0f32; q.m.rows * q.m.cols];
-            q.m.dequantize_rows(0, q.m.rows, &mut v);
+            let mut v = vec![0f32; q.out_features() * q.in_features()];
+            q.dequantize_rows(0, q.out_features(), &mut v);
             v
         });
-        BlockWeights { attn_norm: l.attn_norm.clone(), ffn_norm: l.ffn_norm.clone(), w, shape, touched: [false; 7] }
+        BlockWeights {
+            attn_norm: l.attn_norm.clone(),
+            ffn_norm: l.ffn_norm.clone(),
+            w,
+            shape,
+            touched: [false; 7],
+        }
     }
 
     /// Install f32 weights into block `li` (biases are kept).
@@ -188,7 +194,7 @@ impl Model {
                 continue;
             }
             let (r, c) = bw.shape[i];
-            if (r, c) != (q.m.rows, q.m.cols) || bw.w[i].len() != r * c {
+            if (r, c) != (q.out_features(), q.in_features()) || bw.w[i].len() != r * c {
                 return Err(Error::Invalid(format!(
                     "block {li}: {} has the wrong shape",
                     Proj::ALL[i].gguf()
@@ -215,8 +221,9 @@ impl Model {
                 tensor: name.clone(),
                 hint: String::new(),
             })?;
-            if t.row_len() != q.m.cols {
-                return Err(Error::bad_tensor(&name, format!("rows of {} but {} expected", t.row_len(), q.m.cols)));
+            if t.row_len() != q.in_features() {
+                let want = q.in_features();
+                return Err(Error::bad_tensor(&name, format!("rows of {} but {want} expected", t.row_len())));
             }
             let w = src.read(t)?;
             src.release_rows(t, 0, t.rows());
@@ -229,7 +236,7 @@ impl Model {
     pub fn unload_block(&mut self, li: usize) {
         if let Some(l) = self.layers.get_mut(li) {
             for q in l.linears_mut() {
-                q.m = crate::model::load::placeholder(q.m.cols);
+                q.w = crate::linear::Weights::Q(crate::model::load::placeholder(q.in_features()));
             }
         }
     }
@@ -426,7 +433,11 @@ impl Spill {
             return Ok(SeqStore { n, len, data: Data::Mem(vec![0f32; n * len]) });
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        let path = self.dir.join(format!(".quantkit-spill-{}-{}", std::process::id(), SPILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        let path = self.dir.join(format!(
+            ".quantkit-spill-{}-{}",
+            std::process::id(),
+            SPILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

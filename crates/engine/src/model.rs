@@ -139,7 +139,7 @@ impl Model {
     /// Bytes of weights read per generated token (every linear layer, the LM head and one
     /// embedding row): what decode speed is bounded by.
     pub fn weight_bytes_per_token(&self) -> u64 {
-        let lin = |l: &QLinear| l.m.bytes().len() as u64;
+        let lin = |l: &QLinear| l.stored_bytes();
         let layers: u64 = self.layers.iter().flat_map(Layer::linears).map(lin).sum();
         layers + lin(&self.lm_head) + self.embed.row_bytes as u64
     }
@@ -148,7 +148,7 @@ impl Model {
     pub fn weight_types(&self) -> Vec<(String, usize)> {
         let mut m = std::collections::BTreeMap::<String, usize>::new();
         for x in self.layers.iter().flat_map(Layer::linears).chain([&self.lm_head]) {
-            *m.entry(x.m.ty.name().to_string()).or_default() += 1;
+            *m.entry(x.type_name()).or_default() += 1;
         }
         m.into_iter().collect()
     }

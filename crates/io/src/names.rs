@@ -126,20 +126,20 @@ pub fn qk_heads(gguf_name: &str, n_heads: u64, n_kv_heads: u64) -> Option<u64> {
 
 /// llama.cpp's `permute`: within each head, rows `[first half | second half]` (HF rotate-half
 /// order) become interleaved pairs. `data` is row-major with `rows` rows.
-pub fn permute_qk(data: &[f32], rows: usize, n_head: usize) -> Vec<f32> {
+pub fn permute_qk<T: Copy + Default>(data: &[T], rows: usize, n_head: usize) -> Vec<T> {
     reorder_rows(data, rows, n_head, false)
 }
 
 /// Inverse of [`permute_qk`].
-pub fn unpermute_qk(data: &[f32], rows: usize, n_head: usize) -> Vec<f32> {
+pub fn unpermute_qk<T: Copy + Default>(data: &[T], rows: usize, n_head: usize) -> Vec<T> {
     reorder_rows(data, rows, n_head, true)
 }
 
-fn reorder_rows(data: &[f32], rows: usize, n_head: usize, inverse: bool) -> Vec<f32> {
+fn reorder_rows<T: Copy + Default>(data: &[T], rows: usize, n_head: usize, inverse: bool) -> Vec<T> {
     let cols = data.len() / rows;
     let hd = rows / n_head;
     let half = hd / 2;
-    let mut out = vec![0f32; data.len()];
+    let mut out = vec![T::default(); data.len()];
     for h in 0..n_head {
         for i in 0..2 {
             for j in 0..half {

@@ -7,9 +7,9 @@
 //! [`crate::gguf_grid::GgufGrid`] (every GGUF integer type, block by block).
 
 use faer::{Accum, Mat, MatRef, Par};
-use rayon::prelude::*;
 use half::f16;
 use quantkit_core::{Error, GgmlType, Result};
+use rayon::prelude::*;
 
 use crate::gguf_grid::GgufGrid;
 

@@ -128,7 +128,10 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
         }
         _ => (t, 1),
     };
-    let v: f64 = num.trim().parse().map_err(|_| Error::Invalid(format!("{s:?}: a size is a number with K, M, G or T")))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| Error::Invalid(format!("{s:?}: a size is a number with K, M, G or T")))?;
     if !(v.is_finite() && v >= 0.0) || v * mul as f64 > u64::MAX as f64 {
         return Err(Error::Invalid(format!("{s:?}: not a size")));
     }
@@ -230,13 +233,32 @@ fn dir_bytes(p: &Path) -> u64 {
 /// The name of a pass's checkpoint folder: the target's label and a hash of everything that decides
 /// its output (the model's identity, method, knobs, target, samples), so `--resume` never mixes
 /// blocks of different jobs.
-fn pass_key(src: &ModelSource, method: MethodKind, knobs: &Knobs, target: &Target, samples: &Samples) -> String {
+fn pass_key(
+    src: &ModelSource,
+    method: MethodKind,
+    knobs: &Knobs,
+    target: &Target,
+    samples: &Samples,
+) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let path = src.path();
     let meta = std::fs::metadata(&path).ok();
-    let mtime = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-    h.update(format!("{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}", path.display(), src.input_bytes(), mtime, method.name(), knobs, target, samples.seqlen, samples.count()));
+    let mtime = meta
+        .as_ref()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    h.update(format!(
+        "{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}",
+        path.display(),
+        src.input_bytes(),
+        mtime,
+        method.name(),
+        knobs,
+        target,
+        samples.seqlen,
+        samples.count()
+    ));
     for t in &samples.tokens {
         h.update(t.to_le_bytes());
     }

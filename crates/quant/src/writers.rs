@@ -268,10 +268,7 @@ fn write_checkpoint(
             "version": "gemm",
             "modules_to_not_convert": if kinds.is_empty() { Json::Null } else { json!(kinds) },
         }),
-        IntFormat::CompressedTensors
-        | IntFormat::CtW8A8
-        | IntFormat::CtFp8
-        | IntFormat::CtFp8Dynamic => {
+        IntFormat::CompressedTensors | IntFormat::CtW8A8 | IntFormat::CtFp8 | IntFormat::CtFp8Dynamic => {
             let ty = if fmt.is_float() { "float" } else { "int" };
             let mut weights = json!({
                 "dynamic": false,

@@ -5,16 +5,56 @@ use std::sync::Arc;
 
 use quantkit_core::{Error, GgmlType, Result};
 use quantkit_io::config::RopeScaling;
-use quantkit_io::source::{ModelSource, SourceTensor};
+use quantkit_io::layout::{ct_dense, fp8};
+use quantkit_io::names;
+use quantkit_io::source::{ModelSource, Origin, SourceTensor};
+use quantkit_kernels::w8::{Code8, Mat8};
 use quantkit_kernels::{QMatrix, WeightBytes};
 
 use super::{Layer, Model, WeightMode};
 use crate::calib::Proj;
-use crate::linear::QLinear;
+use crate::linear::{Acts8, QLinear, Weights};
 
 /// A projection whose weights are not loaded: `0 × cols` (see [`Model::load_streaming`]).
 pub(crate) fn placeholder(cols: usize) -> QMatrix {
-    QMatrix::new(GgmlType::F32, 0, cols, WeightBytes::owned(Vec::new())).expect("an empty f32 matrix is valid")
+    QMatrix::new(GgmlType::F32, 0, cols, WeightBytes::owned(Vec::new()))
+        .expect("an empty f32 matrix is valid")
+}
+
+/// A compressed-tensors int8 / FP8 module kept in its stored bytes with its activation scheme
+/// ([`Weights::W8`]), when `t` is one and the weights are loaded natively.
+fn dense8(src: &ModelSource, mode: WeightMode, t: &SourceTensor) -> Result<Option<Weights>> {
+    let (WeightMode::Native, ModelSource::Hf(h), Origin::Hf { name, permute_heads, .. }) =
+        (mode, src, &t.origin)
+    else {
+        return Ok(None);
+    };
+    let Some(q) = &h.quant else { return Ok(None) };
+    let module = name.strip_suffix(".weight").unwrap_or(name);
+    let Some(mut d) = q.dense8(h, module)? else { return Ok(None) };
+    let bad = |e: Error| Error::bad_tensor(name, e.to_string());
+    if let Some(n) = permute_heads {
+        // The GGUF row order the engine runs (llama.cpp's q/k permutation): scales follow rows.
+        d.codes = names::permute_qk(&d.codes, d.rows, *n as usize);
+        d.scales = names::permute_qk(&d.scales, d.rows, *n as usize);
+    }
+    let acts = match ct_dense::activations(&h.raw_config, &h.dir.join("config.json"))? {
+        ct_dense::DenseActs::None => Acts8::None,
+        ct_dense::DenseActs::Int8Token => Acts8::Int8Token,
+        ct_dense::DenseActs::Fp8Token => Acts8::Fp8Token,
+    };
+    if acts == Acts8::Int8Token && (d.float || d.group != d.cols) {
+        return Err(bad(Error::Unsupported(
+            "int8 activations with FP8 or grouped weights (W8A8 runs per-channel int8 weights)".into(),
+        )));
+    }
+    let code = if d.float {
+        Code8::Table(Box::new(std::array::from_fn(|b| fp8::to_f32(b as u8))))
+    } else {
+        Code8::Int8
+    };
+    let m = Mat8::new(d.rows, d.cols, d.group, d.codes, d.scales, code).map_err(bad)?;
+    Ok(Some(Weights::W8(Arc::new(m), acts)))
 }
 
 impl Model {
@@ -87,8 +127,13 @@ impl Model {
                 Some(b) => Some(read(b)?),
                 None => None,
             };
-            let m = if streaming { placeholder(t.row_len()) } else { matrix(t)? };
-            Ok(QLinear { m, bias })
+            if streaming {
+                return Ok(QLinear::new(placeholder(t.row_len()), bias));
+            }
+            if let Some(w) = dense8(src, mode, t)? {
+                return Ok(QLinear { w, bias });
+            }
+            Ok(QLinear::new(matrix(t)?, bias))
         };
         let embed = matrix(find("token_embd.weight")?)?;
         let mut layers = Vec::with_capacity(cfg.num_layers as usize);
@@ -115,11 +160,11 @@ impl Model {
         }
         let lm_head = if streaming {
             // Never run: it only tells the vocabulary size (the embeddings' rows).
-            QLinear { m: embed.clone(), bias: None }
+            QLinear::new(embed.clone(), None)
         } else if tensors.iter().any(|t| t.name == "output.weight") {
             linear("output.weight")?
         } else {
-            QLinear { m: embed.clone(), bias: None }
+            QLinear::new(embed.clone(), None)
         };
         let hd = cfg.head_dim as usize;
         let factors = cfg.llama3_rope_factors();

@@ -100,13 +100,29 @@ pub(super) fn shape(layout: Layout, t: &Module, s: &[usize], dt: &str) -> Result
     Ok((s[0], s[1]))
 }
 
-pub(super) fn unpack(
+/// A dense 8-bit module as stored: row-major codes (int8 two's complement, or E4M3 bit patterns)
+/// and `rows × cols/group` f32 scales (a per-tensor scale repeated per row), `w = scale · value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dense8 {
+    pub rows: usize,
+    pub cols: usize,
+    /// Columns per scale (`cols`: per channel).
+    pub group: usize,
+    pub codes: Vec<u8>,
+    pub scales: Vec<f32>,
+    /// E4M3 codes (else int8).
+    pub float: bool,
+}
+
+/// The stored codes and scales of module `t`, checked: no zero point, a known scale shape,
+/// finite scales, no NaN FP8 code.
+pub(super) fn stored(
     layout: Layout,
     group: Option<usize>,
     t: &Module,
     rows: usize,
     cols: usize,
-) -> Result<Vec<f32>> {
+) -> Result<Dense8> {
     if t.raw("weight_zero_point").is_ok() {
         return Err(Error::bad_tensor(
             t.name("weight_zero_point"),
@@ -115,12 +131,15 @@ pub(super) fn unpack(
     }
     let (q, dt, s) = t.raw("weight")?;
     shape(layout, t, &s, &dt)?;
+    if q.len() != rows * cols {
+        return Err(Error::bad_tensor(t.name("weight"), format!("{} bytes for [{rows}, {cols}]", q.len())));
+    }
     let (sc, ss) = t.floats_any("weight_scale")?;
     // Columns per scale: per channel (one per row), per group, or one for the whole tensor.
-    let (per_row, gs) = match group {
-        Some(g) if cols % g == 0 && ss == [rows, cols / g] => (true, g),
-        None if ss == [rows, 1] || ss == [rows] => (true, cols),
-        None if sc.len() == 1 && ss.iter().all(|&d| d == 1) => (false, cols),
+    let (scales, gs) = match group {
+        Some(g) if cols % g == 0 && ss == [rows, cols / g] => (sc, g),
+        None if ss == [rows, 1] || ss == [rows] => (sc, cols),
+        None if sc.len() == 1 && ss.iter().all(|&d| d == 1) => (vec![sc[0]; rows], cols),
         _ => {
             let want = match group {
                 Some(g) => format!("[{rows}, {}] (group {g})", cols / g.max(1)),
@@ -129,32 +148,76 @@ pub(super) fn unpack(
             return Err(Error::bad_tensor(t.name("weight_scale"), format!("shape {ss:?}, expected {want}")));
         }
     };
-    if let Some(i) = sc.iter().position(|v| !v.is_finite()) {
+    if let Some(i) = scales.iter().position(|v| !v.is_finite()) {
         return Err(Error::bad_tensor(
             t.name("weight_scale"),
-            format!("value {} at index {i} is not finite", sc[i]),
+            format!("value {} at index {i} is not finite", scales[i]),
         ));
     }
-    let ng = cols / gs;
     let float = layout.is_float();
+    if float {
+        if let Some(i) = q.iter().position(|&b| fp8::is_nan(b)) {
+            return Err(Error::bad_tensor(
+                t.name("weight"),
+                format!("FP8 code {:#04x} at [{}, {}] is NaN", q[i], i / cols.max(1), i % cols.max(1)),
+            ));
+        }
+    }
+    Ok(Dense8 { rows, cols, group: gs, codes: q.to_vec(), scales, float })
+}
+
+pub(super) fn unpack(
+    layout: Layout,
+    group: Option<usize>,
+    t: &Module,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<f32>> {
+    let d = stored(layout, group, t, rows, cols)?;
+    let ng = cols / d.group;
     let mut out = Vec::with_capacity(rows * cols);
-    for o in 0..rows {
-        for i in 0..cols {
-            let b = q[o * cols + i];
-            let v = if float {
-                if fp8::is_nan(b) {
-                    return Err(Error::bad_tensor(
-                        t.name("weight"),
-                        format!("FP8 code {b:#04x} at [{o}, {i}] is NaN"),
-                    ));
-                }
-                fp8::to_f32(b)
-            } else {
-                b as i8 as f32
-            };
-            let s = if per_row { sc[o * ng + i / gs] } else { sc[0] };
-            out.push(s * v);
+    for (o, row) in d.codes.chunks_exact(cols.max(1)).enumerate().take(rows) {
+        for (i, &b) in row.iter().enumerate() {
+            let v = if d.float { fp8::to_f32(b) } else { b as i8 as f32 };
+            out.push(d.scales[o * ng + i / d.group] * v);
         }
     }
     Ok(out)
+}
+
+/// What a dense 8-bit checkpoint does to activations (`config_groups.*.input_activations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseActs {
+    /// Weight-only (none declared).
+    None,
+    /// Dynamic per-token symmetric int8 (`W8A8`).
+    Int8Token,
+    /// Dynamic per-token FP8 E4M3 (`FP8_DYNAMIC`).
+    Fp8Token,
+}
+
+/// The activation scheme of a compressed-tensors checkpoint's single config group. Only dynamic
+/// per-token symmetric 8-bit schemes are supported; any other is an error naming it.
+pub fn activations(raw_config: &Json, path: &std::path::Path) -> Result<DenseActs> {
+    let a = raw_config
+        .get("quantization_config")
+        .and_then(|q| q.get("config_groups"))
+        .and_then(Json::as_object)
+        .and_then(|g| g.values().next())
+        .and_then(|s| s.get("input_activations"));
+    let Some(a) = a.filter(|a| !a.is_null()) else { return Ok(DenseActs::None) };
+    let ty = a.get("type").and_then(Json::as_str).unwrap_or("int");
+    let bits = a.get("num_bits").and_then(Json::as_u64);
+    let strategy = a.get("strategy").and_then(Json::as_str).unwrap_or("tensor");
+    let dynamic = a.get("dynamic").and_then(Json::as_bool).unwrap_or(false);
+    let sym = a.get("symmetric").and_then(Json::as_bool).unwrap_or(true);
+    match (ty, bits, strategy, dynamic, sym) {
+        ("int", Some(8), "token", true, true) => Ok(DenseActs::Int8Token),
+        ("float", Some(8), "token", true, true) => Ok(DenseActs::Fp8Token),
+        _ => Err(Error::Unsupported(format!(
+            "activation scheme {ty} {bits:?}-bit, strategy {strategy:?}, dynamic {dynamic}, symmetric {sym} in {} \
+             (the engine runs dynamic per-token symmetric 8-bit activations; --dequantize runs the weights alone)",
+            path.display()
+        ))),
+    }
 }

@@ -18,7 +18,7 @@
 mod awq;
 pub mod bnb;
 mod compressed_tensors;
-mod ct_dense;
+pub mod ct_dense;
 pub mod fp8;
 mod gptq;
 
@@ -258,6 +258,19 @@ impl QuantLayout {
         }
     }
 
+    /// The stored codes and scales of module `m` when this is a dense 8-bit compressed-tensors
+    /// layout (int8 / FP8) and `m` is quantized (has a `weight_scale`); `None` otherwise.
+    pub fn dense8(&self, h: &HfCheckpoint, m: &str) -> Result<Option<ct_dense::Dense8>> {
+        let QuantLayout::Int(c) = self else { return Ok(None) };
+        let scale = format!("{m}.weight_scale");
+        if !c.layout.dense() || !h.stored_names().any(|n| n == scale) {
+            return Ok(None);
+        }
+        let t = Module { src: h, m };
+        let (rows, cols) = c.shape(&t)?;
+        ct_dense::stored(c.layout, c.group, &t, rows, cols).map(Some)
+    }
+
     /// The dequantized weight of module `m`, row-major `[out, in]`, in f32.
     pub fn dequantize(&self, h: &HfCheckpoint, m: &str) -> Result<Vec<f32>> {
         match self {
@@ -324,7 +337,8 @@ impl LayoutConfig {
             }
             "compressed-tensors" => {
                 let fmt = q.get("format").and_then(Json::as_str).unwrap_or("");
-                if !matches!(fmt, "pack-quantized" | "int-quantized" | "float-quantized" | "naive-quantized") {
+                if !matches!(fmt, "pack-quantized" | "int-quantized" | "float-quantized" | "naive-quantized")
+                {
                     return Err(Error::Unsupported(format!(
                         "compressed-tensors format {fmt:?} in {} (pack-quantized, int-quantized, \
                          float-quantized or naive-quantized)",

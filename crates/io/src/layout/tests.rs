@@ -248,10 +248,13 @@ fn int8_w8a8_unpacks_what_it_packs() {
     // Per channel and (as compressed-tensors also reads it) per group; codes span 0..=255.
     for group in [96, 32] {
         let f = Fixture::new(8, 64, 96, group, |_| 128);
-        let cfg = LayoutConfig { layout: Layout::CtW8A8, bits: 8, group: (group < 96).then_some(group), sym: true };
+        let cfg =
+            LayoutConfig { layout: Layout::CtW8A8, bits: 8, group: (group < 96).then_some(group), sym: true };
         let m = Mem(cfg.pack(&f.weights(), "model.layers.0.mlp.up_proj"));
         let names: Vec<(&str, String, Vec<usize>)> =
-            m.0.iter().map(|p| (p.spec.name.as_str(), format!("{:?}", p.spec.dtype), p.spec.shape.clone())).collect();
+            m.0.iter()
+                .map(|p| (p.spec.name.as_str(), format!("{:?}", p.spec.dtype), p.spec.shape.clone()))
+                .collect();
         assert_eq!(
             names,
             vec![
@@ -270,11 +273,13 @@ fn int8_w8a8_unpacks_what_it_packs() {
 #[test]
 fn fp8_unpacks_what_it_packs_and_refuses_bad_tensors() {
     let (rows, cols) = (8, 16);
-    let codes: Vec<u8> = (0..rows * cols).map(|i| (i * 37 % 256) as u8).map(|c| if fp8::is_nan(c) { 0 } else { c }).collect();
+    let codes: Vec<u8> =
+        (0..rows * cols).map(|i| (i * 37 % 256) as u8).map(|c| if fp8::is_nan(c) { 0 } else { c }).collect();
     let scales: Vec<f32> = (0..rows).map(|r| (r + 1) as f32 / 256.0).collect();
     let zeros = vec![0u8; rows];
     let g_idx = vec![0u32; cols];
-    let w = IntWeights { rows, cols, group: cols, codes: &codes, scales: &scales, zeros: &zeros, g_idx: &g_idx };
+    let w =
+        IntWeights { rows, cols, group: cols, codes: &codes, scales: &scales, zeros: &zeros, g_idx: &g_idx };
     for layout in [Layout::CtFp8, Layout::CtFp8Dynamic] {
         let cfg = LayoutConfig { layout, bits: 8, group: None, sym: true };
         let m = Mem(cfg.pack(&w, "m.q_proj"));
@@ -285,7 +290,8 @@ fn fp8_unpacks_what_it_packs_and_refuses_bad_tensors() {
         assert_eq!(cfg.unpack(&t).expect("unpack"), want);
         // A per-tensor scale ([1]) broadcasts.
         let mut one = m.0.clone();
-        one[1] = Packed::new("m.q_proj.weight_scale".into(), Dtype::F32, vec![1], 0.5f32.to_le_bytes().to_vec());
+        one[1] =
+            Packed::new("m.q_proj.weight_scale".into(), Dtype::F32, vec![1], 0.5f32.to_le_bytes().to_vec());
         let t1 = Module { src: &Mem(one), m: "m.q_proj" };
         let half: Vec<f32> = codes.iter().map(|&c| 0.5 * fp8::to_f32(c)).collect();
         assert_eq!(cfg.unpack(&t1).expect("per tensor"), half);
@@ -301,13 +307,24 @@ fn fp8_unpacks_what_it_packs_and_refuses_bad_tensors() {
         nan[3] = 0xFF;
         let e = damaged(0, Packed::new("m.q_proj.weight".into(), Dtype::F8_E4M3, vec![rows, cols], nan));
         assert!(e.contains("m.q_proj.weight") && e.contains("NaN"), "{e}");
-        let e = damaged(1, Packed::new("m.q_proj.weight_scale".into(), Dtype::F32, vec![rows, 2], vec![0; rows * 8]));
+        let e = damaged(
+            1,
+            Packed::new("m.q_proj.weight_scale".into(), Dtype::F32, vec![rows, 2], vec![0; rows * 8]),
+        );
         assert!(e.contains("m.q_proj.weight_scale") && e.contains("[8, 2]"), "{e}");
-        let e = damaged(1, Packed::new("m.q_proj.weight_scale".into(), Dtype::I32, vec![rows, 1], vec![0; rows * 4]));
+        let e = damaged(
+            1,
+            Packed::new("m.q_proj.weight_scale".into(), Dtype::I32, vec![rows, 1], vec![0; rows * 4]),
+        );
         assert!(e.contains("m.q_proj.weight_scale") && e.contains("I32"), "{e}");
         let e = damaged(
             1,
-            Packed::new("m.q_proj.weight_scale".into(), Dtype::F32, vec![rows, 1], f32_bytes((0..rows).map(|_| f32::INFINITY))),
+            Packed::new(
+                "m.q_proj.weight_scale".into(),
+                Dtype::F32,
+                vec![rows, 1],
+                f32_bytes((0..rows).map(|_| f32::INFINITY)),
+            ),
         );
         assert!(e.contains("m.q_proj.weight_scale") && e.contains("not finite"), "{e}");
         let mut zp = m.0.clone();
@@ -327,25 +344,48 @@ fn config_reads_the_8bit_formats_and_refuses_bad_ones() {
             p,
         )
     };
-    let w = |ty: &str| serde_json::json!({"num_bits": 8, "type": ty, "symmetric": true, "strategy": "channel"});
+    let w =
+        |ty: &str| serde_json::json!({"num_bits": 8, "type": ty, "symmetric": true, "strategy": "channel"});
     let act = |ty: &str| serde_json::json!({"num_bits": 8, "type": ty, "symmetric": true, "strategy": "token", "dynamic": true});
     let cfg = |layout, group| Some(LayoutConfig { layout, bits: 8, group, sym: true });
     assert_eq!(read("int-quantized", w("int"), act("int")).expect("w8a8"), cfg(Layout::CtW8A8, None));
     assert_eq!(read("int-quantized", w("int"), Json::Null).expect("w8a16 int"), cfg(Layout::CtW8A8, None));
     assert_eq!(read("naive-quantized", w("float"), Json::Null).expect("fp8"), cfg(Layout::CtFp8, None));
-    assert_eq!(read("float-quantized", w("float"), act("float")).expect("fp8 dyn"), cfg(Layout::CtFp8Dynamic, None));
+    assert_eq!(
+        read("float-quantized", w("float"), act("float")).expect("fp8 dyn"),
+        cfg(Layout::CtFp8Dynamic, None)
+    );
     let tensor = serde_json::json!({"num_bits": 8, "type": "float", "strategy": "tensor"});
-    assert_eq!(read("float-quantized", tensor, act("float")).expect("per tensor"), cfg(Layout::CtFp8Dynamic, None));
+    assert_eq!(
+        read("float-quantized", tensor, act("float")).expect("per tensor"),
+        cfg(Layout::CtFp8Dynamic, None)
+    );
     let grouped = serde_json::json!({"num_bits": 8, "type": "int", "strategy": "group", "group_size": 32});
     assert_eq!(read("int-quantized", grouped, act("int")).expect("group"), cfg(Layout::CtW8A8, Some(32)));
     for (fmt, wt, what) in [
         ("int-quantized", w("float"), "\"float\""),
         ("float-quantized", w("int"), "\"int\""),
         ("marlin-24", w("int"), "marlin-24"),
-        ("int-quantized", serde_json::json!({"num_bits": 4, "type": "int", "strategy": "channel"}), "Some(4)"),
-        ("int-quantized", serde_json::json!({"num_bits": 8, "type": "int", "symmetric": false}), "asymmetric"),
-        ("float-quantized", serde_json::json!({"num_bits": 8, "type": "float", "strategy": "block"}), "\"block\""),
-        ("int-quantized", serde_json::json!({"num_bits": 8, "type": "int", "strategy": "group"}), "group_size"),
+        (
+            "int-quantized",
+            serde_json::json!({"num_bits": 4, "type": "int", "strategy": "channel"}),
+            "Some(4)",
+        ),
+        (
+            "int-quantized",
+            serde_json::json!({"num_bits": 8, "type": "int", "symmetric": false}),
+            "asymmetric",
+        ),
+        (
+            "float-quantized",
+            serde_json::json!({"num_bits": 8, "type": "float", "strategy": "block"}),
+            "\"block\"",
+        ),
+        (
+            "int-quantized",
+            serde_json::json!({"num_bits": 8, "type": "int", "strategy": "group"}),
+            "group_size",
+        ),
     ] {
         let e = read(fmt, wt, Json::Null).expect_err(fmt).to_string();
         assert!(e.contains("config.json") && e.contains(what), "{fmt}: {e}");

@@ -390,8 +390,9 @@ impl Method for Gptq {
             // The Hessian 2/n Σ x xᵀ, scaled on the fly (no copy).
             let scale = 2.0 / j.stats.rows.max(1) as f64;
             let (rows, cols) = j.shape;
-            let out = gptq_scaled(j.w, rows, cols, &j.stats.xtx, scale, Some(j.imp), cx.grid(j.layer, j.p)?, cfg)
-                .map_err(|e| Error::bad_tensor(name(j.layer, j.p), e.to_string()))?;
+            let out =
+                gptq_scaled(j.w, rows, cols, &j.stats.xtx, scale, Some(j.imp), cx.grid(j.layer, j.p)?, cfg)
+                    .map_err(|e| Error::bad_tensor(name(j.layer, j.p), e.to_string()))?;
             Ok(Some(Outcome { q: out.q, damp: Some(out.damp), dead: Some(out.dead) }))
         })
     }

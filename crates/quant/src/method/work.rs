@@ -68,7 +68,9 @@ impl StoredTensor {
     /// The GGUF type and the file range of a GGUF tensor (`None` for an integer matrix).
     pub fn gguf_range(&self) -> Option<(GgmlType, &Path, u64, u64)> {
         match self.entry.kind {
-            Kind::Gguf { ty } => GgmlType::from_id(ty).map(|t| (t, self.path.as_path(), self.start, self.entry.len)),
+            Kind::Gguf { ty } => {
+                GgmlType::from_id(ty).map(|t| (t, self.path.as_path(), self.start, self.entry.len))
+            }
             Kind::Int { .. } => None,
         }
     }
@@ -88,9 +90,14 @@ impl StoredTensor {
             }
             Kind::Int { bits, sym, group, zero_min, groups, g_idx } => {
                 let sizes = e.rows.checked_mul(e.cols).zip(e.rows.checked_mul(groups));
-                let want = sizes.and_then(|(n, np)| n.checked_add(np.checked_mul(5)?)?.checked_add(g_idx.checked_mul(4)?));
+                let want = sizes.and_then(|(n, np)| {
+                    n.checked_add(np.checked_mul(5)?)?.checked_add(g_idx.checked_mul(4)?)
+                });
                 let (Some((n, np)), Some(want)) = (sizes, want) else {
-                    return Err(bad(format!("a {}×{} matrix of {groups} groups is too large", e.rows, e.cols)));
+                    return Err(bad(format!(
+                        "a {}×{} matrix of {groups} groups is too large",
+                        e.rows, e.cols
+                    )));
                 };
                 if bytes.len() != want || (g_idx != 0 && g_idx != e.cols) || !(1..=8).contains(&bits) {
                     return Err(bad(format!(
@@ -116,8 +123,11 @@ impl StoredTensor {
                     .zip(zeros)
                     .map(|(s, &zero)| IntParams { scale: f32::from_le_bytes([s[0], s[1], s[2], s[3]]), zero })
                     .collect();
-                let g_idx: Vec<u32> = gi.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-                if g_idx.iter().any(|&g| g as usize >= groups) || codes.iter().any(|&c| u32::from(c) >> bits != 0) {
+                let g_idx: Vec<u32> =
+                    gi.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                if g_idx.iter().any(|&g| g as usize >= groups)
+                    || codes.iter().any(|&c| u32::from(c) >> bits != 0)
+                {
                     return Err(bad("a g_idx entry or a code outside the grid".into()));
                 }
                 Ok(Quantized::Int(IntMatrix {
@@ -157,17 +167,19 @@ fn encode(name: &str, q: &Quantized, offset: u64, out: &mut Vec<u8>) -> TensorEn
             (m.rows, m.cols, kind)
         }
     };
-    TensorEntry { name: name.to_string(), rows, cols, offset: offset + start as u64, len: (out.len() - start) as u64, kind }
+    TensorEntry {
+        name: name.to_string(),
+        rows,
+        cols,
+        offset: offset + start as u64,
+        len: (out.len() - start) as u64,
+        kind,
+    }
 }
 
 /// Save block `layer`'s part of `r` (its quantized tensors are in `r.quantized`; its report lines
 /// are `r.layers[reports_from..]`): the tensors move to the file and become [`StoredTensor`]s.
-pub fn save_layer(
-    dir: &Path,
-    layer: usize,
-    r: &mut PassResult,
-    reports_from: usize,
-) -> Result<()> {
+pub fn save_layer(dir: &Path, layer: usize, r: &mut PassResult, reports_from: usize) -> Result<()> {
     let prefix = format!("blk.{layer}.");
     let mine = |k: &String| k.starts_with(&prefix);
     let mut data = Vec::new();
@@ -190,7 +202,8 @@ pub fn save_layer(
     let start = (MAGIC.len() + 8 + json.len()) as u64;
     for e in header.tensors {
         r.quantized.remove(&e.name);
-        r.stored.insert(e.name.clone(), StoredTensor { path: path.clone(), start: start + e.offset, entry: e });
+        r.stored
+            .insert(e.name.clone(), StoredTensor { path: path.clone(), start: start + e.offset, entry: e });
     }
     Ok(())
 }
@@ -200,7 +213,10 @@ pub fn restore_layer(dir: &Path, layer: usize, r: &mut PassResult) -> Result<()>
     let path = layer_path(dir, layer);
     let bad = |m: String| Error::malformed(&path, "calibration checkpoint", "header", m);
     let mut f = std::fs::File::open(&path).map_err(|e| {
-        Error::Invalid(format!("cannot resume: block {layer}'s checkpoint {} is missing ({e})", path.display()))
+        Error::Invalid(format!(
+            "cannot resume: block {layer}'s checkpoint {} is missing ({e})",
+            path.display()
+        ))
     })?;
     let size = f.metadata().map_err(|e| Error::io(&path, e))?.len();
     let mut head = [0u8; 16];
@@ -208,7 +224,8 @@ pub fn restore_layer(dir: &Path, layer: usize, r: &mut PassResult) -> Result<()>
     if &head[..8] != MAGIC {
         return Err(bad("not a quantkit block checkpoint (magic QKLAYER1)".into()));
     }
-    let jlen = u64::from_le_bytes([head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15]]);
+    let jlen =
+        u64::from_le_bytes([head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15]]);
     if jlen > size.saturating_sub(16) {
         return Err(bad(format!("a header of {jlen} bytes in a file of {size}")));
     }
@@ -223,7 +240,8 @@ pub fn restore_layer(dir: &Path, layer: usize, r: &mut PassResult) -> Result<()>
         if e.offset.checked_add(e.len).is_none_or(|end| end > size.saturating_sub(start)) {
             return Err(bad(format!("{} lies outside the file", e.name)));
         }
-        r.stored.insert(e.name.clone(), StoredTensor { path: path.clone(), start: start + e.offset, entry: e });
+        r.stored
+            .insert(e.name.clone(), StoredTensor { path: path.clone(), start: start + e.offset, entry: e });
     }
     r.layers.extend(h.reports);
     r.imatrix.extend(h.imatrix);
@@ -264,9 +282,12 @@ mod tests {
                 x.codes == y.codes
                     && x.g_idx == y.g_idx
                     && x.params.iter().zip(&y.params).all(|(p, q)| p.scale == q.scale && p.zero == q.zero)
-                    && (x.rows, x.cols, x.grid.bits, x.grid.group) == (y.rows, y.cols, y.grid.bits, y.grid.group)
+                    && (x.rows, x.cols, x.grid.bits, x.grid.group)
+                        == (y.rows, y.cols, y.grid.bits, y.grid.group)
             }
-            (Quantized::Gguf { ty, bytes, .. }, Quantized::Gguf { ty: t2, bytes: b2, .. }) => ty == t2 && bytes == b2,
+            (Quantized::Gguf { ty, bytes, .. }, Quantized::Gguf { ty: t2, bytes: b2, .. }) => {
+                ty == t2 && bytes == b2
+            }
             _ => false,
         }
     }
