@@ -15,6 +15,8 @@ pub struct SiteStats {
     pub xtx: Vec<f64>,
     pub abs_sum: Vec<f64>,
     pub sq_sum: Vec<f64>,
+    /// max |x| per channel (SmoothQuant's activation statistic).
+    pub abs_max: Vec<f32>,
     pub rows: u64,
     /// Whether `xtx` is accumulated (AWQ-only or imatrix-only runs may skip it).
     pub with_xtx: bool,
@@ -30,6 +32,7 @@ impl SiteStats {
             xtx: if with_xtx { vec![0.0; dim * dim] } else { vec![] },
             abs_sum: vec![0.0; dim],
             sq_sum: vec![0.0; dim],
+            abs_max: vec![0.0; dim],
             rows: 0,
             with_xtx,
             scratch: vec![],
@@ -42,9 +45,12 @@ impl SiteStats {
         let d = self.dim;
         debug_assert_eq!(x.len(), rows * d);
         for r in x.chunks_exact(d) {
-            for ((a, s), v) in self.abs_sum.iter_mut().zip(self.sq_sum.iter_mut()).zip(r) {
+            for (((a, s), m), v) in
+                self.abs_sum.iter_mut().zip(self.sq_sum.iter_mut()).zip(self.abs_max.iter_mut()).zip(r)
+            {
                 *a += v.abs() as f64;
                 *s += (*v as f64) * (*v as f64);
+                *m = m.max(v.abs());
             }
         }
         self.rows += rows as u64;

@@ -6,6 +6,7 @@ use clap::Args;
 use quantkit_core::{Error, Result};
 use quantkit_quant::gptq::GptqConfig;
 use quantkit_quant::grid::IntSpec;
+use quantkit_quant::method::smooth::SmoothConfig;
 use quantkit_quant::method::{Knobs, MethodKind};
 use quantkit_quant::quantize::{
     parse_bytes, quantize as run, CalibOptions, OutFormat, QuantizeOptions, RunSettings,
@@ -63,6 +64,12 @@ pub struct QuantizeArgs {
     /// GPTQ lazy-batch block size.
     #[arg(long, default_value_t = 128)]
     pub block: usize,
+    /// SmoothQuant before quantizing (integer outputs, e.g. ct-w8a8): per-channel migration
+    /// strength α in [0, 1] (0.5 is llm-compressor's default), or `auto` to search α per site by
+    /// the predicted W8A8 output error. Folded into the RMSNorms: the output is an ordinary
+    /// checkpoint. Needs --calib.
+    #[arg(long, value_name = "ALPHA|auto")]
+    pub smoothquant: Option<String>,
     /// Calibration text: a file, a folder of text files, or `self` (sampled from the model).
     /// Never the evaluation text.
     #[arg(long)]
@@ -121,6 +128,7 @@ pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
                 act_order: !a.no_act_order,
                 static_groups: a.static_groups || (!a.no_act_order && no_g_idx),
             },
+            smooth: a.smoothquant.as_deref().map(SmoothConfig::parse).transpose()?,
             ..Knobs::default()
         },
         formats,

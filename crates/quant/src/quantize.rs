@@ -63,6 +63,15 @@ impl OutFormat {
         }
     }
 
+    /// As `--format` names it.
+    pub fn name(&self) -> String {
+        match self {
+            OutFormat::Int(f) => f.dir_name().to_string(),
+            OutFormat::Gguf(r) => format!("gguf:{}", r.mix.name),
+            OutFormat::Bnb(b) => b.name().to_string(),
+        }
+    }
+
     /// Whether it is a GGUF mix.
     pub fn is_gguf(&self) -> bool {
         matches!(self, OutFormat::Gguf(_))
@@ -333,6 +342,20 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
             "{} needs calibration text: --calib FILE|FOLDER (or --calib self to sample from the model)",
             info.name
         )));
+    }
+    if let Some(c) = opts.knobs.smooth {
+        if opts.calib.is_none() && !prepared {
+            return Err(Error::Invalid(format!(
+                "{} needs calibration text (activation maxima): --calib FILE|FOLDER (or --calib self)",
+                c.label()
+            )));
+        }
+        if let Some(f) = opts.formats.iter().find(|f| !matches!(f.layout(), Some(l) if !l.is_float())) {
+            return Err(Error::Unsupported(format!(
+                "SmoothQuant folds into integer checkpoints (ct-w8a8, compressed-tensors, gptq, …), not {}",
+                f.name()
+            )));
+        }
     }
     if let (GgufUse::No(why), true) = (info.gguf, opts.formats.iter().any(OutFormat::is_gguf)) {
         return Err(Error::Unsupported(why.into()));

@@ -241,6 +241,9 @@ impl Method for Awq {
         for (v, f) in st.sq_sum.iter_mut().zip(sc) {
             *v /= (*f as f64) * (*f as f64);
         }
+        for (v, f) in st.abs_max.iter_mut().zip(sc) {
+            *v /= f;
+        }
         Ok(())
     }
 

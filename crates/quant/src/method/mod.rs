@@ -15,6 +15,7 @@ pub mod awq;
 pub mod gptq;
 pub mod mse;
 pub mod rtn;
+pub mod smooth;
 pub mod work;
 
 use std::collections::BTreeMap;
@@ -65,6 +66,8 @@ pub struct MethodInfo {
 pub struct Knobs {
     pub gptq: gptq::GptqConfig,
     pub awq: awq::AwqConfig,
+    /// SmoothQuant before the method (integer targets only).
+    pub smooth: Option<smooth::SmoothConfig>,
 }
 
 /// A handle on a registered method: compares, prints and serializes as its name.
@@ -167,6 +170,9 @@ pub struct LayerReport {
     /// AWQ: the scale exponent chosen for this layer's input group.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub awq_alpha: Option<f32>,
+    /// SmoothQuant: the migration strength α applied to this layer's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smooth_alpha: Option<f32>,
     pub seconds: f64,
 }
 
@@ -194,6 +200,7 @@ impl LayerReport {
             damp: None,
             dead_inputs: None,
             awq_alpha: None,
+            smooth_alpha: None,
             seconds: t0.elapsed().as_secs_f64(),
         }
     }
@@ -370,8 +377,11 @@ impl Pass {
     /// A pass of `method` into `target`. A statistics pass ([`Target::Stats`]) quantizes nothing
     /// and skips the Hessian.
     pub fn new(method: MethodKind, knobs: &Knobs, target: Target) -> Self {
-        let method =
-            if matches!(target, Target::Stats) { Box::new(StatsOnly) } else { (method.0.make)(knobs) };
+        let method: Box<dyn Method> = match (&target, knobs.smooth) {
+            (Target::Stats, _) => Box::new(StatsOnly),
+            (_, Some(c)) => smooth::Smooth::wrap((method.0.make)(knobs), c),
+            (_, None) => (method.0.make)(knobs),
+        };
         Pass {
             method,
             cx: PassCtx { target, stats: BTreeMap::new(), result: PassResult::default() },
