@@ -23,13 +23,15 @@ use crate::grid::{IntMatrix, IntSpec, Quantized};
 use crate::method::{GgufUse, Knobs, LayerReport, MethodKind, Pass, PassResult, Target};
 use crate::recipe::{ModelInfo, Recipe};
 use crate::writers::{self, BnbFormat, BnbReport, IntFormat, QuantInfo, WriteReport};
+use quantkit_io::layout::bnb::Nf4Weights;
 
 /// One requested output.
 #[derive(Debug, Clone)]
 pub enum OutFormat {
     Int(IntFormat),
     Gguf(Box<Recipe>),
-    /// bitsandbytes 4-bit NF4 (round to nearest, as bnb quantizes on load).
+    /// bitsandbytes 4-bit NF4: round to nearest as bnb quantizes on load (`rtn`), or GPTQ onto
+    /// the NF4 levels (`gptq`, crate::nf4_grid).
     Bnb(BnbFormat),
 }
 
@@ -128,7 +130,10 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
         }
         _ => (t, 1),
     };
-    let v: f64 = num.trim().parse().map_err(|_| Error::Invalid(format!("{s:?}: a size is a number with K, M, G or T")))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| Error::Invalid(format!("{s:?}: a size is a number with K, M, G or T")))?;
     if !(v.is_finite() && v >= 0.0) || v * mul as f64 > u64::MAX as f64 {
         return Err(Error::Invalid(format!("{s:?}: not a size")));
     }
@@ -230,13 +235,32 @@ fn dir_bytes(p: &Path) -> u64 {
 /// The name of a pass's checkpoint folder: the target's label and a hash of everything that decides
 /// its output (the model's identity, method, knobs, target, samples), so `--resume` never mixes
 /// blocks of different jobs.
-fn pass_key(src: &ModelSource, method: MethodKind, knobs: &Knobs, target: &Target, samples: &Samples) -> String {
+fn pass_key(
+    src: &ModelSource,
+    method: MethodKind,
+    knobs: &Knobs,
+    target: &Target,
+    samples: &Samples,
+) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let path = src.path();
     let meta = std::fs::metadata(&path).ok();
-    let mtime = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-    h.update(format!("{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}", path.display(), src.input_bytes(), mtime, method.name(), knobs, target, samples.seqlen, samples.count()));
+    let mtime = meta
+        .as_ref()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    h.update(format!(
+        "{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}",
+        path.display(),
+        src.input_bytes(),
+        mtime,
+        method.name(),
+        knobs,
+        target,
+        samples.seqlen,
+        samples.count()
+    ));
     for t in &samples.tokens {
         h.update(t.to_le_bytes());
     }
@@ -245,6 +269,7 @@ fn pass_key(src: &ModelSource, method: MethodKind, knobs: &Knobs, target: &Targe
         Target::Stats => "stats",
         Target::Int { .. } => "int",
         Target::Gguf { .. } => "gguf",
+        Target::Bnb { .. } => "bnb",
     };
     format!("{kind}-{}", d.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>())
 }
@@ -316,10 +341,10 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
         return Err(Error::Unsupported(why.into()));
     }
     if let Some(OutFormat::Bnb(f)) = opts.formats.iter().find(|f| matches!(f, OutFormat::Bnb(_))) {
-        if opts.method.name() != "rtn" {
+        if opts.method != MethodKind::rtn() && info.gguf != GgufUse::Grid {
             return Err(Error::Unsupported(format!(
-                "{}: bitsandbytes checkpoints are NF4 rounded to nearest, as bitsandbytes quantizes on load; \
-                 use --method rtn (not {})",
+                "{}: bitsandbytes NF4 checkpoints are made by round to nearest (--method rtn, as \
+                 bitsandbytes quantizes on load) or GPTQ onto the NF4 levels (--method gptq), not {}",
                 f.name(),
                 opts.method.name()
             )));
@@ -530,12 +555,38 @@ pub fn quantize_with(
         }
     }
 
-    // bitsandbytes NF4: straight from the weights.
+    // bitsandbytes NF4: straight from the weights (rtn), or one GPTQ pass per output (the
+    // double-quantized absmax changes what GPTQ feeds back).
     for f in &opts.formats {
         let OutFormat::Bnb(b) = f else { continue };
         let dest = out.join(b.name());
+        let calibrated: Option<BTreeMap<String, Nf4Weights>> = match samples {
+            Some(_) if opts.method != MethodKind::rtn() => {
+                let cfg = src.config();
+                let target = Target::Bnb {
+                    double_quant: b.double_quant,
+                    qk_heads: cfg.arch.permutes_qk().then_some((cfg.n_heads, cfg.n_kv_heads)),
+                };
+                let label = format!("{}{}", b.name(), if act_order { " (act-order)" } else { "" });
+                let (mut r, secs, stats) = run_pass(target, &label)?;
+                write_imatrix(&r)?;
+                passes.push(pass_report(label, secs, &r, stats));
+                let q = r
+                    .load_all()?
+                    .into_iter()
+                    .filter_map(|(k, v)| if let Quantized::Nf4(m) = v { Some((k, m.w)) } else { None })
+                    .collect();
+                Some(q)
+            }
+            _ => None,
+        };
         progress.stage(b.name(), 1);
-        let rep = writers::write_bnb_checkpoint(&src, *b, &dest)?;
+        let rep = writers::write_bnb_checkpoint(
+            &src,
+            *b,
+            &dest,
+            calibrated.as_ref().map(|m| (opts.method.name(), m)),
+        )?;
         progress.tick(1);
         outputs.push(OutputReport {
             format: b.name().to_string(),

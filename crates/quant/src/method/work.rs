@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{LayerReport, PassResult};
 use crate::grid::{IntGrid, IntMatrix, IntParams, Quantized};
+use crate::nf4_grid::Nf4Matrix;
+use quantkit_io::layout::bnb;
 
 const MAGIC: &[u8; 8] = b"QKLAYER1";
 
@@ -53,6 +55,10 @@ enum Kind {
     Gguf { ty: u32 },
     /// An integer matrix: codes (u8), then scales (f32), zeros (u8), g_idx (u32).
     Int { bits: u32, sym: bool, group: Option<usize>, zero_min: u8, groups: usize, g_idx: usize },
+    /// A bitsandbytes NF4 matrix (HF row order): codes (u8 each), absmax (f32 per block); with
+    /// double quantization also the absmax codes (u8 per block) and the nested absmax (f32 each).
+    /// `offset`: the f32's bits.
+    Nf4 { blocksize: usize, heads: Option<usize>, nested: Option<(usize, u32)> },
 }
 
 /// A quantized tensor saved in a block file; [`StoredTensor::load`] reads it back.
@@ -68,8 +74,10 @@ impl StoredTensor {
     /// The GGUF type and the file range of a GGUF tensor (`None` for an integer matrix).
     pub fn gguf_range(&self) -> Option<(GgmlType, &Path, u64, u64)> {
         match self.entry.kind {
-            Kind::Gguf { ty } => GgmlType::from_id(ty).map(|t| (t, self.path.as_path(), self.start, self.entry.len)),
-            Kind::Int { .. } => None,
+            Kind::Gguf { ty } => {
+                GgmlType::from_id(ty).map(|t| (t, self.path.as_path(), self.start, self.entry.len))
+            }
+            Kind::Int { .. } | Kind::Nf4 { .. } => None,
         }
     }
 
@@ -86,11 +94,51 @@ impl StoredTensor {
                 let ty = GgmlType::from_id(ty).ok_or_else(|| bad(format!("ggml type {ty}")))?;
                 Ok(Quantized::Gguf { ty, rows: e.rows, cols: e.cols, bytes })
             }
+            Kind::Nf4 { blocksize, heads, nested } => {
+                let n = e.rows.checked_mul(e.cols).ok_or_else(|| bad("too large".into()))?;
+                if !(1..=4096).contains(&blocksize) || heads.is_some_and(|h| h == 0 || e.rows % (2 * h) != 0)
+                {
+                    return Err(bad(format!("blocksize {blocksize}, heads {heads:?}")));
+                }
+                let nb = n.div_ceil(blocksize);
+                let nn = nested.map_or(0, |(k, _)| k);
+                let want = n + nb * 4 + nested.map_or(0, |_| nb + nn * 4);
+                if bytes.len() != want || nested.is_some_and(|(k, _)| k != nb.div_ceil(bnb::NESTED_BLOCK)) {
+                    return Err(bad(format!("{} bytes for a {}×{} NF4 matrix", bytes.len(), e.rows, e.cols)));
+                }
+                let f32s = |b: &[u8]| -> Vec<f32> {
+                    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                };
+                let (codes, rest) = bytes.split_at(n);
+                if codes.iter().any(|&c| c > 15) {
+                    return Err(bad("an NF4 code above 15".into()));
+                }
+                let (absmax, rest) = rest.split_at(nb * 4);
+                let nested = nested.map(|(_, off)| {
+                    let (q, am) = rest.split_at(nb);
+                    bnb::Nested { codes: q.to_vec(), absmax: f32s(am), offset: f32::from_bits(off) }
+                });
+                let w = bnb::Nf4Weights {
+                    rows: e.rows,
+                    cols: e.cols,
+                    blocksize,
+                    codes: codes.to_vec(),
+                    absmax: f32s(absmax),
+                    nested,
+                    dtype: bnb::StateDtype::F16,
+                };
+                Ok(Quantized::Nf4(Nf4Matrix { w, heads }))
+            }
             Kind::Int { bits, sym, group, zero_min, groups, g_idx } => {
                 let sizes = e.rows.checked_mul(e.cols).zip(e.rows.checked_mul(groups));
-                let want = sizes.and_then(|(n, np)| n.checked_add(np.checked_mul(5)?)?.checked_add(g_idx.checked_mul(4)?));
+                let want = sizes.and_then(|(n, np)| {
+                    n.checked_add(np.checked_mul(5)?)?.checked_add(g_idx.checked_mul(4)?)
+                });
                 let (Some((n, np)), Some(want)) = (sizes, want) else {
-                    return Err(bad(format!("a {}×{} matrix of {groups} groups is too large", e.rows, e.cols)));
+                    return Err(bad(format!(
+                        "a {}×{} matrix of {groups} groups is too large",
+                        e.rows, e.cols
+                    )));
                 };
                 if bytes.len() != want || (g_idx != 0 && g_idx != e.cols) || !(1..=8).contains(&bits) {
                     return Err(bad(format!(
@@ -116,8 +164,11 @@ impl StoredTensor {
                     .zip(zeros)
                     .map(|(s, &zero)| IntParams { scale: f32::from_le_bytes([s[0], s[1], s[2], s[3]]), zero })
                     .collect();
-                let g_idx: Vec<u32> = gi.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-                if g_idx.iter().any(|&g| g as usize >= groups) || codes.iter().any(|&c| u32::from(c) >> bits != 0) {
+                let g_idx: Vec<u32> =
+                    gi.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                if g_idx.iter().any(|&g| g as usize >= groups)
+                    || codes.iter().any(|&c| u32::from(c) >> bits != 0)
+                {
                     return Err(bad("a g_idx entry or a code outside the grid".into()));
                 }
                 Ok(Quantized::Int(IntMatrix {
@@ -156,18 +207,31 @@ fn encode(name: &str, q: &Quantized, offset: u64, out: &mut Vec<u8>) -> TensorEn
             };
             (m.rows, m.cols, kind)
         }
+        Quantized::Nf4(m) => {
+            let w = &m.w;
+            out.extend_from_slice(&w.codes);
+            out.extend(w.absmax.iter().flat_map(|v| v.to_le_bytes()));
+            if let Some(nq) = &w.nested {
+                out.extend_from_slice(&nq.codes);
+                out.extend(nq.absmax.iter().flat_map(|v| v.to_le_bytes()));
+            }
+            let nested = w.nested.as_ref().map(|nq| (nq.absmax.len(), nq.offset.to_bits()));
+            (w.rows, w.cols, Kind::Nf4 { blocksize: w.blocksize, heads: m.heads, nested })
+        }
     };
-    TensorEntry { name: name.to_string(), rows, cols, offset: offset + start as u64, len: (out.len() - start) as u64, kind }
+    TensorEntry {
+        name: name.to_string(),
+        rows,
+        cols,
+        offset: offset + start as u64,
+        len: (out.len() - start) as u64,
+        kind,
+    }
 }
 
 /// Save block `layer`'s part of `r` (its quantized tensors are in `r.quantized`; its report lines
 /// are `r.layers[reports_from..]`): the tensors move to the file and become [`StoredTensor`]s.
-pub fn save_layer(
-    dir: &Path,
-    layer: usize,
-    r: &mut PassResult,
-    reports_from: usize,
-) -> Result<()> {
+pub fn save_layer(dir: &Path, layer: usize, r: &mut PassResult, reports_from: usize) -> Result<()> {
     let prefix = format!("blk.{layer}.");
     let mine = |k: &String| k.starts_with(&prefix);
     let mut data = Vec::new();
@@ -190,7 +254,8 @@ pub fn save_layer(
     let start = (MAGIC.len() + 8 + json.len()) as u64;
     for e in header.tensors {
         r.quantized.remove(&e.name);
-        r.stored.insert(e.name.clone(), StoredTensor { path: path.clone(), start: start + e.offset, entry: e });
+        r.stored
+            .insert(e.name.clone(), StoredTensor { path: path.clone(), start: start + e.offset, entry: e });
     }
     Ok(())
 }
@@ -200,7 +265,10 @@ pub fn restore_layer(dir: &Path, layer: usize, r: &mut PassResult) -> Result<()>
     let path = layer_path(dir, layer);
     let bad = |m: String| Error::malformed(&path, "calibration checkpoint", "header", m);
     let mut f = std::fs::File::open(&path).map_err(|e| {
-        Error::Invalid(format!("cannot resume: block {layer}'s checkpoint {} is missing ({e})", path.display()))
+        Error::Invalid(format!(
+            "cannot resume: block {layer}'s checkpoint {} is missing ({e})",
+            path.display()
+        ))
     })?;
     let size = f.metadata().map_err(|e| Error::io(&path, e))?.len();
     let mut head = [0u8; 16];
@@ -208,7 +276,8 @@ pub fn restore_layer(dir: &Path, layer: usize, r: &mut PassResult) -> Result<()>
     if &head[..8] != MAGIC {
         return Err(bad("not a quantkit block checkpoint (magic QKLAYER1)".into()));
     }
-    let jlen = u64::from_le_bytes([head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15]]);
+    let jlen =
+        u64::from_le_bytes([head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15]]);
     if jlen > size.saturating_sub(16) {
         return Err(bad(format!("a header of {jlen} bytes in a file of {size}")));
     }
@@ -223,7 +292,8 @@ pub fn restore_layer(dir: &Path, layer: usize, r: &mut PassResult) -> Result<()>
         if e.offset.checked_add(e.len).is_none_or(|end| end > size.saturating_sub(start)) {
             return Err(bad(format!("{} lies outside the file", e.name)));
         }
-        r.stored.insert(e.name.clone(), StoredTensor { path: path.clone(), start: start + e.offset, entry: e });
+        r.stored
+            .insert(e.name.clone(), StoredTensor { path: path.clone(), start: start + e.offset, entry: e });
     }
     r.layers.extend(h.reports);
     r.imatrix.extend(h.imatrix);
@@ -252,6 +322,11 @@ mod tests {
             "blk.3.attn_k.weight".into(),
             Quantized::Gguf { ty: GgmlType::Q8_0, rows: 1, cols: 32, bytes },
         );
+        for (name, dq) in [("blk.3.ffn_up.weight", false), ("blk.3.ffn_down.weight", true)] {
+            let w: Vec<f32> = (0..4 * 100).map(|i| ((i * 37 % 101) as f32 - 50.0) / 70.0).collect();
+            let q = bnb::Nf4Weights::quantize(&w, 4, 100, bnb::BLOCK, dq, bnb::StateDtype::F16);
+            r.quantized.insert(name.into(), Quantized::Nf4(Nf4Matrix { w: q, heads: dq.then_some(2) }));
+        }
         r.imatrix.insert("blk.3.attn_q.weight".into(), (vec![0.1, 1e-300, 3.5], 9));
         r.norms.insert("blk.3.attn_norm.weight".into(), vec![1.5, -0.1]);
         r.norms.insert("blk.2.attn_norm.weight".into(), vec![9.0]);
@@ -264,9 +339,13 @@ mod tests {
                 x.codes == y.codes
                     && x.g_idx == y.g_idx
                     && x.params.iter().zip(&y.params).all(|(p, q)| p.scale == q.scale && p.zero == q.zero)
-                    && (x.rows, x.cols, x.grid.bits, x.grid.group) == (y.rows, y.cols, y.grid.bits, y.grid.group)
+                    && (x.rows, x.cols, x.grid.bits, x.grid.group)
+                        == (y.rows, y.cols, y.grid.bits, y.grid.group)
             }
-            (Quantized::Gguf { ty, bytes, .. }, Quantized::Gguf { ty: t2, bytes: b2, .. }) => ty == t2 && bytes == b2,
+            (Quantized::Gguf { ty, bytes, .. }, Quantized::Gguf { ty: t2, bytes: b2, .. }) => {
+                ty == t2 && bytes == b2
+            }
+            (Quantized::Nf4(x), Quantized::Nf4(y)) => x == y,
             _ => false,
         }
     }
@@ -278,7 +357,7 @@ mod tests {
         let before: BTreeMap<String, Quantized> = std::mem::take(&mut r.quantized);
         r.quantized = before.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         save_layer(d.path(), 3, &mut r, 0).expect("save");
-        assert!(r.quantized.is_empty() && r.stored.len() == 2, "the tensors left memory");
+        assert!(r.quantized.is_empty() && r.stored.len() == 4, "the tensors left memory");
         let mut back = PassResult::default();
         restore_layer(d.path(), 3, &mut back).expect("restore");
         for (k, v) in &before {
