@@ -84,6 +84,10 @@ impl Nf4Grid {
     }
 }
 
+/// GPTQ's lazy-batch column loop over `n` rows of a chunk: `(chunk, n, quant)`, where
+/// `quant(chunk, i)` replaces column `i` (GPTQ's order) of every row by its quantized value.
+pub(crate) type ColumnLoop<'a> = dyn Fn(&mut [f32], usize, &mut dyn FnMut(&mut [f32], usize)) + Sync + 'a;
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
@@ -112,7 +116,7 @@ pub(crate) fn quantize(
     pos_of: &[usize],
     static_absmax: bool,
     min_rows: usize,
-    column_loop: &(dyn Fn(&mut [f32], usize, &mut dyn FnMut(&mut [f32], usize)) + Sync),
+    column_loop: &ColumnLoop,
 ) -> Result<Nf4Matrix> {
     let bs = bnb::BLOCK;
     let n = rows * cols;
