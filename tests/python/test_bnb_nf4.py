@@ -1,4 +1,5 @@
-"""bitsandbytes NF4 checkpoints written by `quantkit quantize --method rtn --format bnb-nf4[-dq]`.
+"""bitsandbytes NF4 checkpoints written by `quantkit quantize --method rtn --format bnb-nf4[-dq]`, and by
+`--method gptq` (GPTQ-into-NF4: same layout, codes and absmax chosen by GPTQ).
 
 Independent of our code (numpy, written from docs/quantized-layouts.md "bitsandbytes NF4"): the
 layout (names, dtypes, shapes, nibble order, the quant-state JSON exactly as `json.dumps` writes it,
@@ -17,7 +18,9 @@ skips; a failed install skips with the installer's message):
   quantizer looks codes up in a 65536-entry table; ours picks the exact nearest level — checked);
 * transformers loads our folders on CPU (no missing or unexpected keys, every block linear a
   Linear4bit) and its logits equal, exactly, its logits on our export-hf (dense f32) folder; the
-  sliding-window perplexity it computes equals `quantkit ppl --mode hf` on the NF4 folder (1e-4)."""
+  sliding-window perplexity it computes equals `quantkit ppl --mode hf` on the NF4 folder (1e-4).
+The GPTQ folders go through the same layout, reader, `dequantize_4bit` and loading checks (not the
+byte comparison with transformers' own quantization, which is round to nearest)."""
 import json
 import os
 import subprocess
@@ -26,7 +29,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, STORIES, WIKI, outlier_weights, run, synthetic_checkpoint
+from conftest import ROOT, SHARED, STORIES, WIKI, outlier_weights, run, synthetic_checkpoint
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import unpack_quantized as uq  # noqa: E402
@@ -111,20 +114,32 @@ def models(tmp_path_factory, bin_ok, shared_ok):
         o = tmp_path_factory.mktemp(f"nf4-{name}")
         args = [a for f in FORMATS for a in ("--format", f)]
         run("quantize", src, "--method", "rtn", *args, "-o", o / "q")
+        run("quantize", src, "--method", "gptq", "--calib", SHARED / "data" / "tinyshakespeare" / "input.txt",
+            "--samples", "8", "--seqlen", "64", *args, "-o", o / "g")
         for f in FORMATS:
             run("export-hf", o / "q" / f, "-o", o / f"{f}-ref", "--dtype", "f32")
+            run("export-hf", o / "g" / f, "-o", o / f"gptq-{f}-ref", "--dtype", "f32")
         out[name] = (src, o)
     return out
 
 
 def cases(models):
+    """The round-to-nearest folders (bnb's own quantization)."""
     for name, (src, o) in models.items():
         for f in FORMATS:
             yield name, src, f, o / "q" / f, o / f"{f}-ref"
 
 
+def all_cases(models):
+    """The RTN folders and the GPTQ-into-NF4 ones (labelled gptq-bnb-nf4[-dq])."""
+    yield from cases(models)
+    for name, (src, o) in models.items():
+        for f in FORMATS:
+            yield name, src, f"gptq-{f}", o / "g" / f, o / f"gptq-{f}-ref"
+
+
 def test_layout_and_config(models):
-    for name, src, f, d, _ in cases(models):
+    for name, src, f, d, _ in all_cases(models):
         dq = f.endswith("-dq")
         cfg = json.loads((d / "config.json").read_text())
         assert cfg["quantization_config"] == expected_config(dq), (name, f)
@@ -164,7 +179,7 @@ def test_layout_and_config(models):
 
 
 def test_numpy_reader_equals_export(models):
-    for name, _, f, d, ref_dir in cases(models):
+    for name, _, f, d, ref_dir in all_cases(models):
         ref = uq.read_safetensors(ref_dir / "model.safetensors")
         mine = read_nf4(d)
         assert len(mine) == 7 * (2 if name == "synth" else 5)
@@ -194,6 +209,23 @@ def test_codes_and_absmax_are_bnbs_quantize_4bit(models):
             m, q, na = t[w + ".nested_quant_map"], t[w + ".absmax"].astype(np.int64), t[w + ".nested_absmax"]
             x = (absmax - off) * (np.float32(1) / np.repeat(na, 256)[: len(q)])
             assert np.all(np.abs(m[q] - x) <= np.abs(m[None, :] - x[:, None]).min(axis=1)), (name, w)
+
+
+def test_gptq_folders_differ_from_rtn_and_keep_its_nested_state(models):
+    """GPTQ moved codes (and, without double quantization, absmax values); with double quantization
+    the nested state (offset, nested absmax) is RTN's — GPTQ fixes it first and rounds each block's
+    absmax onto it (docs/quantized-layouts.md)."""
+    for name, (src, o) in models.items():
+        for f in FORMATS:
+            r, g = uq.read_safetensors(o / "q" / f / "model.safetensors"), uq.read_safetensors(o / "g" / f / "model.safetensors")
+            assert set(r) == set(g)
+            ws = [k[: -len(".quant_state.bitsandbytes__nf4")] for k in r if k.endswith("bitsandbytes__nf4")]
+            moved = sum(int((r[w] != g[w]).sum()) for w in ws)
+            assert moved > 0.05 * sum(r[w].size for w in ws), (name, f, moved)
+            for w in ws:
+                if f.endswith("-dq"):
+                    np.testing.assert_array_equal(r[w + ".nested_absmax"], g[w + ".nested_absmax"])
+                    assert bytes(r[w + ".quant_state.bitsandbytes__nf4"]) == bytes(g[w + ".quant_state.bitsandbytes__nf4"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -304,7 +336,7 @@ def bnb_results(models, bnb_python, tmp_path_factory):
     """Run every bitsandbytes/transformers job in one interpreter (importing torch costs seconds)."""
     tmp = tmp_path_factory.mktemp("bnb-jobs")
     spec = []
-    for name, src, f, d, ref in cases(models):
+    for name, src, f, d, ref in all_cases(models):
         spec.append({"key": f"dequant/{name}/{f}", "kind": "dequant", "dir": str(d), "out": str(tmp / f"dq-{name}-{f}.st")})
         load = {"key": f"load/{name}/{f}", "kind": "load", "dir": str(d), "ref": str(ref),
                 "out": str(tmp / f"load-{name}-{f}.st")}
@@ -314,6 +346,8 @@ def bnb_results(models, bnb_python, tmp_path_factory):
             bos = json.loads((STORIES / "config.json").read_text())["bos_token_id"] if add_bos else None
             load.update(text=str(WIKI), chars=6000, ctx=128, stride=64, bos=bos)
         spec.append(load)
+        if f.startswith("gptq-"):
+            continue
         spec.append({"key": f"quantize/{name}/{f}", "kind": "quantize", "model": str(src), "dq": f.endswith("-dq"),
                      "out": str(tmp / f"hf-{name}-{f}")})
     script = tmp / "bnb_jobs.py"
@@ -328,7 +362,7 @@ def bnb_results(models, bnb_python, tmp_path_factory):
 
 def test_bnb_dequantize_4bit_equals_ours(models, bnb_results):
     jobs, info = bnb_results
-    for name, _, f, _, ref_dir in cases(models):
+    for name, _, f, _, ref_dir in all_cases(models):
         job = jobs[f"dequant/{name}/{f}"]
         ref = uq.read_safetensors(ref_dir / "model.safetensors")
         got = uq.read_safetensors(job["out"])
@@ -373,7 +407,7 @@ def test_transformers_quantizes_to_the_same_file(models, bnb_results):
 
 def test_transformers_loads_ours_and_logits_agree(models, bnb_results):
     jobs, info = bnb_results
-    for name, _, f, _, _ in cases(models):
+    for name, _, f, _, _ in all_cases(models):
         job = jobs[f"load/{name}/{f}"]
         li = info[job["key"]]
         assert not any(li["loading"].get(k) for k in ["missing_keys", "unexpected_keys", "mismatched_keys"]), li

@@ -29,7 +29,8 @@ use sha2::{Digest, Sha256};
 /// * `rtn:4:128`, `gptq:4:128`, `awq:4:128`, optionally `:sym`/`:asym` — an integer checkpoint
 ///   (GPTQ layout for rtn/gptq, AWQ GEMM for awq; group `-1` = per channel);
 /// * `nf4`, `nf4-dq` — a bitsandbytes 4-bit NF4 checkpoint (blocks of 64, round to nearest as bnb
-///   quantizes on load; `-dq` with double-quantized absmax values);
+///   quantizes on load; `-dq` with double-quantized absmax values); `gptq:nf4`, `gptq:nf4-dq` — the
+///   same checkpoint with GPTQ's error feedback onto the NF4 levels (needs calibration);
 /// * `w8a16`, `w8a8` (round to nearest) and `gptq:w8a16`, `gptq:w8a8` — llm-compressor's int8
 ///   schemes as compressed-tensors writes them (per-channel symmetric int8: `pack-quantized`
 ///   weight-only, `int-quantized` with dynamic int8 activations); `fp8`, `fp8-dynamic` — FP8 E4M3
@@ -48,7 +49,11 @@ pub enum Spec {
         int: IntSpec,
         layout: IntFormat,
     },
-    Bnb(BnbFormat),
+    /// A bitsandbytes NF4 folder, by `rtn` (bnb's own rounding) or `gptq`.
+    Bnb {
+        method: MethodKind,
+        format: BnbFormat,
+    },
 }
 
 /// The bitsandbytes recipe strings: `nf4`, `nf4-dq`.
@@ -113,6 +118,15 @@ impl RecipeSpec {
                 }
                 Spec::Int { method, int: per_channel_int8, layout }
             }
+            [m, name] if METHODS.iter().any(|i| i.name == *m) && bnb_recipe(name).is_some() => {
+                let method: MethodKind = m.parse()?;
+                if method != MethodKind::rtn() && method.info().gguf != GgufUse::Grid {
+                    return Err(Error::Invalid(format!(
+                        "recipe {t:?}: NF4 is made by rtn or gptq (rtn:{name}, gptq:{name})"
+                    )));
+                }
+                Spec::Bnb { method, format: bnb_recipe(name).expect("checked") }
+            }
             [m, rest @ ..] if !rest.is_empty() && METHODS.iter().any(|i| i.name == *m) => {
                 let method: MethodKind = m.parse()?;
                 if rest.len() == 1 && rest[0].parse::<u32>().is_err() {
@@ -135,13 +149,15 @@ impl RecipeSpec {
                     Spec::Int { method, int, layout: info.default_layout }
                 }
             }
-            [b] if bnb_recipe(b).is_some() => Spec::Bnb(bnb_recipe(b).expect("matched")),
+            [b] if bnb_recipe(b).is_some() => {
+                Spec::Bnb { method: MethodKind::rtn(), format: bnb_recipe(b).expect("matched") }
+            }
             [mix] => Spec::Gguf { recipe: Box::new(Recipe::named(mix)?), gptq: false },
             _ => {
                 let methods: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
                 return Err(Error::Invalid(format!(
                     "recipe {t:?}: expected a mix (q4_k_m), gptq:<mix>, {}:<bits>:<group>[:sym|asym], \
-                     [<method>:]w8a16|w8a8, fp8, fp8-dynamic, nf4, nf4-dq or a .toml file",
+                     [<method>:]w8a16|w8a8, fp8, fp8-dynamic, [gptq:]nf4, [gptq:]nf4-dq or a .toml file",
                     methods.join("|")
                 )));
             }
@@ -165,7 +181,7 @@ impl RecipeSpec {
         match &self.spec {
             Spec::Gguf { gptq, .. } => *gptq,
             Spec::Int { method, .. } => method.info().needs_calibration,
-            Spec::Bnb(_) => false,
+            Spec::Bnb { method, .. } => method.info().needs_calibration,
         }
     }
 
@@ -188,7 +204,8 @@ impl RecipeSpec {
                 if int.sym { " sym" } else { " asym" },
                 if *layout != method.info().default_layout { format!(" ({method})") } else { String::new() }
             ),
-            Spec::Bnb(f) => f.name().to_string(),
+            Spec::Bnb { method, format } if *method == MethodKind::rtn() => format.name().to_string(),
+            Spec::Bnb { method, format } => format!("{} ({method})", format.name()),
         }
     }
 }
@@ -274,11 +291,11 @@ pub fn quantize_recipe(
                     },
                     layout.dir_name().to_string(),
                 ),
-                Spec::Bnb(f) => (
+                Spec::Bnb { method, format: f } => (
                     QuantizeOptions {
-                        method: "rtn".parse()?,
+                        method: *method,
                         int: None,
-                        knobs: Knobs::default(),
+                        knobs: Knobs { gptq: sh.gptq, ..Knobs::default() },
                         formats: vec![OutFormat::Bnb(*f)],
                         calib: None,
                         write_imatrix: false,
@@ -473,11 +490,30 @@ mod tests {
         assert!(!r.needs_calibration());
         for (text, dq) in [("nf4", false), ("nf4-dq", true), ("NF4-DQ", true)] {
             let r = RecipeSpec::parse(text, b).expect("nf4");
-            assert!(matches!(r.spec, Spec::Bnb(f) if f.double_quant == dq), "{text}");
+            assert!(
+                matches!(r.spec, Spec::Bnb { method, format: f } if f.double_quant == dq && method.name() == "rtn"),
+                "{text}"
+            );
             assert!(!r.is_gguf() && !r.needs_calibration());
             assert_eq!(r.format(), if dq { "bnb-nf4-dq" } else { "bnb-nf4" });
         }
         assert_eq!(RecipeSpec::parse("nf4-dq", b).expect("nf4").slug(), "nf4-dq");
+        for (text, dq, slug) in [("gptq:nf4", false, "gptq-nf4"), ("gptq:nf4-dq", true, "gptq-nf4-dq")] {
+            let r = RecipeSpec::parse(text, b).expect("gptq nf4");
+            assert!(
+                matches!(r.spec, Spec::Bnb { method, format: f } if f.double_quant == dq && method.name() == "gptq"),
+                "{text}"
+            );
+            assert!(!r.is_gguf() && r.needs_calibration());
+            assert_eq!(
+                (r.slug().as_str(), r.format()),
+                (slug, format!("{} (gptq)", if dq { "bnb-nf4-dq" } else { "bnb-nf4" }))
+            );
+        }
+        let r = RecipeSpec::parse("rtn:nf4", b).expect("rtn nf4");
+        assert!(
+            matches!(r.spec, Spec::Bnb { method, .. } if method.name() == "rtn") && !r.needs_calibration()
+        );
         // The 8-bit compressed-tensors presets.
         let c8 = int(8, None, true);
         for (text, method, layout, calib, slug) in [
@@ -511,6 +547,9 @@ mod tests {
         for bad in [
             "q9_z",
             "nf4:dq",
+            "awq:nf4",
+            "mse:nf4-dq",
+            "gptq:nf4:dq",
             "nf4-dq2",
             "awq:3:128",
             "rtn:q4_k_m",

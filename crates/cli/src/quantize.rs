@@ -28,9 +28,11 @@ pub struct QuantizeArgs {
     #[arg(long, default_value = "gptq")]
     pub method: String,
     /// gptq, gptq-v2, awq, compressed-tensors, ct-w8a8 (int8 W8A8: --bits 8 --group -1),
-    /// ct-fp8, ct-fp8-dynamic (FP8 E4M3, --method rtn), bnb-nf4, bnb-nf4-dq (bitsandbytes NF4,
-    /// --method rtn) or gguf:<type or mix> (repeat for several; they share the calibration
-    /// samples, and the integer ones share one quantization).
+    /// ct-fp8, ct-fp8-dynamic (FP8 E4M3, --method rtn), bnb-nf4, bnb-nf4-dq (bitsandbytes NF4:
+    /// --method rtn rounds as bitsandbytes does on load; --method gptq feeds GPTQ's error onto the
+    /// NF4 levels, each block's absmax taken when GPTQ reaches the block — with -dq rounded onto the
+    /// 8-bit absmax grid then) or gguf:<type or mix> (repeat for several; they share the
+    /// calibration samples, and the integer ones share one quantization).
     #[arg(long = "format", short = 'f', required = true)]
     pub formats: Vec<String>,
     /// Bits per weight of the integer grid (2, 3, 4, 8).
@@ -47,13 +49,15 @@ pub struct QuantizeArgs {
     pub sym: bool,
     /// GPTQ into integer formats: quantize columns by decreasing Hessian diagonal (desc_act, with
     /// g_idx). The default (as GPTQModel and llm-compressor); GGUF outputs always use column order
-    /// (GGUF stores no permutation).
+    /// (GGUF stores no permutation). bnb-nf4 outputs take it as is: NF4 blocks stay in place, only
+    /// the order GPTQ visits the columns changes.
     #[arg(long, overrides_with = "no_act_order")]
     pub act_order: bool,
     /// GPTQ: plain column order.
     #[arg(long)]
     pub no_act_order: bool,
     /// GPTQ with act-order: group parameters fixed up front in column order (g_idx monotone).
+    /// For bnb-nf4 outputs: every block's absmax fixed up front from the original weights.
     /// Chosen automatically when an awq or compressed-tensors output is requested (they store no
     /// g_idx), as llm-compressor's `actorder="static"`.
     #[arg(long)]

@@ -12,6 +12,7 @@ use quantkit_core::{Error, GgmlType, Result};
 use rayon::prelude::*;
 
 use crate::gguf_grid::GgufGrid;
+use crate::nf4_grid::{Nf4Grid, Nf4Matrix};
 
 /// Integer group-affine quantization, as GPTQ/AutoGPTQ define it: per row and group,
 /// `xmin = min(x, 0)`, `xmax = max(x, 0)`; symmetric: `xmax = max(|xmin|, xmax)`, `xmin = −xmax`,
@@ -222,6 +223,8 @@ impl IntMatrix {
 pub enum Grid {
     Int(IntGrid),
     Gguf(GgufGrid),
+    /// bitsandbytes NF4 (blocks of 64 of the flattened weight, absmax each).
+    Nf4(Nf4Grid),
 }
 
 /// A quantized matrix.
@@ -235,6 +238,8 @@ pub enum Quantized {
         cols: usize,
         bytes: Vec<u8>,
     },
+    /// A bitsandbytes NF4 matrix (stored in HF row order).
+    Nf4(Nf4Matrix),
 }
 
 impl Quantized {
@@ -242,6 +247,7 @@ impl Quantized {
         match self {
             Quantized::Int(m) => Ok(m.dequantize()),
             Quantized::Gguf { ty, cols, bytes, .. } => quantkit_formats::dequantize(*ty, bytes, *cols),
+            Quantized::Nf4(m) => Ok(m.dequantize()),
         }
     }
 }

@@ -10,7 +10,7 @@
 //!   [`awq`]), and the pass that drives them.
 //! * [`grid`] — the integer group-affine grid ([`grid::IntSpec`], the one validated value for it)
 //!   and quantized matrices; [`gguf_grid`] — every GGUF integer type as a GPTQ grid, from the
-//!   formats registry.
+//!   formats registry; [`nf4_grid`] — bitsandbytes NF4 as a GPTQ grid (GPTQ-into-NF4).
 //! * [`writers`] — GPTQ v1/v2, AWQ and compressed-tensors checkpoint folders (the bytes come from
 //!   `quantkit_io::layout`), and the 8-bit compressed-tensors folders (int8 W8A8; FP8 weights
 //!   quantized by [`fp8`]).
@@ -20,6 +20,7 @@ pub mod fp8;
 pub mod gguf_grid;
 pub mod grid;
 pub mod method;
+pub mod nf4_grid;
 pub mod quantize;
 pub mod recipe;
 pub mod writers;

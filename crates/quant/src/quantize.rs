@@ -23,13 +23,15 @@ use crate::grid::{IntMatrix, IntSpec, Quantized};
 use crate::method::{GgufUse, Knobs, LayerReport, MethodKind, Pass, PassResult, Target};
 use crate::recipe::{ModelInfo, Recipe};
 use crate::writers::{self, BnbFormat, BnbReport, IntFormat, QuantInfo, WriteReport};
+use quantkit_io::layout::bnb::Nf4Weights;
 
 /// One requested output.
 #[derive(Debug, Clone)]
 pub enum OutFormat {
     Int(IntFormat),
     Gguf(Box<Recipe>),
-    /// bitsandbytes 4-bit NF4 (round to nearest, as bnb quantizes on load).
+    /// bitsandbytes 4-bit NF4: round to nearest as bnb quantizes on load (`rtn`), or GPTQ onto
+    /// the NF4 levels (`gptq`, crate::nf4_grid).
     Bnb(BnbFormat),
 }
 
@@ -276,6 +278,7 @@ fn pass_key(
         Target::Stats => "stats",
         Target::Int { .. } => "int",
         Target::Gguf { .. } => "gguf",
+        Target::Bnb { .. } => "bnb",
     };
     format!("{kind}-{}", d.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>())
 }
@@ -361,10 +364,10 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
         return Err(Error::Unsupported(why.into()));
     }
     if let Some(OutFormat::Bnb(f)) = opts.formats.iter().find(|f| matches!(f, OutFormat::Bnb(_))) {
-        if opts.method.name() != "rtn" {
+        if opts.method != MethodKind::rtn() && info.gguf != GgufUse::Grid {
             return Err(Error::Unsupported(format!(
-                "{}: bitsandbytes checkpoints are NF4 rounded to nearest, as bitsandbytes quantizes on load; \
-                 use --method rtn (not {})",
+                "{}: bitsandbytes NF4 checkpoints are made by round to nearest (--method rtn, as \
+                 bitsandbytes quantizes on load) or GPTQ onto the NF4 levels (--method gptq), not {}",
                 f.name(),
                 opts.method.name()
             )));
@@ -575,12 +578,38 @@ pub fn quantize_with(
         }
     }
 
-    // bitsandbytes NF4: straight from the weights.
+    // bitsandbytes NF4: straight from the weights (rtn), or one GPTQ pass per output (the
+    // double-quantized absmax changes what GPTQ feeds back).
     for f in &opts.formats {
         let OutFormat::Bnb(b) = f else { continue };
         let dest = out.join(b.name());
+        let calibrated: Option<BTreeMap<String, Nf4Weights>> = match samples {
+            Some(_) if opts.method != MethodKind::rtn() => {
+                let cfg = src.config();
+                let target = Target::Bnb {
+                    double_quant: b.double_quant,
+                    qk_heads: cfg.arch.permutes_qk().then_some((cfg.n_heads, cfg.n_kv_heads)),
+                };
+                let label = format!("{}{}", b.name(), if act_order { " (act-order)" } else { "" });
+                let (mut r, secs, stats) = run_pass(target, &label)?;
+                write_imatrix(&r)?;
+                passes.push(pass_report(label, secs, &r, stats));
+                let q = r
+                    .load_all()?
+                    .into_iter()
+                    .filter_map(|(k, v)| if let Quantized::Nf4(m) = v { Some((k, m.w)) } else { None })
+                    .collect();
+                Some(q)
+            }
+            _ => None,
+        };
         progress.stage(b.name(), 1);
-        let rep = writers::write_bnb_checkpoint(&src, *b, &dest)?;
+        let rep = writers::write_bnb_checkpoint(
+            &src,
+            *b,
+            &dest,
+            calibrated.as_ref().map(|m| (opts.method.name(), m)),
+        )?;
         progress.tick(1);
         outputs.push(OutputReport {
             format: b.name().to_string(),

@@ -436,7 +436,15 @@ pub struct BnbReport {
 /// `save_pretrained` writes. Every linear of every block is quantized (bnb blocks the flattened
 /// weight, so any shape packs) from its float16 value, blocks of 64; the embeddings, norms and an
 /// untied `lm_head` stay float16 (`llm_int8_skip_modules: ["lm_head"]`).
-pub fn write_bnb_checkpoint(src: &ModelSource, fmt: BnbFormat, dest: &Path) -> Result<BnbReport> {
+///
+/// `calibrated`: the method's name and its NF4 matrices per GGUF tensor name (GPTQ-into-NF4, in
+/// bnb's row order); every projection must then be there. `None`: round to nearest, as bnb.
+pub fn write_bnb_checkpoint(
+    src: &ModelSource,
+    fmt: BnbFormat,
+    dest: &Path,
+    calibrated: Option<(&str, &BTreeMap<String, Nf4Weights>)>,
+) -> Result<BnbReport> {
     let cfg = src.config();
     let tensors = src.tensors()?;
     let mut outs: Vec<Packed> = vec![];
@@ -457,7 +465,28 @@ pub fn write_bnb_checkpoint(src: &ModelSource, fmt: BnbFormat, dest: &Path) -> R
                     format!("value {} at index {i} is not finite as float16 (bitsandbytes quantizes the float16 weight)", data[i]),
                 ));
             }
-            let q = Nf4Weights::quantize(&w, rows, cols, bnb::BLOCK, fmt.double_quant, StateDtype::F16);
+            let rtn;
+            let q = match calibrated {
+                None => {
+                    rtn = Nf4Weights::quantize(&w, rows, cols, bnb::BLOCK, fmt.double_quant, StateDtype::F16);
+                    &rtn
+                }
+                Some((_, m)) => {
+                    let q = m.get(&t.name).ok_or_else(|| {
+                        Error::bad_tensor(&t.name, "the calibration pass did not quantize this projection")
+                    })?;
+                    if (q.rows, q.cols, q.nested.is_some()) != (rows, cols, fmt.double_quant) {
+                        return Err(Error::bad_tensor(
+                            &t.name,
+                            format!(
+                                "calibrated NF4 matrix is {}×{}, the tensor {rows}×{cols}",
+                                q.rows, q.cols
+                            ),
+                        ));
+                    }
+                    q
+                }
+            };
             let packed = q.pack(hf.trim_end_matches(".weight"));
             linear_bytes += packed.iter().map(|p| p.bytes.len() as u64).sum::<u64>();
             linear_params += (rows * cols) as u64;
@@ -475,7 +504,7 @@ pub fn write_bnb_checkpoint(src: &ModelSource, fmt: BnbFormat, dest: &Path) -> R
     let mut config = cfg.to_hf_json("float16");
     config["quantization_config"] = BnbConfig { double_quant: fmt.double_quant }.to_json();
     config["quantkit"] = json!({
-        "method": "rtn",
+        "method": calibrated.map_or("rtn", |(m, _)| m),
         "format": fmt.name(),
         "quant_state_dtype": "float16",
         "blocksize": bnb::BLOCK,

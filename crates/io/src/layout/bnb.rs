@@ -188,6 +188,26 @@ pub fn double_quant(absmax: &[f32]) -> Nested {
     Nested { codes, absmax: nested, offset }
 }
 
+/// The decision boundaries of the dynamic map (f32 midpoints of [`DYNAMIC_MAP_BITS`]).
+static DYNAMIC_MIDS: std::sync::LazyLock<Vec<f32>> = std::sync::LazyLock::new(|| midpoints(&dynamic_map()));
+
+impl Nested {
+    /// Round one more absmax value `a` of block `b` onto this state's grid (the nearest of
+    /// `map[q]·absmax[b / 256] + offset`, as [`double_quant`] rounds): its code and the value the
+    /// loader will compute from it ([`nested_absmax`]'s f32 arithmetic). GPTQ-into-NF4 fixes the
+    /// nested state first and rounds each block's absmax as it decides it. A nested block of
+    /// zeros holds only `offset` (code 0, as [`double_quant`] writes).
+    pub fn round(&self, b: usize, a: f32) -> (u8, f32) {
+        let map = dynamic_map();
+        let am = self.absmax[b / NESTED_BLOCK];
+        if am == 0.0 {
+            return (0, map[0] * am + self.offset);
+        }
+        let q = bucket(&DYNAMIC_MIDS, ((a - self.offset) * (1.0 / am)).clamp(-1.0, 1.0));
+        (q, map[q as usize] * am + self.offset)
+    }
+}
+
 /// The absmax values a nested state stands for (bnb's `dequantize_blockwise` + offset, in f32).
 pub fn nested_absmax(
     codes: &[u8],

@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use crate::gguf_grid::GgufGrid;
 use crate::grid::{output_energy_sampled, output_error_sampled, Grid, IntGrid, IntMatrix, Quantized};
+use crate::nf4_grid::Nf4Grid;
 
 /// The registry: one line per method.
 pub static METHODS: &[MethodInfo] = &[rtn::INFO, gptq::INFO, awq::INFO, mse::INFO];
@@ -147,6 +148,9 @@ pub enum Target {
     /// GGUF types per tensor name (integer types get the calibrated treatment, float types are
     /// left to the converter).
     Gguf { types: BTreeMap<String, GgmlType> },
+    /// bitsandbytes NF4 on every projection (GPTQ-into-NF4). `qk_heads`: `(n_head, n_kv_head)`
+    /// when the pass holds q/k rows in llama.cpp's permuted order (bnb blocks follow HF order).
+    Bnb { double_quant: bool, qk_heads: Option<(u64, u64)> },
 }
 
 /// One linear layer's line in the report.
@@ -268,6 +272,10 @@ impl PassCtx {
                     Some(ty.name().to_string())
                 }
             },
+            Target::Bnb { .. } => match self.grid(layer, p)? {
+                Grid::Nf4(g) => Some(g.storage().to_string()),
+                _ => None,
+            },
         })
     }
 
@@ -276,6 +284,12 @@ impl PassCtx {
         Ok(match &self.target {
             Target::Int { grid, .. } => Grid::Int(*grid),
             Target::Gguf { types } => Grid::Gguf(GgufGrid::new(types[&name(layer, p)])?),
+            Target::Bnb { double_quant, qk_heads } => Grid::Nf4(Nf4Grid {
+                double_quant: *double_quant,
+                heads: qk_heads
+                    .and_then(|(h, kv)| quantkit_io::names::qk_heads(&name(layer, p), h, kv))
+                    .map(|h| h as usize),
+            }),
             Target::Stats => return Err(Error::Invalid("no grid in a statistics pass".into())),
         })
     }
@@ -300,6 +314,7 @@ impl PassCtx {
                 }
                 Quantized::Gguf { ty: g.ty, rows, cols, bytes }
             }
+            Grid::Nf4(g) => Quantized::Nf4(g.rtn(w, rows, cols)),
         })
     }
 

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{LayerReport, PassResult};
 use crate::grid::{IntGrid, IntMatrix, IntParams, Quantized};
+use crate::nf4_grid::Nf4Matrix;
+use quantkit_io::layout::bnb;
 
 const MAGIC: &[u8; 8] = b"QKLAYER1";
 
@@ -53,6 +55,10 @@ enum Kind {
     Gguf { ty: u32 },
     /// An integer matrix: codes (u8), then scales (f32), zeros (u8), g_idx (u32).
     Int { bits: u32, sym: bool, group: Option<usize>, zero_min: u8, groups: usize, g_idx: usize },
+    /// A bitsandbytes NF4 matrix (HF row order): codes (u8 each), absmax (f32 per block); with
+    /// double quantization also the absmax codes (u8 per block) and the nested absmax (f32 each).
+    /// `offset`: the f32's bits.
+    Nf4 { blocksize: usize, heads: Option<usize>, nested: Option<(usize, u32)> },
 }
 
 /// A quantized tensor saved in a block file; [`StoredTensor::load`] reads it back.
@@ -71,7 +77,7 @@ impl StoredTensor {
             Kind::Gguf { ty } => {
                 GgmlType::from_id(ty).map(|t| (t, self.path.as_path(), self.start, self.entry.len))
             }
-            Kind::Int { .. } => None,
+            Kind::Int { .. } | Kind::Nf4 { .. } => None,
         }
     }
 
@@ -87,6 +93,41 @@ impl StoredTensor {
             Kind::Gguf { ty } => {
                 let ty = GgmlType::from_id(ty).ok_or_else(|| bad(format!("ggml type {ty}")))?;
                 Ok(Quantized::Gguf { ty, rows: e.rows, cols: e.cols, bytes })
+            }
+            Kind::Nf4 { blocksize, heads, nested } => {
+                let n = e.rows.checked_mul(e.cols).ok_or_else(|| bad("too large".into()))?;
+                if !(1..=4096).contains(&blocksize) || heads.is_some_and(|h| h == 0 || e.rows % (2 * h) != 0)
+                {
+                    return Err(bad(format!("blocksize {blocksize}, heads {heads:?}")));
+                }
+                let nb = n.div_ceil(blocksize);
+                let nn = nested.map_or(0, |(k, _)| k);
+                let want = n + nb * 4 + nested.map_or(0, |_| nb + nn * 4);
+                if bytes.len() != want || nested.is_some_and(|(k, _)| k != nb.div_ceil(bnb::NESTED_BLOCK)) {
+                    return Err(bad(format!("{} bytes for a {}×{} NF4 matrix", bytes.len(), e.rows, e.cols)));
+                }
+                let f32s = |b: &[u8]| -> Vec<f32> {
+                    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                };
+                let (codes, rest) = bytes.split_at(n);
+                if codes.iter().any(|&c| c > 15) {
+                    return Err(bad("an NF4 code above 15".into()));
+                }
+                let (absmax, rest) = rest.split_at(nb * 4);
+                let nested = nested.map(|(_, off)| {
+                    let (q, am) = rest.split_at(nb);
+                    bnb::Nested { codes: q.to_vec(), absmax: f32s(am), offset: f32::from_bits(off) }
+                });
+                let w = bnb::Nf4Weights {
+                    rows: e.rows,
+                    cols: e.cols,
+                    blocksize,
+                    codes: codes.to_vec(),
+                    absmax: f32s(absmax),
+                    nested,
+                    dtype: bnb::StateDtype::F16,
+                };
+                Ok(Quantized::Nf4(Nf4Matrix { w, heads }))
             }
             Kind::Int { bits, sym, group, zero_min, groups, g_idx } => {
                 let sizes = e.rows.checked_mul(e.cols).zip(e.rows.checked_mul(groups));
@@ -165,6 +206,17 @@ fn encode(name: &str, q: &Quantized, offset: u64, out: &mut Vec<u8>) -> TensorEn
                 g_idx: m.g_idx.len(),
             };
             (m.rows, m.cols, kind)
+        }
+        Quantized::Nf4(m) => {
+            let w = &m.w;
+            out.extend_from_slice(&w.codes);
+            out.extend(w.absmax.iter().flat_map(|v| v.to_le_bytes()));
+            if let Some(nq) = &w.nested {
+                out.extend_from_slice(&nq.codes);
+                out.extend(nq.absmax.iter().flat_map(|v| v.to_le_bytes()));
+            }
+            let nested = w.nested.as_ref().map(|nq| (nq.absmax.len(), nq.offset.to_bits()));
+            (w.rows, w.cols, Kind::Nf4 { blocksize: w.blocksize, heads: m.heads, nested })
         }
     };
     TensorEntry {
@@ -270,6 +322,11 @@ mod tests {
             "blk.3.attn_k.weight".into(),
             Quantized::Gguf { ty: GgmlType::Q8_0, rows: 1, cols: 32, bytes },
         );
+        for (name, dq) in [("blk.3.ffn_up.weight", false), ("blk.3.ffn_down.weight", true)] {
+            let w: Vec<f32> = (0..4 * 100).map(|i| ((i * 37 % 101) as f32 - 50.0) / 70.0).collect();
+            let q = bnb::Nf4Weights::quantize(&w, 4, 100, bnb::BLOCK, dq, bnb::StateDtype::F16);
+            r.quantized.insert(name.into(), Quantized::Nf4(Nf4Matrix { w: q, heads: dq.then_some(2) }));
+        }
         r.imatrix.insert("blk.3.attn_q.weight".into(), (vec![0.1, 1e-300, 3.5], 9));
         r.norms.insert("blk.3.attn_norm.weight".into(), vec![1.5, -0.1]);
         r.norms.insert("blk.2.attn_norm.weight".into(), vec![9.0]);
@@ -288,6 +345,7 @@ mod tests {
             (Quantized::Gguf { ty, bytes, .. }, Quantized::Gguf { ty: t2, bytes: b2, .. }) => {
                 ty == t2 && bytes == b2
             }
+            (Quantized::Nf4(x), Quantized::Nf4(y)) => x == y,
             _ => false,
         }
     }
@@ -299,7 +357,7 @@ mod tests {
         let before: BTreeMap<String, Quantized> = std::mem::take(&mut r.quantized);
         r.quantized = before.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         save_layer(d.path(), 3, &mut r, 0).expect("save");
-        assert!(r.quantized.is_empty() && r.stored.len() == 2, "the tensors left memory");
+        assert!(r.quantized.is_empty() && r.stored.len() == 4, "the tensors left memory");
         let mut back = PassResult::default();
         restore_layer(d.path(), 3, &mut back).expect("restore");
         for (k, v) in &before {
