@@ -515,21 +515,45 @@ fn ct8_outputs_are_deterministic_read_back_and_refuse_what_they_cannot_hold() {
         std::fs::read_to_string(calib()).expect("text").chars().take(4000).collect::<String>(),
     )
     .expect("write");
-    let mut ppls = vec![];
-    for d in
-        [a.join("ct-w8a8"), a.join("compressed-tensors"), a.join("fp8/ct-fp8"), a.join("fp8/ct-fp8-dynamic")]
-    {
-        let o = ok(&[&"ppl", &d, &"--text", &text, &"--ctx", &"64", &"--json"]);
+    let ppl = |d: &std::path::Path, extra: &[&str]| -> f64 {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"ppl", &d, &"--text", &text, &"--ctx", &"64", &"--json"];
+        for e in extra {
+            args.push(e);
+        }
+        let o = ok(&args);
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
         let p = j["ppl"].as_f64().unwrap_or_else(|| panic!("no ppl in {j}"));
         assert!(p.is_finite() && p > 1.0 && p < 100.0, "{}: ppl {p}", d.display());
-        ppls.push(p);
+        p
+    };
+    let dirs =
+        [a.join("ct-w8a8"), a.join("compressed-tensors"), a.join("fp8/ct-fp8"), a.join("fp8/ct-fp8-dynamic")];
+    let mut weights_only = vec![];
+    let mut native = vec![];
+    for d in &dirs {
+        weights_only.push(ppl(d, &["--dequantize"]));
+        native.push(ppl(d, &[]));
         ok(&[&"export-hf", &d, &"-o", &t.path().join("exported"), &"--force"]);
     }
     // W8A8 and W8A16 hold the same int8 quantization; FP8 weight-only and FP8_DYNAMIC the same FP8 one.
-    assert_eq!(ppls[0], ppls[1]);
-    assert_eq!(ppls[2], ppls[3]);
-    assert_ne!(ppls[0], ppls[2]);
+    assert_eq!(weights_only[0], weights_only[1]);
+    assert_eq!(weights_only[2], weights_only[3]);
+    assert_ne!(weights_only[0], weights_only[2]);
+    // Weight-only schemes run their weights as they are; W8A8 and FP8_DYNAMIC also round the
+    // activations (per token), which moves the perplexity a little.
+    assert_eq!(native[1], weights_only[1]);
+    assert_eq!(native[2], weights_only[2]);
+    for i in [0, 3] {
+        assert_ne!(native[i], weights_only[i], "{}", dirs[i].display());
+        assert!(
+            (native[i] / weights_only[i] - 1.0).abs() < 0.05,
+            "{}: {} vs {}",
+            dirs[i].display(),
+            native[i],
+            weights_only[i]
+        );
+    }
 
     let out = t.path().join("bad");
     fails_with(
@@ -567,4 +591,156 @@ fn ct8_outputs_are_deterministic_read_back_and_refuse_what_they_cannot_hold() {
         &["ct-fp8", "round to nearest only", "--method rtn"],
     );
     assert!(!out.exists() || std::fs::read_dir(&out).expect("dir").next().is_none());
+}
+
+#[test]
+fn smoothquant_folds_into_the_norms_deterministically_and_keeps_the_function() {
+    if no_fixtures() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let run = |threads: &str, out: &std::path::Path, alpha: &str| {
+        ok(&[
+            &"--threads",
+            &threads,
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"rtn",
+            &"--bits",
+            &"8",
+            &"--group",
+            &"-1",
+            &"--calib",
+            &calib(),
+            &"--samples",
+            &"8",
+            &"--seqlen",
+            &"64",
+            &"--smoothquant",
+            &alpha,
+            &"--format",
+            &"ct-w8a8",
+            &"-o",
+            &out,
+        ]);
+    };
+    let (a, b, auto) = (t.path().join("a"), t.path().join("b"), t.path().join("auto"));
+    run("1", &a, "0.5");
+    run("2", &b, "0.5");
+    run("2", &auto, "auto");
+    let (fa, fb) = (files(&a), files(&b));
+    for ((n, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(n.ends_with("report.json") || x == y, "{n} differs between 1 and 2 threads");
+    }
+    // The norms carry 1/s: they differ from the original's.
+    let orig =
+        quantkit_io::safetensors::SafetensorsFile::open(&stories().join("model.safetensors")).expect("orig");
+    let smoothed =
+        quantkit_io::safetensors::SafetensorsFile::open(&a.join("ct-w8a8/model.safetensors")).expect("out");
+    for n in ["model.layers.0.input_layernorm.weight", "model.layers.2.post_attention_layernorm.weight"] {
+        let (x, y) = (orig.read_f32(n).expect(n), smoothed.read_f32(n).expect(n));
+        assert_eq!(x.len(), y.len());
+        assert!(x.iter().zip(&y).filter(|(p, q)| p != q).count() > x.len() / 2, "{n} unchanged");
+    }
+    // The report names α for the smoothed inputs (q/k/v, gate/up) only.
+    for dir in [&a, &auto] {
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("report")).expect("json");
+        let layers = r["passes"][0]["layers"].as_array().expect("layers");
+        assert_eq!(layers.len(), 35);
+        for l in layers {
+            let n = l["name"].as_str().expect("name");
+            let smoothed_input =
+                ["attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up"].iter().any(|p| n.contains(p));
+            let alpha = l["smooth_alpha"].as_f64();
+            assert_eq!(alpha.is_some(), smoothed_input, "{n}: {l}");
+            if dir == &a {
+                assert!(alpha.is_none_or(|x| (x - 0.5).abs() < 1e-6), "{n}: {l}");
+            }
+        }
+    }
+    // Same function up to 8-bit rounding: the weights alone score like the unsmoothed W8A8's.
+    let plain = t.path().join("plain");
+    ok(&[
+        &"quantize",
+        &stories(),
+        &"--method",
+        &"rtn",
+        &"--bits",
+        &"8",
+        &"--group",
+        &"-1",
+        &"--format",
+        &"ct-w8a8",
+        &"-o",
+        &plain,
+    ]);
+    let text = t.path().join("text.txt");
+    std::fs::write(
+        &text,
+        std::fs::read_to_string(calib()).expect("text").chars().take(4000).collect::<String>(),
+    )
+    .expect("write");
+    let ppl = |d: &std::path::Path| -> f64 {
+        let o = ok(&[&"ppl", &d, &"--text", &text, &"--ctx", &"64", &"--json", &"--dequantize"]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json")["ppl"].as_f64().expect("ppl")
+    };
+    let (p0, p1) = (ppl(&plain.join("ct-w8a8")), ppl(&a.join("ct-w8a8")));
+    assert!((p1 / p0 - 1.0).abs() < 0.01, "smoothed {p1} vs plain {p0}");
+    // Refusals: no calibration, a non-integer output.
+    let out = t.path().join("bad");
+    fails_with(
+        &[
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"rtn",
+            &"--bits",
+            &"8",
+            &"--group",
+            &"-1",
+            &"--smoothquant",
+            &"0.5",
+            &"--format",
+            &"ct-w8a8",
+            &"-o",
+            &out,
+        ],
+        &["needs calibration"],
+    );
+    fails_with(
+        &[
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"rtn",
+            &"--calib",
+            &calib(),
+            &"--smoothquant",
+            &"0.5",
+            &"--format",
+            &"gguf:q8_0",
+            &"-o",
+            &out,
+        ],
+        &["SmoothQuant folds into integer checkpoints"],
+    );
+    fails_with(
+        &[
+            &"quantize",
+            &stories(),
+            &"--method",
+            &"rtn",
+            &"--calib",
+            &calib(),
+            &"--smoothquant",
+            &"1.5",
+            &"--format",
+            &"ct-w8a8",
+            &"-o",
+            &out,
+        ],
+        &["SmoothQuant α"],
+    );
 }

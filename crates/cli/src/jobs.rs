@@ -14,6 +14,7 @@ use quantkit_io::source::ModelSource;
 use quantkit_quant::convert::{convert, ConvertOptions};
 use quantkit_quant::gptq::GptqConfig;
 use quantkit_quant::grid::IntSpec;
+use quantkit_quant::method::smooth::SmoothConfig;
 use quantkit_quant::method::{GgufUse, Knobs, MethodKind, METHODS};
 use quantkit_quant::quantize::{quantize_with, OutFormat, Prepared, Progress, QuantizeOptions, RunSettings};
 use quantkit_quant::recipe::Recipe;
@@ -36,6 +37,8 @@ use sha2::{Digest, Sha256};
 ///   weight-only, `int-quantized` with dynamic int8 activations); `fp8`, `fp8-dynamic` — FP8 E4M3
 ///   per-channel weights (`naive-quantized` weight-only, `float-quantized` with dynamic FP8
 ///   activations; round to nearest only);
+/// * `smoothquant[@ALPHA|@auto]:<integer recipe>` — SmoothQuant (α 0.5 by default) folded into the
+///   RMSNorms first, e.g. `smoothquant:w8a8`, `smoothquant@0.8:gptq:w8a8` (needs calibration);
 /// * `path/to/recipe.toml` — a recipe file (`convert --print-recipe` writes one) into GGUF.
 #[derive(Debug, Clone)]
 pub enum Spec {
@@ -43,11 +46,12 @@ pub enum Spec {
         recipe: Box<Recipe>,
         gptq: bool,
     },
-    /// A checkpoint folder in `layout` (an FP8 layout ignores `int`).
+    /// A checkpoint folder in `layout` (an FP8 layout ignores `int`), optionally smoothed first.
     Int {
         method: MethodKind,
         int: IntSpec,
         layout: IntFormat,
+        smooth: Option<SmoothConfig>,
     },
     /// A bitsandbytes NF4 folder, by `rtn` (bnb's own rounding) or `gptq`.
     Bnb {
@@ -101,12 +105,36 @@ impl RecipeSpec {
                 file_text: Some(text),
             });
         }
+        if let Some(rest) = t.strip_prefix("smoothquant") {
+            // smoothquant[@ALPHA|@auto]:<integer recipe>
+            let (alpha, inner) = rest.split_once(':').ok_or_else(|| {
+                Error::Invalid(format!(
+                    "recipe {t:?}: smoothquant[@ALPHA]:<integer recipe>, e.g. smoothquant:w8a8"
+                ))
+            })?;
+            let cfg = match alpha.strip_prefix('@') {
+                Some(a) => SmoothConfig::parse(a)?,
+                None if alpha.is_empty() => SmoothConfig::default(),
+                None => return Err(Error::Invalid(format!("recipe {t:?}: write smoothquant@{alpha}:…"))),
+            };
+            let mut r = RecipeSpec::parse(inner, base)?;
+            match &mut r.spec {
+                Spec::Int { layout, smooth, .. } if !layout.is_float() => *smooth = Some(cfg),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                    "recipe {t:?}: SmoothQuant folds into integer checkpoints (w8a8, gptq:w8a8, rtn:8:-1, …)"
+                )))
+                }
+            }
+            r.text = t.into();
+            return Ok(r);
+        }
         let parts: Vec<&str> = t.split(':').collect();
         let per_channel_int8 = IntSpec { bits: 8, group: None, sym: true };
         let spec = match parts.as_slice() {
             [name] if ct8_preset(name).is_some() => {
                 let (layout, _) = ct8_preset(name).expect("checked");
-                Spec::Int { method: MethodKind::rtn(), int: per_channel_int8, layout }
+                Spec::Int { method: MethodKind::rtn(), int: per_channel_int8, layout, smooth: None }
             }
             [m, name] if METHODS.iter().any(|i| i.name == *m) && ct8_preset(name).is_some() => {
                 let (layout, calibrated) = ct8_preset(name).expect("checked");
@@ -116,7 +144,7 @@ impl RecipeSpec {
                         "recipe {t:?}: {name} is round to nearest only (write {name})"
                     )));
                 }
-                Spec::Int { method, int: per_channel_int8, layout }
+                Spec::Int { method, int: per_channel_int8, layout, smooth: None }
             }
             [m, name] if METHODS.iter().any(|i| i.name == *m) && bnb_recipe(name).is_some() => {
                 let method: MethodKind = m.parse()?;
@@ -146,7 +174,7 @@ impl RecipeSpec {
                             int.bits
                         )));
                     }
-                    Spec::Int { method, int, layout: info.default_layout }
+                    Spec::Int { method, int, layout: info.default_layout, smooth: None }
                 }
             }
             [b] if bnb_recipe(b).is_some() => {
@@ -180,7 +208,7 @@ impl RecipeSpec {
     pub fn needs_calibration(&self) -> bool {
         match &self.spec {
             Spec::Gguf { gptq, .. } => *gptq,
-            Spec::Int { method, .. } => method.info().needs_calibration,
+            Spec::Int { method, smooth, .. } => method.info().needs_calibration || smooth.is_some(),
             Spec::Bnb { method, .. } => method.info().needs_calibration,
         }
     }
@@ -197,12 +225,13 @@ impl RecipeSpec {
                 format!("gguf:{}{}", recipe.mix.name, if *gptq { " (gptq)" } else { "" })
             }
             Spec::Int { layout, .. } if layout.is_float() => format!("{} fp8 per-channel", layout.dir_name()),
-            Spec::Int { method, int, layout } => format!(
-                "{} {}{}{}",
+            Spec::Int { method, int, layout, smooth } => format!(
+                "{} {}{}{}{}",
                 layout.dir_name(),
                 int.label(),
                 if int.sym { " sym" } else { " asym" },
-                if *layout != method.info().default_layout { format!(" ({method})") } else { String::new() }
+                if *layout != method.info().default_layout { format!(" ({method})") } else { String::new() },
+                smooth.map(|c| format!(" + {}", c.label())).unwrap_or_default()
             ),
             Spec::Bnb { method, format } if *method == MethodKind::rtn() => format.name().to_string(),
             Spec::Bnb { method, format } => format!("{} ({method})", format.name()),
@@ -279,11 +308,11 @@ pub fn quantize_recipe(
                     },
                     format!("model-{}.gguf", recipe.mix.name),
                 ),
-                Spec::Int { method, int, layout } => (
+                Spec::Int { method, int, layout, smooth } => (
                     QuantizeOptions {
                         method: *method,
                         int: Some(*int),
-                        knobs: Knobs { gptq: sh.gptq, ..Knobs::default() },
+                        knobs: Knobs { gptq: sh.gptq, smooth: *smooth, ..Knobs::default() },
                         formats: vec![OutFormat::Int(*layout)],
                         calib: None,
                         write_imatrix: false,
@@ -527,7 +556,7 @@ mod tests {
         ] {
             let r = RecipeSpec::parse(text, b).expect(text);
             assert!(
-                matches!(r.spec, Spec::Int { method: m, int: i, layout: l } if m.name() == method && i == c8 && l == layout),
+                matches!(r.spec, Spec::Int { method: m, int: i, layout: l, .. } if m.name() == method && i == c8 && l == layout),
                 "{text}: {:?}",
                 r.spec
             );
@@ -542,6 +571,29 @@ mod tests {
             "ct-w8a8 int8 per-channel sym (rtn)"
         );
         assert_eq!(RecipeSpec::parse("fp8", b).expect("fp8").format(), "ct-fp8 fp8 per-channel");
+        // SmoothQuant in front of an integer recipe.
+        for (text, alpha, method) in [
+            ("smoothquant:w8a8", Some(0.5), "rtn"),
+            ("smoothquant@0.8:gptq:w8a8", Some(0.8), "gptq"),
+            ("smoothquant@auto:rtn:8:-1", None, "rtn"),
+        ] {
+            let r = RecipeSpec::parse(text, b).expect(text);
+            assert!(
+                matches!(r.spec, Spec::Int { method: m, smooth: Some(c), .. } if m.name() == method && c.alpha == alpha),
+                "{text}: {:?}",
+                r.spec
+            );
+            assert!(r.needs_calibration() && r.format().contains("smoothquant"), "{text}");
+        }
+        for bad in [
+            "smoothquant:fp8",
+            "smoothquant:q4_k_m",
+            "smoothquant@2:w8a8",
+            "smoothquant0.5:w8a8",
+            "smoothquant",
+        ] {
+            assert!(RecipeSpec::parse(bad, b).is_err(), "{bad}");
+        }
         let e = RecipeSpec::parse("gptq:fp8", b).expect_err("gptq fp8").to_string();
         assert!(e.contains("round to nearest only"), "{e}");
         for bad in [
