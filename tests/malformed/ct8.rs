@@ -234,7 +234,36 @@ pub(crate) fn ct8_variants(s: &mut Suite, int8: &Path, fp8: &Path) {
             all(&["config.json", "asymmetric"]),
         ),
     ];
-    for (label, src, edit, expect) in cases {
+    // Activation schemes the engine cannot run: refused when it loads the checkpoint (`ppl`).
+    let engine_cases: Vec<(&str, &Path, Edit, Expect)> = vec![
+        (
+            "W8A8 with static activation scales",
+            int8,
+            Box::new(
+                |_, c| c["quantization_config"]["config_groups"]["group_0"]["input_activations"] = serde_json::json!({"dynamic": false, "num_bits": 8, "strategy": "tensor", "symmetric": true, "type": "int"}),
+            ),
+            all(&["config.json", "activation scheme", "dynamic false", "--dequantize"]),
+        ),
+        (
+            "W8A8 with 4-bit activations",
+            int8,
+            Box::new(|_, c| {
+                c["quantization_config"]["config_groups"]["group_0"]["input_activations"]["num_bits"] =
+                    serde_json::json!(4)
+            }),
+            all(&["config.json", "activation scheme", "Some(4)"]),
+        ),
+        (
+            "FP8 with asymmetric activations",
+            fp8,
+            Box::new(
+                |_, c| c["quantization_config"]["config_groups"]["group_0"]["input_activations"] = serde_json::json!({"dynamic": true, "num_bits": 8, "strategy": "token", "symmetric": false, "type": "float"}),
+            ),
+            all(&["config.json", "activation scheme", "symmetric false"]),
+        ),
+    ];
+    let all_cases = cases.into_iter().map(|c| (c, false)).chain(engine_cases.into_iter().map(|c| (c, true)));
+    for ((label, src, edit, expect), engine) in all_cases {
         let d = s.case_dir();
         let m = d.join("m");
         std::fs::create_dir(&m).expect("mkdir");
@@ -248,12 +277,14 @@ pub(crate) fn ct8_variants(s: &mut Suite, int8: &Path, fp8: &Path) {
         edit(&mut ts, &mut cfg);
         write(&m.join("model.safetensors"), &ts);
         std::fs::write(m.join("config.json"), serde_json::to_vec(&cfg).expect("json")).expect("write");
-        s.check(
-            "ct8",
-            label,
-            &d,
-            &args(&["convert", m.to_str().expect("utf8"), "-t", "q8_0", "-o", "{out}"]),
-            expect,
-        );
+        let mdir = m.to_str().expect("utf8");
+        let cmd = if engine {
+            let text = d.join("text.txt");
+            std::fs::write(&text, "Once upon a time there was a little dog. ".repeat(40)).expect("text");
+            args(&["ppl", mdir, "--text", text.to_str().expect("utf8"), "--ctx", "32"])
+        } else {
+            args(&["convert", mdir, "-t", "q8_0", "-o", "{out}"])
+        };
+        s.check("ct8", label, &d, &cmd, expect);
     }
 }
