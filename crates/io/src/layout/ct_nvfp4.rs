@@ -153,18 +153,45 @@ impl Nvfp4Weights {
     }
 }
 
+/// An error about component `part` of `t`, naming the tensor and its file.
+fn bad(t: &Module, part: &str, msg: impl Into<String>) -> Error {
+    let name = t.name(part);
+    Error::bad_tensor(&name, format!("{} (in {})", msg.into(), t.src.file_of(&name).display()))
+}
+
+/// Read every NVFP4 module of a safetensors file (`<m>.weight_packed` and its siblings) as
+/// [`unpack`] does, skipping modules of more than `max_elems` weights: the fuzz target's entry
+/// point. One result per module: its weight count or the error.
+pub fn dequantize_file(f: &crate::safetensors::SafetensorsFile, max_elems: usize) -> Vec<Result<usize>> {
+    let mut out = vec![];
+    for n in f.names() {
+        let Some(m) = n.strip_suffix(".weight_packed") else { continue };
+        let t = Module { src: f, m };
+        let r = t.raw("weight_packed").and_then(|(_, dt, s)| {
+            if s.len() != 2 {
+                return Err(bad(&t, "weight_packed", format!("shape {s:?} is not 2-D")));
+            }
+            shape(&t, &s, &dt)
+        });
+        out.push(match r {
+            Err(e) => Err(e),
+            Ok((rows, cols)) if rows.saturating_mul(cols) > max_elems => Ok(0),
+            Ok((rows, cols)) => unpack(&t, rows, cols).map(|v| v.len()),
+        });
+    }
+    out
+}
+
 /// `(out, in)` from `<m>.weight_packed` (U8 `[out, in / 2]`, `in` a multiple of 16).
 pub(super) fn shape(t: &Module, s: &[usize], dt: &str) -> Result<(usize, usize)> {
     if dt != "U8" {
-        return Err(Error::bad_tensor(
-            t.name("weight_packed"),
-            format!("dtype {dt}, expected U8 (two FP4 codes a byte)"),
-        ));
+        return Err(bad(t, "weight_packed", format!("dtype {dt}, expected U8 (two FP4 codes a byte)")));
     }
-    let cols = s[1].checked_mul(2).ok_or_else(|| Error::bad_tensor(t.name("weight_packed"), "too wide"))?;
+    let cols = s[1].checked_mul(2).ok_or_else(|| bad(t, "weight_packed", "too wide"))?;
     if cols % GROUP != 0 {
-        return Err(Error::bad_tensor(
-            t.name("weight_packed"),
+        return Err(bad(
+            t,
+            "weight_packed",
             format!("shape {s:?}: {cols} columns are not whole groups of {GROUP}"),
         ));
     }
@@ -175,57 +202,54 @@ pub(super) fn shape(t: &Module, s: &[usize], dt: &str) -> Result<(usize, usize)>
 pub(super) fn unpack(t: &Module, rows: usize, cols: usize) -> Result<Vec<f32>> {
     for part in ["weight_zero_point", "weight_g_idx"] {
         if t.raw(part).is_ok() {
-            return Err(Error::bad_tensor(
-                t.name(part),
-                "is present: NVFP4 weights are symmetric, with contiguous groups",
-            ));
+            return Err(bad(t, part, "is present: NVFP4 weights are symmetric, with contiguous groups"));
         }
     }
     let (q, dt, s) = t.raw("weight_packed")?;
     shape(t, &s, &dt)?;
     let ng = cols / GROUP;
     let (sb, sdt, ss) = t.raw("weight_scale")?;
+    if !matches!(sdt.as_str(), "F8_E4M3" | "F16" | "BF16" | "F32") {
+        return Err(bad(t, "weight_scale", format!("dtype {sdt} (F8_E4M3, F16, BF16 or F32 expected)")));
+    }
     if ss != [rows, ng] {
-        return Err(Error::bad_tensor(
-            t.name("weight_scale"),
+        return Err(bad(
+            t,
+            "weight_scale",
             format!("shape {ss:?}, expected [{rows}, {ng}] (groups of {GROUP})"),
         ));
     }
     let scales: Vec<f32> = if sdt == "F8_E4M3" {
         if let Some(i) = sb.iter().position(|&b| fp8::is_nan(b)) {
-            return Err(Error::bad_tensor(
-                t.name("weight_scale"),
-                format!("FP8 code {:#04x} at index {i} is NaN", sb[i]),
-            ));
+            return Err(bad(t, "weight_scale", format!("FP8 code {:#04x} at index {i} is NaN", sb[i])));
         }
         sb.iter().map(|&b| fp8::to_f32(b)).collect()
     } else {
-        let (v, _) = t.floats_any("weight_scale").map_err(|_| {
-            Error::bad_tensor(
-                t.name("weight_scale"),
-                format!("dtype {sdt} (F8_E4M3, F16, BF16 or F32 expected)"),
-            )
-        })?;
+        let (v, _) = t.floats_any("weight_scale")?;
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(Error::bad_tensor(
-                t.name("weight_scale"),
-                format!("value {} at index {i} is not finite", v[i]),
-            ));
+            return Err(bad(t, "weight_scale", format!("value {} at index {i} is not finite", v[i])));
         }
         v
     };
-    let (g, gs) = t.floats_any("weight_global_scale")?;
+    let (g, gs) = t.floats_any("weight_global_scale").map_err(|e| match e {
+        Error::BadTensor { msg, .. } => bad(t, "weight_global_scale", msg),
+        e => e,
+    })?;
     if g.len() != 1 || gs.iter().product::<usize>() != 1 {
-        return Err(Error::bad_tensor(t.name("weight_global_scale"), format!("shape {gs:?}, expected [1]")));
+        return Err(bad(t, "weight_global_scale", format!("shape {gs:?}, expected [1]")));
     }
     let g = g[0];
     if !(g.is_finite() && g > 0.0) {
-        return Err(Error::bad_tensor(
-            t.name("weight_global_scale"),
+        return Err(bad(
+            t,
+            "weight_global_scale",
             format!("value {g}: the global scale divides every group scale, it must be finite and positive"),
         ));
     }
     let half = cols / 2;
+    if q.len() != rows * half || scales.len() != rows * ng {
+        return Err(bad(t, "weight_packed", "byte count does not match the shapes"));
+    }
     let mut out = Vec::with_capacity(rows * cols);
     for o in 0..rows {
         for (k, &b) in q[o * half..(o + 1) * half].iter().enumerate() {
