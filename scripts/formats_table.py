@@ -26,7 +26,10 @@ MODELS = {"smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)",
           "qwen1.5b": "Qwen2.5-Coder-1.5B-Instruct (upstream Q4_K_M GGUF, dequantized)"}
 OUT_MD = sb.ROOT / "docs" / "formats-4bit.md"
 
-# (row id, label, maker): maker is "lcpp-imat:<ftype>", "qk:<type>", "qk-imat:<type>" or "qk-gptq:<type>".
+# (row id, label, maker): maker is "lcpp-imat:<ftype>", "qk:<type>", "qk-imat:<type>", "qk-gptq:<type>" or
+# "qk-ct:<format>" (a `quantkit quantize --method rtn --format <format>` checkpoint folder from the F16
+# reference: llama.cpp cannot read it, so only our engine scores it; bits/w = model.safetensors bytes × 8 /
+# the model's weights, embeddings and norms included, as for the GGUF rows).
 ROWS = [
     ("qk-q4_0", "Q4_0 (= llama.cpp's)", "qk:q4_0"),
     ("qk-imat-q4_0", "Q4_0 + imatrix, ours", "qk-imat:q4_0"),
@@ -43,7 +46,16 @@ ROWS = [
     ("qk-mxfp4", "MXFP4 (quantkit's mix)", "qk:mxfp4"),
     ("qk-gptq-mxfp4", "MXFP4 GPTQ-fed, ours", "qk-gptq:mxfp4"),
     ("qk-nvfp4", "NVFP4 (quantkit's mix)", "qk:nvfp4"),
+    ("qk-ct-nvfp4", "NVFP4 compressed-tensors (`ct-nvfp4`, NVFP4A16), ours", "qk-ct:ct-nvfp4"),
 ]
+
+
+def folder_info(t, folder):
+    """A checkpoint folder's model.safetensors bytes, the model's weights and bits per weight."""
+    j = json.loads(sb.sh_out([t.qk, "inspect", folder, "--json"]))
+    st = folder / "model.safetensors"
+    return {"bytes": st.stat().st_size, "params": j["params"], "bpw": st.stat().st_size * 8 / j["params"],
+            "sha256": sb.sha256(st)}
 
 
 def setup(model):
@@ -106,6 +118,18 @@ def compute(model, gptq):
         kind, ty = maker.split(":")
         if kind == "qk-gptq" and not gptq:
             continue
+        if kind == "qk-ct":
+            qdir_ct = F / row
+            out = qdir_ct / ty
+            cmd = [t.qk, "quantize", ref, "--method", "rtn", "--format", ty, "-o", qdir_ct, "--quiet",
+                   "--threads", sb.THREADS]
+            if not out.is_dir():
+                (R / f"make-{row}.json").unlink(missing_ok=True)
+            sb.cached(f"make-{row}", lambda: {"seconds": round(sb.run_timed(cmd, W / "logs" / f"make-{row}.log")[0], 1)}
+                      | folder_info(t, out))
+            sb.cached(f"score-qk-{sk}-{row}", lambda: sb.score_quantkit(t, out, base_qk, row))
+            write_page()
+            continue
         if kind == "lcpp-imat":
             out = F / f"{row}.gguf"
             cmd = [t.ll("llama-quantize"), "--imatrix", imat, ref, out, ty, sb.THREADS]
@@ -144,9 +168,9 @@ def section(model):
          "| file | MB | bits/w | PPL lcpp | KLD lcpp | top % lcpp | PPL ours | KLD ours | top % ours |",
          "|---|---|---|---|---|---|---|---|---|"]
     missing = []
-    for row, label, _ in ROWS:
+    for row, label, maker in ROWS:
         mk, sl, sq = sb.load(f"make-{row}"), sb.load(f"score-lcpp-{sk}-{row}"), sb.load(f"score-qk-{sk}-{row}")
-        if mk is None or sl is None or sq is None:
+        if mk is None or (sl is None and not maker.startswith("qk-ct:")) or sq is None:
             missing.append(row)
             if mk is None:
                 continue
@@ -167,7 +191,9 @@ def write_page():
          "*lcpp* = scored by `llama-perplexity --kl-divergence`; *ours* = by `quantkit kld`. KLD = mean KL(reference ‖ "
          "file) per token; top % = positions where both rank the same token first. Rows marked \"= llama.cpp's\" "
          "are byte-identical with llama-quantize's output (tests/python/test_mixes.py); MXFP4/NVFP4 are quantkit's "
-         "mixes (llama-quantize makes neither for a dense model).\n",
+         "mixes (llama-quantize makes neither for a dense model). The compressed-tensors NVFP4 row is a checkpoint "
+         "folder (FP4 E2M1, an E4M3 scale per 16 weights and an f32 global scale per tensor, embeddings f16), "
+         "which llama.cpp cannot read: scored by our engine only.\n",
          "**Caveats.** SmolLM2's weights lie on a Q4_1 grid and its width (576) is not a multiple of 256: IQ4_XS "
          "falls back to IQ4_NL and Q4_K to Q5_0 in most of its tensors, so its IQ4_XS/Q4_K_S rows are not those "
          "formats. The 1.5B model's weights lie on Q4_K/Q6_K grids (its Q4_K_S row is nearly free).\n"]

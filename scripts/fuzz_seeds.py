@@ -247,9 +247,29 @@ def bnb_seeds(out):
         bnb_module("model.layers.0.mlp.up_proj", 8, 64, True), {"format": "pt"}))
 
 
+def nvfp4_module(prefix, rows, cols):
+    """One compressed-tensors NVFP4 module by hand (docs/quantized-layouts.md): E2M1 codes two a byte,
+    first in the low nibble; an E4M3 scale per 16 columns (finite codes); an f32 global scale."""
+    g = np.random.default_rng(rows * 100 + cols)
+    codes = g.integers(0, 16, size=(rows, cols)).astype(np.uint8)
+    scales = g.integers(1, 0x7E, size=(rows, cols // 16)).astype(np.uint8)
+    return {f"{prefix}.weight_packed": ("U8", codes[:, 0::2] | (codes[:, 1::2] << 4)),
+            f"{prefix}.weight_scale": ("F8_E4M3", scales),
+            f"{prefix}.weight_global_scale": ("F32", np.array([2688.0 / 0.37], dtype=np.float32))}
+
+
+def nvfp4_seeds(out):
+    (out / "ct_nvfp4").mkdir(parents=True, exist_ok=True)
+    (out / "ct_nvfp4/nvfp4.safetensors").write_bytes(safetensors({
+        **nvfp4_module("model.layers.0.self_attn.q_proj", 4, 32),
+        **nvfp4_module("model.layers.0.mlp.up_proj", 3, 16),
+    }, {"format": "pt"}))
+
+
 def main():
     out = pathlib.Path(sys.argv[1])
     bnb_seeds(out)
+    nvfp4_seeds(out)
     (out / "calib_resid").mkdir(parents=True, exist_ok=True)
     (out / "calib_resid/one-block.bin").write_bytes(calib_resid())
     (out / "calib_layer").mkdir(parents=True, exist_ok=True)
@@ -292,6 +312,14 @@ def main():
                     "config_groups": {"group_0": {"targets": ["Linear"], "format": fmt, "weights": w8(t),
                                                   "input_activations": a8(t) if acts else None,
                                                   "output_activations": None}}}
+    # compressed-tensors NVFP4A16 (quantkit's ct-nvfp4 output)
+    quant["ct-nvfp4"] = {"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized", "ignore": ["lm_head"],
+                         "config_groups": {"group_0": {"targets": ["Linear"], "format": "nvfp4-pack-quantized",
+                                                       "weights": {"num_bits": 4, "type": "float", "symmetric": True,
+                                                                   "strategy": "tensor_group", "group_size": 16,
+                                                                   "dynamic": False,
+                                                                   "scale_dtype": "torch.float8_e4m3fn"},
+                                                       "input_activations": None, "output_activations": None}}}
     (out / "hf_config/llama.json").write_text(json.dumps(CONFIG))
     (out / "hf_config/qwen2.json").write_text(json.dumps({**CONFIG, "architectures": ["Qwen2ForCausalLM"],
                                                          "model_type": "qwen2", "head_dim": 8}))

@@ -8,9 +8,9 @@ use std::path::Path;
 use crate::{all, args, Expect, Suite};
 
 /// A safetensors file's tensors: name → (dtype, shape, bytes), in file order.
-type Tensors = Vec<(String, String, Vec<usize>, Vec<u8>)>;
+pub(crate) type Tensors = Vec<(String, String, Vec<usize>, Vec<u8>)>;
 
-fn read(path: &Path) -> Tensors {
+pub(crate) fn read(path: &Path) -> Tensors {
     let b = std::fs::read(path).expect("read");
     let n = u64::from_le_bytes(b[..8].try_into().expect("8")) as usize;
     let h: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).expect("header");
@@ -40,7 +40,7 @@ fn read(path: &Path) -> Tensors {
     v
 }
 
-fn write(path: &Path, ts: &Tensors) {
+pub(crate) fn write(path: &Path, ts: &Tensors) {
     let mut h = serde_json::Map::new();
     let mut data = vec![];
     for (name, dt, shape, bytes) in ts {

@@ -12,13 +12,15 @@
 //! walked independently of quantkit's reader), [`safetensors`] (header and data), [`config`]
 //! (config.json values), [`ct8`] (compressed-tensors 8-bit checkpoints: weight and scale
 //! tensors, their config), [`text`] (tokenizer.json, the text and corpus inputs of ppl and calib, a
-//! KLD base-logits file) and [`bnb`] (bitsandbytes NF4 checkpoints).
+//! KLD base-logits file), [`bnb`] (bitsandbytes NF4 checkpoints) and [`ct_nvfp4`] (compressed-tensors
+//! NVFP4 checkpoints).
 
 mod bnb;
 #[path = "../common/mod.rs"]
 mod common;
 mod config;
 mod ct8;
+mod ct_nvfp4;
 mod gguf;
 mod safetensors;
 mod text;
@@ -190,6 +192,9 @@ fn malformed_input_corpus() {
         &ct,
     ]);
     ct8::ct8_variants(&mut s, &ct.join("ct-w8a8"), &ct.join("ct-fp8"));
+    let nv = src.path().join("nvfp4");
+    ok(&[&"quantize", &stories(), &"--method", &"rtn", &"--format", &"ct-nvfp4", &"-o", &nv]);
+    ct_nvfp4::nvfp4_variants(&mut s, &nv.join("ct-nvfp4"));
     safetensors::safetensors_variants(&mut s);
     config::config_variants(&mut s);
     text::tokenizer_and_text_variants(&mut s, &g);

@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("calib_resid", calib_resid),
     ("calib_layer", calib_layer),
     ("bnb_nf4", bnb_nf4),
+    ("ct_nvfp4", ct_nvfp4),
 ];
 
 /// Run target `name` on `data` (panics on an unknown name: a harness bug, not an input one).
@@ -89,6 +90,15 @@ pub fn safetensors(data: &[u8]) {
 pub fn bnb_nf4(data: &[u8]) {
     let Ok(f) = SafetensorsFile::from_bytes(data.to_vec(), "fuzz.safetensors") else { return };
     for r in quantkit_io::layout::bnb::dequantize_file(&f, MAX_ELEMS as usize) {
+        names_file(&r, "fuzz.safetensors");
+    }
+}
+
+/// A compressed-tensors NVFP4 checkpoint's tensors (a safetensors file): every module's packed
+/// codes, E4M3 group scales and global scale (dtypes, shapes, values), then its dequantization.
+pub fn ct_nvfp4(data: &[u8]) {
+    let Ok(f) = SafetensorsFile::from_bytes(data.to_vec(), "fuzz.safetensors") else { return };
+    for r in quantkit_io::layout::ct_nvfp4::dequantize_file(&f, MAX_ELEMS as usize) {
         names_file(&r, "fuzz.safetensors");
     }
 }
@@ -219,6 +229,26 @@ mod tests {
                 }
                 super::bnb_nf4(&data[..i]);
             }
+        }
+    }
+
+    /// The NVFP4 seed dequantizes; every single-byte corruption and truncation of it is handled.
+    #[test]
+    fn ct_nvfp4_seed_and_its_corruptions() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fuzz/corpus/ct_nvfp4");
+        let name = "nvfp4.safetensors";
+        let data = std::fs::read(dir.join(name)).expect("seed");
+        let f =
+            quantkit_io::safetensors::SafetensorsFile::from_bytes(data.clone(), name).expect("seed parses");
+        let r = quantkit_io::layout::ct_nvfp4::dequantize_file(&f, usize::MAX);
+        assert!(r.len() == 2 && r.iter().all(|x| matches!(x, Ok(n) if *n > 0)), "{r:?}");
+        for i in 0..data.len() {
+            for v in [0u8, 0xff, data[i] ^ 1] {
+                let mut d = data.clone();
+                d[i] = v;
+                super::ct_nvfp4(&d);
+            }
+            super::ct_nvfp4(&data[..i]);
         }
     }
 

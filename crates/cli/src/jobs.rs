@@ -36,7 +36,9 @@ use sha2::{Digest, Sha256};
 ///   schemes as compressed-tensors writes them (per-channel symmetric int8: `pack-quantized`
 ///   weight-only, `int-quantized` with dynamic int8 activations); `fp8`, `fp8-dynamic` — FP8 E4M3
 ///   per-channel weights (`naive-quantized` weight-only, `float-quantized` with dynamic FP8
-///   activations; round to nearest only);
+///   activations; round to nearest only); `nvfp4a16` — compressed-tensors NVFP4 (`nvfp4-pack-quantized`:
+///   FP4 E2M1, E4M3 scales per 16 weights, a global scale; round to nearest only; not the GGUF
+///   `nvfp4` mix, which is llama.cpp's block type);
 /// * `smoothquant[@ALPHA|@auto]:<integer recipe>` — SmoothQuant (α 0.5 by default) folded into the
 ///   RMSNorms first, e.g. `smoothquant:w8a8`, `smoothquant@0.8:gptq:w8a8` (needs calibration);
 /// * `path/to/recipe.toml` — a recipe file (`convert --print-recipe` writes one) into GGUF.
@@ -69,14 +71,15 @@ fn bnb_recipe(s: &str) -> Option<BnbFormat> {
     }
 }
 
-/// The 8-bit compressed-tensors presets (`w8a8`, `gptq:w8a8`, `fp8`, …): their layout, and whether
-/// a calibrated method may make them (the FP8 ones are round to nearest only).
+/// The compressed-tensors presets (`w8a8`, `gptq:w8a8`, `fp8`, `nvfp4a16`, …): their layout, and
+/// whether a calibrated method may make them (the FP8 and NVFP4 ones are round to nearest only).
 fn ct8_preset(name: &str) -> Option<(IntFormat, bool)> {
     match name {
         "w8a16" => Some((IntFormat::CompressedTensors, true)),
         "w8a8" => Some((IntFormat::CtW8A8, true)),
         "fp8" => Some((IntFormat::CtFp8, false)),
         "fp8-dynamic" => Some((IntFormat::CtFp8Dynamic, false)),
+        "nvfp4a16" => Some((IntFormat::CtNvfp4, false)),
         _ => None,
     }
 }
@@ -185,7 +188,7 @@ impl RecipeSpec {
                 let methods: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
                 return Err(Error::Invalid(format!(
                     "recipe {t:?}: expected a mix (q4_k_m), gptq:<mix>, {}:<bits>:<group>[:sym|asym], \
-                     [<method>:]w8a16|w8a8, fp8, fp8-dynamic, [gptq:]nf4, [gptq:]nf4-dq or a .toml file",
+                     [<method>:]w8a16|w8a8, fp8, fp8-dynamic, nvfp4a16, [gptq:]nf4, [gptq:]nf4-dq or a .toml file",
                     methods.join("|")
                 )));
             }
@@ -225,6 +228,7 @@ impl RecipeSpec {
                 format!("gguf:{}{}", recipe.mix.name, if *gptq { " (gptq)" } else { "" })
             }
             Spec::Int { layout, .. } if layout.is_float() => format!("{} fp8 per-channel", layout.dir_name()),
+            Spec::Int { layout, .. } if layout.is_nvfp4() => format!("{} fp4 g16", layout.dir_name()),
             Spec::Int { method, int, layout, smooth } => format!(
                 "{} {}{}{}{}",
                 layout.dir_name(),
@@ -553,6 +557,7 @@ mod tests {
             ("fp8", "rtn", IntFormat::CtFp8, false, "fp8"),
             ("fp8-dynamic", "rtn", IntFormat::CtFp8Dynamic, false, "fp8-dynamic"),
             ("rtn:fp8", "rtn", IntFormat::CtFp8, false, "rtn-fp8"),
+            ("nvfp4a16", "rtn", IntFormat::CtNvfp4, false, "nvfp4a16"),
         ] {
             let r = RecipeSpec::parse(text, b).expect(text);
             assert!(
@@ -596,6 +601,11 @@ mod tests {
         }
         let e = RecipeSpec::parse("gptq:fp8", b).expect_err("gptq fp8").to_string();
         assert!(e.contains("round to nearest only"), "{e}");
+        assert_eq!(RecipeSpec::parse("nvfp4a16", b).expect("nvfp4a16").format(), "ct-nvfp4 fp4 g16");
+        let e = RecipeSpec::parse("gptq:nvfp4a16", b).expect_err("gptq nvfp4").to_string();
+        assert!(e.contains("round to nearest only"), "{e}");
+        // `nvfp4` stays llama.cpp's GGUF type / quantkit's NVFP4 mix.
+        assert!(RecipeSpec::parse("nvfp4", b).expect("nvfp4").is_gguf());
         for bad in [
             "q9_z",
             "nf4:dq",

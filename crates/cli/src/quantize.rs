@@ -21,14 +21,16 @@ pub struct QuantizeArgs {
     /// HF checkpoint folder or GGUF file.
     pub model: PathBuf,
     /// Output folder: one entry per format (gptq/, gptq-v2/, awq/, compressed-tensors/, ct-w8a8/,
-    /// ct-fp8/, ct-fp8-dynamic/, bnb-nf4/, bnb-nf4-dq/, model-<MIX>.gguf) plus report.json.
+    /// ct-fp8/, ct-fp8-dynamic/, ct-nvfp4/, bnb-nf4/, bnb-nf4-dq/, model-<MIX>.gguf) plus report.json.
     #[arg(long, short)]
     pub output: PathBuf,
     /// rtn, gptq, awq or mse (activation-weighted MSE clipping, integer grids only).
     #[arg(long, default_value = "gptq")]
     pub method: String,
     /// gptq, gptq-v2, awq, compressed-tensors, ct-w8a8 (int8 W8A8: --bits 8 --group -1),
-    /// ct-fp8, ct-fp8-dynamic (FP8 E4M3, --method rtn), bnb-nf4, bnb-nf4-dq (bitsandbytes NF4:
+    /// ct-fp8, ct-fp8-dynamic (FP8 E4M3, --method rtn), ct-nvfp4 (compressed-tensors NVFP4A16:
+    /// FP4 E2M1, an E4M3 scale per 16 weights and a global scale; --method rtn; --bits/--group do
+    /// not apply), bnb-nf4, bnb-nf4-dq (bitsandbytes NF4:
     /// --method rtn rounds as bitsandbytes does on load; --method gptq feeds GPTQ's error onto the
     /// NF4 levels, each block's absmax taken when GPTQ reaches the block — with -dq rounded onto the
     /// 8-bit absmax grid then) or gguf:<type or mix> (repeat for several; they share the

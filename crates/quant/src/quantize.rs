@@ -331,6 +331,8 @@ struct Plan {
     /// The integer grid, when an integer layout is requested.
     int: Option<IntSpec>,
     fp8: Vec<IntFormat>,
+    /// NVFP4 (round to nearest, its own grid).
+    nvfp4: Vec<IntFormat>,
 }
 
 /// Every rule that decides whether a job can run, in one place: the method's needs and each
@@ -353,7 +355,9 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
                 c.label()
             )));
         }
-        if let Some(f) = opts.formats.iter().find(|f| !matches!(f.layout(), Some(l) if !l.is_float())) {
+        if let Some(f) =
+            opts.formats.iter().find(|f| !matches!(f.layout(), Some(l) if !l.is_float() && !l.is_nvfp4()))
+        {
             return Err(Error::Unsupported(format!(
                 "SmoothQuant folds into integer checkpoints (ct-w8a8, compressed-tensors, gptq, …), not {}",
                 f.name()
@@ -373,8 +377,18 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
             )));
         }
     }
-    let (fp8, layouts): (Vec<IntFormat>, Vec<IntFormat>) =
-        opts.formats.iter().filter_map(OutFormat::layout).partition(|f| f.is_float());
+    let (nvfp4, rest): (Vec<IntFormat>, Vec<IntFormat>) =
+        opts.formats.iter().filter_map(OutFormat::layout).partition(|f| f.is_nvfp4());
+    if let (Some(f), false) = (nvfp4.first(), opts.method == MethodKind::rtn()) {
+        return Err(Error::Unsupported(format!(
+            "{} weights are quantized by round to nearest only (--method rtn), as llm-compressor's \
+             NVFP4A16 does; {} onto the NVFP4 grid (E4M3 group scales under a global scale) is not \
+             implemented",
+            f.dir_name(),
+            opts.method
+        )));
+    }
+    let (fp8, layouts): (Vec<IntFormat>, Vec<IntFormat>) = rest.into_iter().partition(|f| f.is_float());
     if let (Some(f), false) = (fp8.first(), opts.method == MethodKind::rtn()) {
         return Err(Error::Unsupported(format!(
             "{} weights are quantized by round to nearest only (--method rtn); {} onto the FP8 grid \
@@ -403,7 +417,7 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
             )));
         }
     }
-    Ok(Plan { layouts, int, fp8 })
+    Ok(Plan { layouts, int, fp8, nvfp4 })
 }
 
 /// Write the checkpoint folder of `fmt` in `out` with `write` (one progress stage) and report it.
@@ -576,6 +590,15 @@ pub fn quantize_with(
                 writers::write_fp8_checkpoint(*fmt, &src, &q, &info, dest)
             })?);
         }
+    }
+
+    // NVFP4: round to nearest straight from the weights (widths not whole groups of 16 stay f16,
+    // with their fused partners).
+    for fmt in &plan.nvfp4 {
+        let skip = writers::skipped(&src, &[*fmt], 4)?;
+        outputs.push(write_folder(*fmt, out, progress, |dest| {
+            writers::write_nvfp4_checkpoint(&src, &skip, &info, dest)
+        })?);
     }
 
     // bitsandbytes NF4: straight from the weights (rtn), or one GPTQ pass per output (the

@@ -11,6 +11,10 @@
 //! Modules a format cannot pack stay in fp16 and are listed the way each loader skips modules.
 //! Every file is written into a temporary folder renamed into place.
 //!
+//! NVFP4 checkpoints ([`write_nvfp4_checkpoint`], compressed-tensors `nvfp4-pack-quantized`) are
+//! quantized here too, round to nearest as llm-compressor's `NVFP4A16` does
+//! (`quantkit_io::layout::ct_nvfp4`).
+//!
 //! bitsandbytes NF4 checkpoints ([`write_bnb_checkpoint`]) are not an integer grid: every linear of
 //! every block is quantized here as bnb's `quantize_4bit` does on load (`quantkit_io::layout::bnb`).
 
@@ -19,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use quantkit_core::{AtomicDir, Error, Result};
 use quantkit_io::layout::bnb::{self, BnbConfig, Nf4Weights, StateDtype};
+use quantkit_io::layout::ct_nvfp4::{self, Nvfp4Weights};
 use quantkit_io::layout::{f16_bytes, IntWeights, LayoutConfig, Packed};
 use quantkit_io::names::{self, Proj};
 use quantkit_io::safetensors::{write_safetensors, StTensorSpec};
@@ -140,8 +145,8 @@ pub fn write_int_checkpoint(
     info: &QuantInfo,
     dest: &Path,
 ) -> Result<WriteReport> {
-    if fmt.is_float() {
-        return Err(Error::Unsupported(format!("{} holds FP8 weights, not integer ones", fmt.title())));
+    if fmt.is_float() || fmt.is_nvfp4() {
+        return Err(Error::Unsupported(format!("{} holds float weights, not integer ones", fmt.title())));
     }
     write_checkpoint(fmt, src, quantized, floats, info, dest)
 }
@@ -211,7 +216,7 @@ fn write_checkpoint(
                 g_idx: &m.g_idx,
             };
             let layout = LayoutConfig { layout: fmt, bits: m.grid.bits, group: file_group, sym: m.grid.sym };
-            outs.extend(layout.pack(&w, hf.trim_end_matches(".weight")));
+            outs.extend(layout.pack(&w, hf.trim_end_matches(".weight"))?);
             continue;
         }
         let mut data = match floats.get(&t.name) {
@@ -268,7 +273,11 @@ fn write_checkpoint(
             "version": "gemm",
             "modules_to_not_convert": if kinds.is_empty() { Json::Null } else { json!(kinds) },
         }),
-        IntFormat::CompressedTensors | IntFormat::CtW8A8 | IntFormat::CtFp8 | IntFormat::CtFp8Dynamic => {
+        IntFormat::CompressedTensors
+        | IntFormat::CtW8A8
+        | IntFormat::CtFp8
+        | IntFormat::CtFp8Dynamic
+        | IntFormat::CtNvfp4 => {
             let ty = if fmt.is_float() { "float" } else { "int" };
             let mut weights = json!({
                 "dynamic": false,
@@ -347,6 +356,129 @@ fn write_checkpoint(
         dir: dest.to_path_buf(),
         bytes,
         file_group_size: file_group,
+        skipped_modules: kinds,
+    })
+}
+
+/// The fused group a projection's global scale is shared with (llm-compressor's
+/// `update_fused_layer_weight_global_scales`: vLLM runs q/k/v and gate/up as one matrix with one
+/// global scale), keyed by layer: `(layer, 0)` q/k/v, `(layer, 1)` gate/up, `(layer, 2 + index)`
+/// a projection alone.
+fn fused_key(name: &str) -> Option<(u64, usize)> {
+    let p = Proj::of_weight(name)?;
+    let layer = names::layer_of(name)?;
+    Some(match p {
+        Proj::Q | Proj::K | Proj::V => (layer, 0),
+        Proj::Gate | Proj::Up => (layer, 1),
+        p => (layer, 2 + p.index()),
+    })
+}
+
+/// Write `src` as a compressed-tensors NVFP4 checkpoint (`nvfp4-pack-quantized`, the `NVFP4A16`
+/// scheme) in `dest`: every projection whose width is whole groups of 16 — and not in `skip` (GGUF
+/// names) — is quantized round to nearest as llm-compressor does (`ct_nvfp4`: global scale from the
+/// fused group's largest magnitude, E4M3 scales per 16 columns, E2M1 codes); everything else stays
+/// float16 and is listed in `ignore`.
+pub fn write_nvfp4_checkpoint(
+    src: &ModelSource,
+    skip: &[String],
+    info: &QuantInfo,
+    dest: &Path,
+) -> Result<WriteReport> {
+    let fmt = IntFormat::CtNvfp4;
+    let cfg = src.config();
+    let tensors = src.tensors()?;
+    let quantized = |t: &quantkit_io::source::SourceTensor| {
+        Proj::of_weight(&t.name).is_some() && !skip.contains(&t.name) && fmt.packs(4, t.rows(), t.row_len())
+    };
+    // Pass 1: the largest magnitude of each fused group (one tensor in memory at a time).
+    let mut amax: BTreeMap<(u64, usize), f32> = BTreeMap::new();
+    for t in tensors.iter().filter(|t| quantized(t)) {
+        let w = src.read(t)?;
+        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+            return Err(Error::bad_tensor(&t.name, format!("value {} at index {i} is not finite", w[i])));
+        }
+        let m = w.iter().fold(0f32, |a, &x| a.max(x.abs()));
+        let key = fused_key(&t.name).expect("a projection");
+        let e = amax.entry(key).or_insert(0.0);
+        *e = e.max(m);
+    }
+    // Pass 2: quantize and pack, in HF row order (rows are independent, so unpermuting first
+    // changes nothing but the order).
+    let mut outs: Vec<Packed> = vec![];
+    let mut skipped_modules = vec![];
+    let mut modules = 0usize;
+    for t in &tensors {
+        let (hf, heads) = hf_name_and_heads(src, t)?;
+        let (rows, cols) = (t.rows(), t.row_len());
+        let mut data = src.read(t)?;
+        if let Some(h) = heads {
+            data = names::unpermute_qk(&data, rows, h as usize);
+        }
+        if quantized(t) {
+            let key = fused_key(&t.name).expect("a projection");
+            let global = ct_nvfp4::global_scale(amax[&key]);
+            let q = Nvfp4Weights::quantize(&data, rows, cols, global);
+            outs.extend(q.pack(hf.trim_end_matches(".weight")));
+            modules += 1;
+            continue;
+        }
+        if t.name.starts_with("blk.") && t.dims.len() == 2 {
+            skipped_modules.push(hf.trim_end_matches(".weight").to_string());
+        }
+        let shape = if t.dims.len() == 2 { vec![rows, cols] } else { vec![cols] };
+        outs.push(Packed::new(hf, Dtype::F16, shape, f16_bytes(data.into_iter())));
+    }
+    if modules == 0 {
+        return Err(Error::Invalid(
+            "nothing was quantized (NVFP4 needs widths that are whole groups of 16)".into(),
+        ));
+    }
+    outs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    let mut ignore = vec!["lm_head".to_string()];
+    ignore.extend(skipped_modules.iter().cloned());
+    let format = "nvfp4-pack-quantized";
+    let qc = json!({
+        "config_groups": {"group_0": {
+            "format": format,
+            "input_activations": null,
+            "output_activations": null,
+            "targets": ["Linear"],
+            "weights": ct_nvfp4::weights_args(),
+        }},
+        "format": format,
+        "global_compression_ratio": null,
+        "ignore": ignore,
+        "kv_cache_scheme": null,
+        "quant_method": "compressed-tensors",
+        "quantization_status": "compressed",
+        "sparsity_config": {},
+        "version": "0.20.0",
+    });
+    let mut config = cfg.to_hf_json("float16");
+    config["quantization_config"] = qc;
+    config["quantkit"] = json!({
+        "method": info.method,
+        "format": fmt.name(),
+        "fused_global_scales": ["q_proj/k_proj/v_proj", "gate_proj/up_proj"],
+        "skipped_modules": skipped_modules,
+    });
+    let bytes: u64 = outs.iter().map(|o| o.bytes.len() as u64).sum();
+    write_checkpoint_dir(dest, src, &outs, &config, &[])?;
+    let rel = |m: &str| {
+        m.split_once(".layers.")
+            .and_then(|(_, r)| r.split_once('.'))
+            .map(|(_, r)| r.to_string())
+            .unwrap_or_default()
+    };
+    let mut kinds: Vec<String> = skipped_modules.iter().map(|m| rel(m)).collect();
+    kinds.sort();
+    kinds.dedup();
+    Ok(WriteReport {
+        format: fmt,
+        dir: dest.to_path_buf(),
+        bytes,
+        file_group_size: Some(ct_nvfp4::GROUP),
         skipped_modules: kinds,
     })
 }

@@ -2,7 +2,9 @@
 //! (docs/quantized-layouts.md): GPTQ v1 (AutoGPTQ) and v2 (GPTQModel) in `gptq.rs`, AWQ GEMM
 //! (AutoAWQ) in `awq.rs`, compressed-tensors `pack-quantized` in `compressed_tensors.rs`, and
 //! compressed-tensors' unpacked 8-bit formats (`int-quantized` int8, `float-quantized` /
-//! `naive-quantized` FP8 E4M3) in `ct_dense.rs` (the E4M3 codec in [`fp8`]).
+//! `naive-quantized` FP8 E4M3) in `ct_dense.rs` (the E4M3 codec in [`fp8`]), and compressed-tensors'
+//! `nvfp4-pack-quantized` (FP4 E2M1 in groups of 16 with E4M3 scales and a global scale) in
+//! [`ct_nvfp4`].
 //!
 //! * [`Layout`] names a layout and answers what it can hold ([`Layout::packs_bits`],
 //!   [`Layout::stores_g_idx`], [`Layout::zero_min`], [`Layout::packs`], [`Layout::file_group`]).
@@ -19,6 +21,7 @@ mod awq;
 pub mod bnb;
 mod compressed_tensors;
 pub mod ct_dense;
+pub mod ct_nvfp4;
 pub mod fp8;
 mod gptq;
 
@@ -56,10 +59,13 @@ pub enum Layout {
     /// compressed-tensors `float-quantized`: FP8 E4M3 per-channel weights, dynamic per-token FP8
     /// activations declared (llm-compressor's `FP8_DYNAMIC`).
     CtFp8Dynamic,
+    /// compressed-tensors `nvfp4-pack-quantized`: FP4 E2M1 weights, an E4M3 scale per 16 columns
+    /// and a global scale (llm-compressor's `NVFP4A16`; its `NVFP4` W4A4 reads the same).
+    CtNvfp4,
 }
 
 impl Layout {
-    pub const ALL: [Layout; 7] = [
+    pub const ALL: [Layout; 8] = [
         Layout::GptqV1,
         Layout::GptqV2,
         Layout::Awq,
@@ -67,6 +73,7 @@ impl Layout {
         Layout::CtW8A8,
         Layout::CtFp8,
         Layout::CtFp8Dynamic,
+        Layout::CtNvfp4,
     ];
 
     /// The name on the command line (`--format`) and of the output folder.
@@ -79,6 +86,7 @@ impl Layout {
             Layout::CtW8A8 => "ct-w8a8",
             Layout::CtFp8 => "ct-fp8",
             Layout::CtFp8Dynamic => "ct-fp8-dynamic",
+            Layout::CtNvfp4 => "ct-nvfp4",
         }
     }
 
@@ -105,12 +113,19 @@ impl Layout {
             Layout::CtW8A8 => "compressed-tensors int8 W8A8",
             Layout::CtFp8 => "compressed-tensors FP8",
             Layout::CtFp8Dynamic => "compressed-tensors FP8_DYNAMIC",
+            Layout::CtNvfp4 => "compressed-tensors NVFP4",
         }
     }
 
     /// Whether its weights are FP8 E4M3 (not on an integer grid: quantized by `quantkit_quant::fp8`).
     pub fn is_float(self) -> bool {
         matches!(self, Layout::CtFp8 | Layout::CtFp8Dynamic)
+    }
+
+    /// Whether its weights are NVFP4 (FP4 E2M1 with E4M3 group scales and a global scale:
+    /// quantized by `quantkit_io::layout::ct_nvfp4`, round to nearest).
+    pub fn is_nvfp4(self) -> bool {
+        self == Layout::CtNvfp4
     }
 
     /// Whether it stores each weight unpacked as an 8-bit `<m>.weight` beside `<m>.weight_scale`
@@ -124,6 +139,13 @@ impl Layout {
     /// W8A8 / FP8_DYNAMIC schemes; vLLM's int8 kernels take no groups).
     pub fn check_grid(self, bits: u32, group: Option<usize>, sym: bool) -> Result<()> {
         self.check_bits(bits)?;
+        if self.is_nvfp4() && (group != Some(ct_nvfp4::GROUP) || !sym) {
+            return Err(Error::Unsupported(format!(
+                "{} checkpoints hold symmetric FP4 weights in groups of {}",
+                self.title(),
+                ct_nvfp4::GROUP
+            )));
+        }
         if self.dense() && (group.is_some() || !sym) {
             return Err(Error::Unsupported(format!(
                 "{} checkpoints hold symmetric per-channel weights (--sym --group -1), not {}{}",
@@ -138,7 +160,7 @@ impl Layout {
     /// The bit widths it packs.
     pub fn bits(self) -> RangeInclusive<u32> {
         match self {
-            Layout::Awq => 4..=4,
+            Layout::Awq | Layout::CtNvfp4 => 4..=4,
             Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => 8..=8,
             _ => 2..=8,
         }
@@ -186,6 +208,8 @@ impl Layout {
                 Layout::GptqV1 | Layout::GptqV2 => cols % 32 == 0 && rows % 32 == 0,
                 Layout::Awq => rows % 8 == 0,
                 Layout::CompressedTensors | Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => true,
+                // compressed-tensors needs whole groups of 16 (`_process_group`).
+                Layout::CtNvfp4 => cols % ct_nvfp4::GROUP == 0,
             }
     }
 
@@ -207,6 +231,17 @@ impl Layout {
             Layout::CompressedTensors => (
                 "weight_packed",
                 &["weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx"],
+            ),
+            Layout::CtNvfp4 => (
+                "weight_packed",
+                &[
+                    "weight_packed",
+                    "weight_scale",
+                    "weight_global_scale",
+                    "input_global_scale",
+                    "weight_zero_point",
+                    "weight_g_idx",
+                ],
             ),
             // `weight` is a component only beside a `weight_scale` (see `visible_names`).
             Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => (
@@ -337,11 +372,17 @@ impl LayoutConfig {
             }
             "compressed-tensors" => {
                 let fmt = q.get("format").and_then(Json::as_str).unwrap_or("");
-                if !matches!(fmt, "pack-quantized" | "int-quantized" | "float-quantized" | "naive-quantized")
-                {
+                if !matches!(
+                    fmt,
+                    "pack-quantized"
+                        | "int-quantized"
+                        | "float-quantized"
+                        | "naive-quantized"
+                        | "nvfp4-pack-quantized"
+                ) {
                     return Err(Error::Unsupported(format!(
                         "compressed-tensors format {fmt:?} in {} (pack-quantized, int-quantized, \
-                         float-quantized or naive-quantized)",
+                         float-quantized, naive-quantized or nvfp4-pack-quantized)",
                         path.display()
                     )));
                 }
@@ -357,6 +398,9 @@ impl LayoutConfig {
                 }
                 let scheme = groups.values().next().ok_or_else(|| bad(path, "no weights scheme"))?;
                 let w = scheme.get("weights").ok_or_else(|| bad(path, "no weights scheme"))?;
+                if fmt == "nvfp4-pack-quantized" {
+                    return ct_nvfp4::from_config(w, path).map(Some);
+                }
                 if fmt != "pack-quantized" {
                     let acts = scheme.get("input_activations").is_some_and(|a| !a.is_null());
                     return ct_dense::from_config(fmt, w, acts, path).map(Some);
@@ -379,9 +423,11 @@ impl LayoutConfig {
 
     /// One matrix in this layout, under the HF module prefix `prefix` (`model.layers.0.mlp.up_proj`),
     /// tensors in the layout's order. The caller has checked [`Layout::packs`] and, where the layout
-    /// has no g_idx, that groups are contiguous.
-    pub fn pack(&self, w: &IntWeights, prefix: &str) -> Vec<Packed> {
-        match self.layout {
+    /// has no g_idx, that groups are contiguous. NVFP4 weights are not integer codes with a scale
+    /// each (they carry a global scale): they are packed by [`ct_nvfp4::Nvfp4Weights::pack`], and
+    /// asking for them here is an error.
+    pub fn pack(&self, w: &IntWeights, prefix: &str) -> Result<Vec<Packed>> {
+        Ok(match self.layout {
             Layout::GptqV1 | Layout::GptqV2 => {
                 gptq::pack(self.layout == Layout::GptqV1, self.bits, w, prefix)
             }
@@ -395,7 +441,12 @@ impl LayoutConfig {
             Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => {
                 ct_dense::pack(self.layout, &w.regrouped(self.group.unwrap_or(w.cols)), prefix)
             }
-        }
+            Layout::CtNvfp4 => {
+                return Err(Error::Unsupported(format!(
+                    "{prefix}: NVFP4 weights are packed from ct_nvfp4::Nvfp4Weights, not integer codes"
+                )))
+            }
+        })
     }
 
     /// Presented names: stored ones minus packed components, plus `<m>.weight` (with `[out, in]`).
@@ -436,6 +487,10 @@ impl LayoutConfig {
                 let (_, dt, _) = t.raw(marker)?;
                 ct_dense::shape(self.layout, t, &qs, &dt)
             }
+            Layout::CtNvfp4 => {
+                let (_, dt, _) = t.raw(marker)?;
+                ct_nvfp4::shape(t, &qs, &dt)
+            }
         }
     }
 
@@ -457,6 +512,7 @@ impl LayoutConfig {
             Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => {
                 ct_dense::unpack(self.layout, self.group, t, rows, cols)
             }
+            Layout::CtNvfp4 => ct_nvfp4::unpack(t, rows, cols),
         }
     }
 }

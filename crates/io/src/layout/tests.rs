@@ -146,7 +146,7 @@ fn round_trip(layout: Layout, bits: u32, sym: bool, group: usize) {
     assert!(layout.packs(bits, rows, cols));
     let file_group = layout.file_group(Some(group), [cols]);
     let cfg = LayoutConfig { layout, bits, group: file_group, sym };
-    let m = Mem(cfg.pack(&f.weights(), "model.layers.0.mlp.up_proj"));
+    let m = Mem(cfg.pack(&f.weights(), "model.layers.0.mlp.up_proj").expect("pack"));
     let (marker, parts) = layout.components();
     assert!(m.0.iter().any(|p| p.spec.name.ends_with(&format!(".{marker}"))));
     for p in &m.0 {
@@ -250,7 +250,7 @@ fn int8_w8a8_unpacks_what_it_packs() {
         let f = Fixture::new(8, 64, 96, group, |_| 128);
         let cfg =
             LayoutConfig { layout: Layout::CtW8A8, bits: 8, group: (group < 96).then_some(group), sym: true };
-        let m = Mem(cfg.pack(&f.weights(), "model.layers.0.mlp.up_proj"));
+        let m = Mem(cfg.pack(&f.weights(), "model.layers.0.mlp.up_proj").expect("pack"));
         let names: Vec<(&str, String, Vec<usize>)> =
             m.0.iter()
                 .map(|p| (p.spec.name.as_str(), format!("{:?}", p.spec.dtype), p.spec.shape.clone()))
@@ -282,7 +282,7 @@ fn fp8_unpacks_what_it_packs_and_refuses_bad_tensors() {
         IntWeights { rows, cols, group: cols, codes: &codes, scales: &scales, zeros: &zeros, g_idx: &g_idx };
     for layout in [Layout::CtFp8, Layout::CtFp8Dynamic] {
         let cfg = LayoutConfig { layout, bits: 8, group: None, sym: true };
-        let m = Mem(cfg.pack(&w, "m.q_proj"));
+        let m = Mem(cfg.pack(&w, "m.q_proj").expect("pack"));
         assert_eq!(format!("{:?}", m.0[0].spec.dtype), "F8_E4M3");
         assert_eq!(m.0[0].bytes, codes);
         let t = Module { src: &m, m: "m.q_proj" };
@@ -404,4 +404,235 @@ fn the_8bit_layouts_take_symmetric_per_channel_grids() {
     }
     assert!(Layout::CtFp8.is_float() && Layout::CtFp8Dynamic.is_float() && !Layout::CtW8A8.is_float());
     assert!(Layout::CompressedTensors.check_grid(4, Some(128), false).is_ok());
+}
+
+/// xorshift64 values, roughly normal-ish with outliers, never all zero.
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            u * 0.1 * if i % 37 == 0 { 8.0 } else { 1.0 }
+        })
+        .collect()
+}
+
+#[test]
+fn e2m1_rounds_as_compressed_tensors_casts() {
+    use super::ct_nvfp4::{e2m1, e2m1_code};
+    // cast_to_fp4's buckets: ties to the even mantissa.
+    for (x, v) in [
+        (0.0, 0.0),
+        (0.25, 0.0),
+        (0.2501, 0.5),
+        (0.75, 1.0),
+        (0.7499, 0.5),
+        (1.25, 1.0),
+        (1.2501, 1.5),
+        (1.75, 2.0),
+        (2.5, 2.0),
+        (2.5001, 3.0),
+        (3.5, 4.0),
+        (5.0, 4.0),
+        (5.0001, 6.0),
+        (6.0, 6.0),
+    ] {
+        assert_eq!(e2m1(e2m1_code(x)), v, "{x}");
+        assert_eq!(e2m1(e2m1_code(-x)), -v, "-{x}");
+    }
+    // Negative values that round to zero keep the sign bit (compressed-tensors packs −0 as 8).
+    assert_eq!(e2m1_code(-0.1), 8);
+    assert_eq!(e2m1_code(-0.0), 0);
+    for c in 0u8..16 {
+        let back = e2m1_code(e2m1(c));
+        assert_eq!(back, if c == 8 { 0 } else { c }, "{c}");
+    }
+    assert_eq!((0u8..8).map(e2m1).collect::<Vec<_>>(), [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]);
+}
+
+/// NVFP4: `pack` stores what `unpack` reads back as exactly the quantizer's weights, nibbles low
+/// first; the quantizer follows llm-compressor (global scale, E4M3 group scales, nearest codes).
+#[test]
+fn nvfp4_pack_unpack_round_trip() {
+    use super::ct_nvfp4::{e2m1, global_scale, Nvfp4Weights, GROUP};
+    for (rows, cols, seed) in [(3, 64, 1u64), (5, 176, 2), (64, 16, 3)] {
+        let w = noise(rows * cols, seed);
+        assert!(w.iter().any(|&x| x != 0.0));
+        let amax = w.iter().fold(0f32, |a, &x| a.max(x.abs()));
+        let g = global_scale(amax);
+        assert_eq!(g, (1.0 / amax) * 2688.0);
+        let q = Nvfp4Weights::quantize(&w, rows, cols, g);
+        let m = Mem(q.pack("m.up_proj"));
+        let names: Vec<(&str, String, Vec<usize>)> =
+            m.0.iter()
+                .map(|p| (p.spec.name.as_str(), format!("{:?}", p.spec.dtype), p.spec.shape.clone()))
+                .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("m.up_proj.weight_global_scale", "F32".into(), vec![1]),
+                ("m.up_proj.weight_packed", "U8".into(), vec![rows, cols / 2]),
+                ("m.up_proj.weight_scale", "F8_E4M3".into(), vec![rows, cols / GROUP]),
+            ]
+        );
+        // Byte k = code 2k in the low nibble, code 2k + 1 in the high one.
+        for k in 0..rows * cols / 2 {
+            assert_eq!(m.0[1].bytes[k], q.codes[2 * k] | (q.codes[2 * k + 1] << 4));
+        }
+        let cfg = LayoutConfig { layout: Layout::CtNvfp4, bits: 4, group: Some(GROUP), sym: true };
+        let t = Module { src: &m, m: "m.up_proj" };
+        assert_eq!(cfg.shape(&t).expect("shape"), (rows, cols));
+        let got = cfg.unpack(&t).expect("unpack");
+        assert_eq!(got, q.dequantize());
+        // Nearest code under each group's scale, and the group's largest magnitude near ±6.
+        let ng = cols / GROUP;
+        for (i, (&x, &c)) in w.iter().zip(&q.codes).enumerate() {
+            let eff = fp8::to_f32(q.scales[(i / cols) * ng + (i % cols) / GROUP]) / g;
+            let y = x / eff;
+            let best = (0u8..16).map(|k| (e2m1(k) - y).abs()).fold(f32::INFINITY, f32::min);
+            assert!((e2m1(c) - y).abs() <= best * (1.0 + 1e-6) + 1e-6, "{i}: {x} → {c}");
+            assert_eq!(got[i], e2m1(c) * eff);
+        }
+        for (k, grp) in w.chunks(GROUP).enumerate() {
+            let a = grp.iter().fold(0f32, |a, &x| a.max(x.abs()));
+            let s = fp8::to_f32(q.scales[k]);
+            assert_eq!(q.scales[k], fp8::from_f32(g * (a / 6.0)), "group {k}");
+            assert!((a / (s / g) - 6.0).abs() < 6.0 / 8.0, "group {k}: {a} {s}");
+        }
+        // LayoutConfig::pack does not take NVFP4 (no global scale in IntWeights).
+        let f = Fixture::new(4, rows, cols, 16, |_| 8);
+        assert!(cfg.pack(&f.weights(), "m").is_err());
+    }
+    // An all-zero tensor: global 1, scales the package's eps (0.125), codes 0.
+    let z = Nvfp4Weights::quantize(&[0.0; 32], 2, 16, global_scale(0.0));
+    assert_eq!(z.global, 1.0);
+    assert!(z.scales.iter().all(|&s| fp8::to_f32(s) == 0.125) && z.codes.iter().all(|&c| c == 0));
+    assert!(z.dequantize().iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn nvfp4_refuses_damaged_tensors_naming_them() {
+    use super::ct_nvfp4::{global_scale, Nvfp4Weights};
+    let (rows, cols) = (4, 32);
+    let w = noise(rows * cols, 9);
+    let q = Nvfp4Weights::quantize(&w, rows, cols, global_scale(0.4));
+    let cfg = LayoutConfig { layout: Layout::CtNvfp4, bits: 4, group: Some(16), sym: true };
+    let base = q.pack("m.q_proj");
+    let damaged = |edit: &dyn Fn(&mut Vec<Packed>)| {
+        let mut v = base.clone();
+        edit(&mut v);
+        let m = Mem(v);
+        let t = Module { src: &m, m: "m.q_proj" };
+        cfg.shape(&t).and_then(|_| cfg.unpack(&t)).expect_err("damaged").to_string()
+    };
+    let set = |v: &mut Vec<Packed>, p: Packed| {
+        let i = v.iter().position(|t| t.spec.name == p.spec.name).expect("present");
+        v[i] = p;
+    };
+    let gs = |x: f32| {
+        Packed::new("m.q_proj.weight_global_scale".into(), Dtype::F32, vec![1], x.to_le_bytes().to_vec())
+    };
+    for (g, what) in [(0.0, "value 0"), (f32::NAN, "NaN"), (-2.0, "-2"), (f32::INFINITY, "inf")] {
+        let e = damaged(&|v| set(v, gs(g)));
+        assert!(e.contains("m.q_proj.weight_global_scale") && e.contains(what), "{g}: {e}");
+    }
+    let e = damaged(&|v| {
+        set(v, Packed::new("m.q_proj.weight_global_scale".into(), Dtype::F32, vec![2], vec![0; 8]))
+    });
+    assert!(e.contains("weight_global_scale") && e.contains("[2]"), "{e}");
+    let e = damaged(&|v| v.retain(|t| !t.spec.name.ends_with("weight_global_scale")));
+    assert!(e.contains("m.q_proj.weight_global_scale"), "{e}");
+    let e = damaged(&|v| {
+        set(
+            v,
+            Packed::new(
+                "m.q_proj.weight_packed".into(),
+                Dtype::I32,
+                vec![rows, cols / 8],
+                vec![0; rows * cols / 2],
+            ),
+        )
+    });
+    assert!(e.contains("m.q_proj.weight_packed") && e.contains("I32"), "{e}");
+    let e = damaged(&|v| {
+        set(v, Packed::new("m.q_proj.weight_packed".into(), Dtype::U8, vec![rows, 7], vec![0; rows * 7]))
+    });
+    assert!(e.contains("m.q_proj.weight_packed") && e.contains("16"), "{e}");
+    let e = damaged(&|v| {
+        set(v, Packed::new("m.q_proj.weight_scale".into(), Dtype::F8_E4M3, vec![rows, 1], vec![0x38; rows]))
+    });
+    assert!(e.contains("m.q_proj.weight_scale") && e.contains("[4, 2]"), "{e}");
+    let mut nan = q.scales.clone();
+    nan[5] = 0x7F;
+    let e = damaged(&|v| {
+        set(v, Packed::new("m.q_proj.weight_scale".into(), Dtype::F8_E4M3, vec![rows, 2], nan.clone()))
+    });
+    assert!(e.contains("m.q_proj.weight_scale") && e.contains("NaN"), "{e}");
+    let inf = f32_bytes((0..rows * 2).map(|i| if i == 3 { f32::INFINITY } else { 1.0 }));
+    let e = damaged(&|v| {
+        set(v, Packed::new("m.q_proj.weight_scale".into(), Dtype::F32, vec![rows, 2], inf.clone()))
+    });
+    assert!(e.contains("m.q_proj.weight_scale") && e.contains("not finite"), "{e}");
+    let e = damaged(&|v| {
+        set(v, Packed::new("m.q_proj.weight_scale".into(), Dtype::I32, vec![rows, 2], vec![0; rows * 8]))
+    });
+    assert!(e.contains("m.q_proj.weight_scale") && e.contains("I32"), "{e}");
+    let e = damaged(&|v| {
+        v.push(Packed::new(
+            "m.q_proj.weight_zero_point".into(),
+            Dtype::F8_E4M3,
+            vec![rows, 2],
+            vec![0; rows * 2],
+        ))
+    });
+    assert!(e.contains("m.q_proj.weight_zero_point") && e.contains("symmetric"), "{e}");
+    // F32 scales (any float dtype) read as their values.
+    let f: Vec<f32> = q.scales.iter().map(|&b| fp8::to_f32(b)).collect();
+    let mut v = base.clone();
+    set(
+        &mut v,
+        Packed::new("m.q_proj.weight_scale".into(), Dtype::F32, vec![rows, 2], f32_bytes(f.into_iter())),
+    );
+    let m = Mem(v);
+    assert_eq!(cfg.unpack(&Module { src: &m, m: "m.q_proj" }).expect("f32 scales"), q.dequantize());
+}
+
+#[test]
+fn config_reads_nvfp4_and_refuses_other_schemes() {
+    let p = Path::new("m/config.json");
+    let read = |w: Json, acts: Json| {
+        LayoutConfig::from_config(
+            &serde_json::json!({ "quantization_config": {"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized",
+                "config_groups": {"group_0": {"targets": ["Linear"], "weights": w, "input_activations": acts}}}}),
+            p,
+        )
+    };
+    let want = Some(LayoutConfig { layout: Layout::CtNvfp4, bits: 4, group: Some(16), sym: true });
+    let w = super::ct_nvfp4::weights_args();
+    assert_eq!(read(w.clone(), Json::Null).expect("nvfp4a16"), want);
+    // NVFP4 (W4A4): the activation scheme does not change the weights.
+    assert_eq!(read(w.clone(), w.clone()).expect("nvfp4"), want);
+    for (edit, what) in [
+        (("type", serde_json::json!("int")), "\"int\""),
+        (("num_bits", serde_json::json!(8)), "Some(8)"),
+        (("group_size", serde_json::json!(32)), "Some(32)"),
+        (("symmetric", serde_json::json!(false)), "asymmetric"),
+        (("strategy", serde_json::json!("channel")), "\"channel\""),
+    ] {
+        let mut bad = w.clone();
+        bad[edit.0] = edit.1;
+        let e = read(bad, Json::Null).expect_err(what).to_string();
+        assert!(e.contains("config.json") && e.contains(what), "{what}: {e}");
+    }
+    assert!(
+        Layout::CtNvfp4.packs(4, 172, 64)
+            && !Layout::CtNvfp4.packs(4, 64, 172)
+            && !Layout::CtNvfp4.packs(8, 64, 64)
+    );
+    assert!(Layout::CtNvfp4.check_grid(4, Some(16), true).is_ok());
+    assert!(Layout::CtNvfp4.check_grid(4, Some(128), true).is_err());
+    assert!(Layout::CtNvfp4.is_nvfp4() && !Layout::CtNvfp4.is_float());
 }
