@@ -170,11 +170,17 @@ impl Mat8 {
                     while tb < t1 {
                         let te = (tb + 2).min(t1);
                         let mut acc = [[0i32; 4]; 2];
-                        let xs = [a.row(tb), a.row(te - 1)];
                         let ws: [&[u8]; 4] = std::array::from_fn(|i| {
                             &w[(rb + i).min(re - 1) * k..((rb + i).min(re - 1) + 1) * k]
                         });
-                        dot_tile(&xs, &ws, &mut acc, scalar);
+                        if te - tb == 2 {
+                            dot_tile(&[a.row(tb), a.row(tb + 1)], &ws, &mut acc, scalar);
+                        } else {
+                            // One token (decode, or an odd last one): a 1 × 4 tile.
+                            let mut one = [[0i32; 4]; 1];
+                            dot_tile(&[a.row(tb)], &ws, &mut one, scalar);
+                            acc[0] = one[0];
+                        }
                         for (ti, t) in (tb..te).enumerate() {
                             for (ri, r) in (r0 + rb..r0 + re).enumerate() {
                                 let v = acc[ti][ri] as f32 * a.s[t] * self.scales[r];
@@ -242,9 +248,9 @@ fn avx2() -> bool {
     }
 }
 
-/// `acc[t][r] = Σ_c xs[t][c] · (ws[r][c] as i8)` for a 2 × 4 tile (duplicate rows/tokens at the
-/// edges are computed and ignored).
-fn dot_tile(xs: &[&[i8]; 2], ws: &[&[u8]; 4], acc: &mut [[i32; 4]; 2], scalar: bool) {
+/// `acc[t][r] = Σ_c xs[t][c] · (ws[r][c] as i8)` for a T × 4 tile (duplicate rows at the edges are
+/// computed and ignored).
+fn dot_tile<const T: usize>(xs: &[&[i8]; T], ws: &[&[u8]; 4], acc: &mut [[i32; 4]; T], scalar: bool) {
     let k = xs[0].len();
     let mut c0 = 0;
     #[cfg(target_arch = "x86_64")]
@@ -270,26 +276,31 @@ mod x86 {
     /// # Safety
     /// AVX2 present; every row holds at least `c1` elements.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn dot_tile_avx2(xs: &[&[i8]; 2], ws: &[&[u8]; 4], acc: &mut [[i32; 4]; 2], c1: usize) {
+    pub(super) unsafe fn dot_tile_avx2<const T: usize>(
+        xs: &[&[i8]; T],
+        ws: &[&[u8]; 4],
+        acc: &mut [[i32; 4]; T],
+        c1: usize,
+    ) {
         // SAFETY (whole body): unaligned 32-byte loads inside rows of ≥ c1 elements.
         unsafe {
             let ones = _mm256_set1_epi16(1);
-            let mut s = [[_mm256_setzero_si256(); 4]; 2];
+            let mut s = [[_mm256_setzero_si256(); 4]; T];
             let mut c = 0;
             while c < c1 {
-                let x0 = _mm256_loadu_si256(xs[0].as_ptr().add(c).cast());
-                let x1 = _mm256_loadu_si256(xs[1].as_ptr().add(c).cast());
+                let x: [__m256i; T] =
+                    std::array::from_fn(|t| _mm256_loadu_si256(xs[t].as_ptr().add(c).cast()));
                 for r in 0..4 {
                     let w = _mm256_loadu_si256(ws[r].as_ptr().add(c).cast());
                     let aw = _mm256_abs_epi8(w);
-                    let p0 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x0, w));
-                    let p1 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x1, w));
-                    s[0][r] = _mm256_add_epi32(s[0][r], _mm256_madd_epi16(p0, ones));
-                    s[1][r] = _mm256_add_epi32(s[1][r], _mm256_madd_epi16(p1, ones));
+                    for t in 0..T {
+                        let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x[t], w));
+                        s[t][r] = _mm256_add_epi32(s[t][r], _mm256_madd_epi16(p, ones));
+                    }
                 }
                 c += 32;
             }
-            for t in 0..2 {
+            for t in 0..T {
                 for r in 0..4 {
                     acc[t][r] += hsum(s[t][r]);
                 }

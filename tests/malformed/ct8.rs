@@ -60,7 +60,30 @@ pub(crate) fn write(path: &Path, ts: &Tensors) {
     std::fs::write(path, out).expect("write");
 }
 
-type Edit = Box<dyn Fn(&mut Tensors, &mut serde_json::Value)>;
+pub(crate) type Edit = Box<dyn Fn(&mut Tensors, &mut serde_json::Value)>;
+
+/// A fresh case folder holding a copy of checkpoint folder `src` (as `m/`) with `edit` applied to
+/// its tensors and config: `(case folder, checkpoint folder)`.
+pub(crate) fn edited_copy(
+    s: &mut Suite,
+    src: &Path,
+    edit: &dyn Fn(&mut Tensors, &mut serde_json::Value),
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let d = s.case_dir();
+    let m = d.join("m");
+    std::fs::create_dir(&m).expect("mkdir");
+    for e in std::fs::read_dir(src).expect("src") {
+        let p = e.expect("entry").path();
+        std::fs::copy(&p, m.join(p.file_name().expect("name"))).expect("copy");
+    }
+    let mut ts = read(&m.join("model.safetensors"));
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.join("config.json")).expect("cfg")).expect("json");
+    edit(&mut ts, &mut cfg);
+    write(&m.join("model.safetensors"), &ts);
+    std::fs::write(m.join("config.json"), serde_json::to_vec(&cfg).expect("json")).expect("write");
+    (d, m)
+}
 
 pub(crate) fn ct8_variants(s: &mut Suite, int8: &Path, fp8: &Path) {
     const M: &str = "model.layers.1.self_attn.q_proj";
@@ -264,19 +287,7 @@ pub(crate) fn ct8_variants(s: &mut Suite, int8: &Path, fp8: &Path) {
     ];
     let all_cases = cases.into_iter().map(|c| (c, false)).chain(engine_cases.into_iter().map(|c| (c, true)));
     for ((label, src, edit, expect), engine) in all_cases {
-        let d = s.case_dir();
-        let m = d.join("m");
-        std::fs::create_dir(&m).expect("mkdir");
-        for e in std::fs::read_dir(src).expect("src") {
-            let p = e.expect("entry").path();
-            std::fs::copy(&p, m.join(p.file_name().expect("name"))).expect("copy");
-        }
-        let mut ts = read(&m.join("model.safetensors"));
-        let mut cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(m.join("config.json")).expect("cfg")).expect("json");
-        edit(&mut ts, &mut cfg);
-        write(&m.join("model.safetensors"), &ts);
-        std::fs::write(m.join("config.json"), serde_json::to_vec(&cfg).expect("json")).expect("write");
+        let (d, m) = edited_copy(s, src, &edit);
         let mdir = m.to_str().expect("utf8");
         let cmd = if engine {
             let text = d.join("text.txt");

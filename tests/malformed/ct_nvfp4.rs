@@ -6,10 +6,8 @@
 
 use std::path::Path;
 
-use crate::ct8::{read, write, Tensors};
+use crate::ct8::{edited_copy, Edit, Tensors};
 use crate::{all, args, Expect, Suite};
-
-type Edit = Box<dyn Fn(&mut Tensors, &mut serde_json::Value)>;
 
 pub(crate) fn nvfp4_variants(s: &mut Suite, dir: &Path) {
     const M: &str = "model.layers.1.self_attn.q_proj";
@@ -113,19 +111,7 @@ pub(crate) fn nvfp4_variants(s: &mut Suite, dir: &Path) {
         ),
     ];
     for (label, edit, expect) in cases {
-        let d = s.case_dir();
-        let m = d.join("m");
-        std::fs::create_dir(&m).expect("mkdir");
-        for e in std::fs::read_dir(dir).expect("src") {
-            let p = e.expect("entry").path();
-            std::fs::copy(&p, m.join(p.file_name().expect("name"))).expect("copy");
-        }
-        let mut ts = read(&m.join("model.safetensors"));
-        let mut cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(m.join("config.json")).expect("cfg")).expect("json");
-        edit(&mut ts, &mut cfg);
-        write(&m.join("model.safetensors"), &ts);
-        std::fs::write(m.join("config.json"), serde_json::to_vec(&cfg).expect("json")).expect("write");
+        let (d, m) = edited_copy(s, dir, &edit);
         s.check(
             "ct_nvfp4",
             label,

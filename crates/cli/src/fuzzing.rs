@@ -111,6 +111,8 @@ pub fn hf_config(data: &[u8]) {
     let Ok(j) = r else { return };
     names_file(&quantkit_io::config::ModelConfig::from_hf(&j, p), "config.json");
     names_file(&quantkit_io::layout::QuantLayout::from_config(&j, p), "config.json");
+    // The activation scheme the engine reads for the 8-bit compressed-tensors layouts.
+    names_file(&quantkit_io::layout::ct_dense::activations(&j, p), "config.json");
 }
 
 /// model.safetensors.index.json.
