@@ -31,6 +31,7 @@ pub mod cpu;
 /// format's decoder lives).
 pub use quantkit_formats::decode;
 mod matmul;
+pub mod nf4;
 pub mod pool;
 pub mod w8;
 

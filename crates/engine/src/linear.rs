@@ -21,6 +21,8 @@ pub enum Weights {
     /// compressed-tensors' per-channel 8-bit weights (int8 or FP8 E4M3) with the checkpoint's
     /// activation scheme.
     W8(Arc<quantkit_kernels::w8::Mat8>, Acts8),
+    /// bitsandbytes NF4 codes and absmax values (fused decode GEMV; batches dequantize panels).
+    Nf4(Arc<quantkit_kernels::nf4::Nf4Mat>),
 }
 
 /// What a W8 linear does to its input, as the checkpoint's `input_activations` declare it.
@@ -63,6 +65,7 @@ impl QLinear {
         match &self.w {
             Weights::Q(m) => m.dequantize_rows(r0, r1, out),
             Weights::W8(m, _) => m.dequantize_rows(r0, r1, out),
+            Weights::Nf4(m) => m.dequantize_rows(r0, r1, out),
         }
     }
 
@@ -71,6 +74,7 @@ impl QLinear {
         match &self.w {
             Weights::Q(m) => m.bytes().len() as u64,
             Weights::W8(m, _) => m.bytes(),
+            Weights::Nf4(m) => m.bytes(),
         }
     }
 
@@ -78,6 +82,7 @@ impl QLinear {
     pub fn type_name(&self) -> String {
         match &self.w {
             Weights::Q(m) => m.ty.name().to_string(),
+            Weights::Nf4(_) => "nf4".to_string(),
             Weights::W8(m, a) => format!(
                 "{} {}",
                 if m.is_int8() { "int8" } else { "fp8-e4m3" },
@@ -96,18 +101,21 @@ impl Linear for QLinear {
         match &self.w {
             Weights::Q(m) => m.cols,
             Weights::W8(m, _) => m.cols,
+            Weights::Nf4(m) => m.cols,
         }
     }
     fn out_features(&self) -> usize {
         match &self.w {
             Weights::Q(m) => m.rows,
             Weights::W8(m, _) => m.rows,
+            Weights::Nf4(m) => m.rows,
         }
     }
     fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) {
         match &self.w {
             Weights::Q(m) => m.forward(x, n, y),
             Weights::W8(m, acts) => w8_forward(m, *acts, x, n, y),
+            Weights::Nf4(m) => m.forward(x, n, y),
         }
         self.add_bias(y);
     }
@@ -149,7 +157,7 @@ pub fn forward_group(ls: &[&QLinear], x: &[f32], n: usize, ys: &mut [&mut [f32]]
         .iter()
         .map(|l| match &l.w {
             Weights::Q(m) => Some(m),
-            Weights::W8(..) => None,
+            Weights::W8(..) | Weights::Nf4(_) => None,
         })
         .collect();
     match ms {

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use quantkit_core::{Error, GgmlType, Result};
 use quantkit_io::config::RopeScaling;
-use quantkit_io::layout::{ct_dense, fp8};
+use quantkit_io::layout::{bnb, ct_dense, fp8};
 use quantkit_io::names;
 use quantkit_io::source::{ModelSource, Origin, SourceTensor};
+use quantkit_kernels::nf4::Nf4Mat;
 use quantkit_kernels::w8::{Code8, Mat8};
 use quantkit_kernels::{QMatrix, WeightBytes};
 
@@ -55,6 +56,29 @@ fn dense8(src: &ModelSource, mode: WeightMode, t: &SourceTensor) -> Result<Optio
     };
     let m = Mat8::new(d.rows, d.cols, d.group, d.codes, d.scales, code).map_err(bad)?;
     Ok(Some(Weights::W8(Arc::new(m), acts)))
+}
+
+/// A bitsandbytes NF4 module kept as codes and absmax values ([`Weights::Nf4`]), when `t` is one,
+/// the weights are loaded natively and its rows are whole 64-blocks (else it runs dequantized).
+fn nf4(src: &ModelSource, mode: WeightMode, t: &SourceTensor) -> Result<Option<Weights>> {
+    let (WeightMode::Native, ModelSource::Hf(h), Origin::Hf { name, permute_heads, .. }) =
+        (mode, src, &t.origin)
+    else {
+        return Ok(None);
+    };
+    let Some(q) = &h.quant else { return Ok(None) };
+    let module = name.strip_suffix(".weight").unwrap_or(name);
+    let Some(mut s) = q.nf4(h, module)? else { return Ok(None) };
+    if s.blocksize == 0 || s.cols % s.blocksize != 0 || s.blocksize % 2 != 0 {
+        return Ok(None);
+    }
+    if let Some(n) = permute_heads {
+        s.codes = names::permute_qk(&s.codes, s.rows, *n as usize);
+        s.absmax = names::permute_qk(&s.absmax, s.rows, *n as usize);
+    }
+    let m = Nf4Mat::new(s.rows, s.cols, s.blocksize, &s.codes, s.absmax, bnb::NF4)
+        .map_err(|e| Error::bad_tensor(name, e.to_string()))?;
+    Ok(Some(Weights::Nf4(Arc::new(m))))
 }
 
 impl Model {
@@ -131,6 +155,9 @@ impl Model {
                 return Ok(QLinear::new(placeholder(t.row_len()), bias));
             }
             if let Some(w) = dense8(src, mode, t)? {
+                return Ok(QLinear { w, bias });
+            }
+            if let Some(w) = nf4(src, mode, t)? {
                 return Ok(QLinear { w, bias });
             }
             Ok(QLinear::new(matrix(t)?, bias))

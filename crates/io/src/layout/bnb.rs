@@ -643,8 +643,25 @@ fn u8s<'a>(t: &'a Module, part: &str, want: usize) -> Result<&'a [u8]> {
     Ok(b)
 }
 
+/// An NF4 module as stored: one code (0..16) per weight of the flattened `[out, in]` weight and one
+/// f32 absmax per `blocksize` consecutive weights (double quantization already undone).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nf4Stored {
+    pub rows: usize,
+    pub cols: usize,
+    pub blocksize: usize,
+    pub codes: Vec<u8>,
+    pub absmax: Vec<f32>,
+}
+
 /// The dequantized weight of module `t` (`t.m` is `model.layers.0.mlp.up_proj`), `[out, in]`.
 pub(super) fn unpack(t: &Module) -> Result<Vec<f32>> {
+    let s = stored(t)?;
+    Ok(dequantize_nf4(&s.codes, &s.absmax, s.blocksize))
+}
+
+/// The codes and absmax values of module `t`, checked (see [`unpack`]).
+pub(super) fn stored(t: &Module) -> Result<Nf4Stored> {
     let state = state_name(t.m);
     let state = state.as_str();
     let s = parse_state(t, state, "nf4")?;
@@ -681,7 +698,13 @@ pub(super) fn unpack(t: &Module) -> Result<Vec<f32>> {
         ));
     }
     let codes: Vec<u8> = packed.iter().flat_map(|&b| [b >> 4, b & 15]).take(n).collect();
-    Ok(dequantize_nf4(&codes, &absmax, s.blocksize))
+    Ok(Nf4Stored { rows: s.rows, cols: s.cols, blocksize: s.blocksize, codes, absmax })
+}
+
+/// Whether module `m` of `h` is stored as NF4 (has a bitsandbytes quant state).
+pub(super) fn is_nf4(h: &crate::hf::HfCheckpoint, m: &str) -> bool {
+    let st = state_name(m);
+    h.stored_names().any(|n| n == st)
 }
 
 /// Every module with a quant state in one safetensors file, dequantized: the fuzz harness's entry

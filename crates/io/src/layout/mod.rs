@@ -306,6 +306,15 @@ impl QuantLayout {
         ct_dense::stored(c.layout, c.group, &t, rows, cols).map(Some)
     }
 
+    /// The codes and absmax values of module `m` when this is a bitsandbytes checkpoint and `m` is
+    /// stored as NF4; `None` otherwise.
+    pub fn nf4(&self, h: &HfCheckpoint, m: &str) -> Result<Option<bnb::Nf4Stored>> {
+        match self {
+            QuantLayout::Bnb(_) if bnb::is_nf4(h, m) => bnb::stored(&Module { src: h, m }).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// The dequantized weight of module `m`, row-major `[out, in]`, in f32.
     pub fn dequantize(&self, h: &HfCheckpoint, m: &str) -> Result<Vec<f32>> {
         match self {
