@@ -25,18 +25,11 @@ pub enum Weights {
     Nf4(Arc<quantkit_kernels::nf4::Nf4Mat>),
 }
 
-/// What a W8 linear does to its input, as the checkpoint's `input_activations` declare it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acts8 {
-    /// Weight-only (W8A16 / FP8): f32 activations.
-    None,
-    /// Dynamic per-token symmetric int8 (llm-compressor's `W8A8`): real int8 arithmetic.
-    Int8Token,
-    /// Dynamic per-token FP8 E4M3 (`FP8_DYNAMIC`): each token scaled to ±448 and rounded to E4M3
-    /// values, then multiplied in f32 (products of E4M3 values are exact in f32; CPUs have no
-    /// FP8 units).
-    Fp8Token,
-}
+/// What a W8 linear does to its input, as the checkpoint's `input_activations` declare it:
+/// weight-only (f32 activations), per-token int8 run in integer arithmetic, or per-token FP8 E4M3
+/// (each token scaled to ±448 and rounded to E4M3 values, then multiplied in f32: products of E4M3
+/// values are exact in f32; CPUs have no FP8 units).
+pub use quantkit_io::layout::ct_dense::DenseActs as Acts8;
 
 /// A weight in its stored format plus an optional bias.
 #[derive(Debug, Clone)]

@@ -313,25 +313,7 @@ fn write_checkpoint(
                 IntFormat::CtFp8Dynamic => "float-quantized",
                 _ => "pack-quantized",
             };
-            let mut ignore = vec!["lm_head".to_string()];
-            ignore.extend(skipped_modules.iter().cloned());
-            json!({
-                "config_groups": {"group_0": {
-                    "format": format,
-                    "input_activations": acts,
-                    "output_activations": null,
-                    "targets": ["Linear"],
-                    "weights": weights,
-                }},
-                "format": format,
-                "global_compression_ratio": null,
-                "ignore": ignore,
-                "kv_cache_scheme": null,
-                "quant_method": "compressed-tensors",
-                "quantization_status": "compressed",
-                "sparsity_config": {},
-                "version": "0.20.0",
-            })
+            ct_quantization_config(format, weights, acts, &skipped_modules)
         }
     };
     let mut config = cfg.to_hf_json("float16");
@@ -435,26 +417,12 @@ pub fn write_nvfp4_checkpoint(
         ));
     }
     outs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-    let mut ignore = vec!["lm_head".to_string()];
-    ignore.extend(skipped_modules.iter().cloned());
-    let format = "nvfp4-pack-quantized";
-    let qc = json!({
-        "config_groups": {"group_0": {
-            "format": format,
-            "input_activations": null,
-            "output_activations": null,
-            "targets": ["Linear"],
-            "weights": ct_nvfp4::weights_args(),
-        }},
-        "format": format,
-        "global_compression_ratio": null,
-        "ignore": ignore,
-        "kv_cache_scheme": null,
-        "quant_method": "compressed-tensors",
-        "quantization_status": "compressed",
-        "sparsity_config": {},
-        "version": "0.20.0",
-    });
+    let qc = ct_quantization_config(
+        "nvfp4-pack-quantized",
+        ct_nvfp4::weights_args(),
+        Json::Null,
+        &skipped_modules,
+    );
     let mut config = cfg.to_hf_json("float16");
     config["quantization_config"] = qc;
     config["quantkit"] = json!({
@@ -650,5 +618,30 @@ pub fn write_bnb_checkpoint(
         bytes,
         quantized_modules: modules,
         linear_bits_per_weight: linear_bytes as f64 * 8.0 / linear_params.max(1) as f64,
+    })
+}
+
+/// compressed-tensors' `quantization_config` with one config group on every `Linear` (`weights`,
+/// `acts` its `QuantizationArgs`), as compressed-tensors 0.20 writes it; `lm_head` and `skipped`
+/// modules ignored.
+fn ct_quantization_config(format: &str, weights: Json, acts: Json, skipped: &[String]) -> Json {
+    let mut ignore = vec!["lm_head".to_string()];
+    ignore.extend(skipped.iter().cloned());
+    json!({
+        "config_groups": {"group_0": {
+            "format": format,
+            "input_activations": acts,
+            "output_activations": null,
+            "targets": ["Linear"],
+            "weights": weights,
+        }},
+        "format": format,
+        "global_compression_ratio": null,
+        "ignore": ignore,
+        "kv_cache_scheme": null,
+        "quant_method": "compressed-tensors",
+        "quantization_status": "compressed",
+        "sparsity_config": {},
+        "version": "0.20.0",
     })
 }

@@ -22,28 +22,46 @@ pub(crate) fn placeholder(cols: usize) -> QMatrix {
         .expect("an empty f32 matrix is valid")
 }
 
-/// A compressed-tensors int8 / FP8 module kept in its stored bytes with its activation scheme
-/// ([`Weights::W8`]), when `t` is one and the weights are loaded natively.
-fn dense8(src: &ModelSource, mode: WeightMode, t: &SourceTensor) -> Result<Option<Weights>> {
+/// A packed module of a quantized HF checkpoint whose weights load natively.
+struct NativeModule<'a> {
+    h: &'a quantkit_io::hf::HfCheckpoint,
+    q: &'a quantkit_io::layout::QuantLayout,
+    /// The HF tensor name (`…q_proj.weight`) and its module (`…q_proj`).
+    name: &'a str,
+    module: &'a str,
+    /// Heads of llama.cpp's q/k row permutation, when the engine runs `t` permuted.
+    permute_heads: Option<u64>,
+}
+
+fn native_module<'a>(
+    src: &'a ModelSource,
+    mode: WeightMode,
+    t: &'a SourceTensor,
+) -> Option<NativeModule<'a>> {
     let (WeightMode::Native, ModelSource::Hf(h), Origin::Hf { name, permute_heads, .. }) =
         (mode, src, &t.origin)
     else {
+        return None;
+    };
+    let q = h.quant.as_ref()?;
+    let module = name.strip_suffix(".weight").unwrap_or(name);
+    Some(NativeModule { h, q, name, module, permute_heads: *permute_heads })
+}
+
+/// A compressed-tensors int8 / FP8 module kept in its stored bytes with its activation scheme
+/// ([`Weights::W8`]), when `t` is one and the weights are loaded natively.
+fn dense8(src: &ModelSource, mode: WeightMode, t: &SourceTensor) -> Result<Option<Weights>> {
+    let Some(NativeModule { h, q, name, module, permute_heads }) = native_module(src, mode, t) else {
         return Ok(None);
     };
-    let Some(q) = &h.quant else { return Ok(None) };
-    let module = name.strip_suffix(".weight").unwrap_or(name);
     let Some(mut d) = q.dense8(h, module)? else { return Ok(None) };
     let bad = |e: Error| Error::bad_tensor(name, e.to_string());
     if let Some(n) = permute_heads {
         // The GGUF row order the engine runs (llama.cpp's q/k permutation): scales follow rows.
-        d.codes = names::permute_qk(&d.codes, d.rows, *n as usize);
-        d.scales = names::permute_qk(&d.scales, d.rows, *n as usize);
+        d.codes = names::permute_qk(&d.codes, d.rows, n as usize);
+        d.scales = names::permute_qk(&d.scales, d.rows, n as usize);
     }
-    let acts = match ct_dense::activations(&h.raw_config, &h.dir.join("config.json"))? {
-        ct_dense::DenseActs::None => Acts8::None,
-        ct_dense::DenseActs::Int8Token => Acts8::Int8Token,
-        ct_dense::DenseActs::Fp8Token => Acts8::Fp8Token,
-    };
+    let acts = ct_dense::activations(&h.raw_config, &h.dir.join("config.json"))?;
     if acts == Acts8::Int8Token && (d.float || d.group != d.cols) {
         return Err(bad(Error::Unsupported(
             "int8 activations with FP8 or grouped weights (W8A8 runs per-channel int8 weights)".into(),
@@ -61,20 +79,16 @@ fn dense8(src: &ModelSource, mode: WeightMode, t: &SourceTensor) -> Result<Optio
 /// A bitsandbytes NF4 module kept as codes and absmax values ([`Weights::Nf4`]), when `t` is one,
 /// the weights are loaded natively and its rows are whole 64-blocks (else it runs dequantized).
 fn nf4(src: &ModelSource, mode: WeightMode, t: &SourceTensor) -> Result<Option<Weights>> {
-    let (WeightMode::Native, ModelSource::Hf(h), Origin::Hf { name, permute_heads, .. }) =
-        (mode, src, &t.origin)
-    else {
+    let Some(NativeModule { h, q, name, module, permute_heads }) = native_module(src, mode, t) else {
         return Ok(None);
     };
-    let Some(q) = &h.quant else { return Ok(None) };
-    let module = name.strip_suffix(".weight").unwrap_or(name);
     let Some(mut s) = q.nf4(h, module)? else { return Ok(None) };
     if s.blocksize == 0 || s.cols % s.blocksize != 0 || s.blocksize % 2 != 0 {
         return Ok(None);
     }
     if let Some(n) = permute_heads {
-        s.codes = names::permute_qk(&s.codes, s.rows, *n as usize);
-        s.absmax = names::permute_qk(&s.absmax, s.rows, *n as usize);
+        s.codes = names::permute_qk(&s.codes, s.rows, n as usize);
+        s.absmax = names::permute_qk(&s.absmax, s.rows, n as usize);
     }
     let m = Nf4Mat::new(s.rows, s.cols, s.blocksize, &s.codes, s.absmax, bnb::NF4)
         .map_err(|e| Error::bad_tensor(name, e.to_string()))?;
