@@ -71,7 +71,7 @@ fn peer(a: &BenchArgs, threads: usize) -> Result<serde_json::Value> {
 pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     let isa = quantkit_kernels::Isa::detect();
-    let src = ModelSource::open(&a.model)?;
+    let src = a.weights.rotation.apply(ModelSource::open(&a.model)?)?;
     let file_bytes = std::fs::metadata(&a.model).map(|m| if m.is_file() { m.len() } else { 0 }).unwrap_or(0);
     let t = Instant::now();
     let model = Model::load_with(&src, a.weights.mode())?;

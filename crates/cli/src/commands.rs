@@ -10,6 +10,7 @@ use quantkit_io::gguf::GgufFile;
 use quantkit_io::hf::HfCheckpoint;
 use quantkit_io::imatrix::Imatrix;
 use quantkit_io::safetensors::SafetensorsFile;
+use quantkit_io::rotate::RotationSpec;
 use quantkit_io::source::ModelSource;
 use quantkit_quant::recipe::{ModelInfo, TensorTypeOverride};
 use quantkit_quant::{convert as run_convert, ConvertOptions, Recipe, TensorPlan};
@@ -61,6 +62,44 @@ fn parse_override(s: &str) -> std::result::Result<TensorTypeOverride, String> {
     Ok(TensorTypeOverride { pattern: pattern.to_string(), ty: parse_type(ty)? })
 }
 
+/// QuaRot's offline rotation, for every command that reads a model.
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct RotateArgs {
+    /// Rotate the model as it is read: `hadamard` = QuaRot's randomized Hadamard transforms, R1 on
+    /// the residual stream and R2 per attention head, fused into the weights after folding the
+    /// RMSNorm scales (the same function; outlier channels spread over all channels, so coarse
+    /// grids lose less). The result is an ordinary checkpoint (a tied output is untied).
+    #[arg(long, value_enum, default_value = "none", value_name = "hadamard|none")]
+    pub rotate: RotateKind,
+    /// Seed of the Hadamard transforms' random signs.
+    #[arg(long, default_value_t = 0)]
+    pub rotate_seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RotateKind {
+    #[default]
+    None,
+    Hadamard,
+}
+
+impl RotateArgs {
+    pub fn spec(self) -> Option<RotationSpec> {
+        match self.rotate {
+            RotateKind::None => None,
+            RotateKind::Hadamard => Some(RotationSpec { seed: self.rotate_seed }),
+        }
+    }
+
+    /// `src`, rotated if asked.
+    pub fn apply(self, src: ModelSource) -> Result<ModelSource> {
+        match self.spec() {
+            Some(s) => src.rotated(s),
+            None => Ok(src),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
     /// HF checkpoint folder (config.json + safetensors + tokenizer.json) or a .gguf file.
@@ -105,6 +144,8 @@ pub struct ConvertArgs {
     /// Print the recipe as TOML and exit.
     #[arg(long)]
     pub print_recipe: bool,
+    #[command(flatten)]
+    pub rotation: RotateArgs,
 }
 
 fn build_recipe(a: &ConvertArgs) -> Result<Recipe> {
@@ -137,6 +178,15 @@ pub fn convert(ctx: &Ctx, a: &ConvertArgs) -> Result<()> {
     }
     let src =
         if a.allow_partial { ModelSource::open_partial(&a.input)? } else { ModelSource::open(&a.input)? };
+    let src = a.rotation.apply(src)?;
+    if src.rotation().is_some() && a.imatrix.is_some() {
+        return Err(Error::Invalid(
+            "--imatrix with --rotate: an importance matrix of the unrotated model does not describe the \
+             rotated one's channels. Use `quantkit quantize --rotate hadamard -f gguf:<mix> --calib FILE`, \
+             which collects the imatrix on the rotated model"
+                .into(),
+        ));
+    }
     let imatrix = a.imatrix.as_ref().map(Imatrix::open).transpose()?;
     if a.dry_run {
         return dry_run(ctx, &src, &recipe, imatrix.is_some());

@@ -50,6 +50,8 @@ pub struct WeightArgs {
     /// quantized weights through the fused kernels.
     #[arg(long)]
     pub dequantize: bool,
+    #[command(flatten)]
+    pub rotation: crate::commands::RotateArgs,
 }
 
 impl WeightArgs {
@@ -63,7 +65,7 @@ impl WeightArgs {
 }
 
 pub(crate) fn load(path: &std::path::Path, w: WeightArgs) -> Result<(Model, Tokenizer)> {
-    let src = ModelSource::open(path)?;
+    let src = w.rotation.apply(ModelSource::open(path)?)?;
     let tok = Tokenizer::for_source(&src)?;
     let model = Model::load_with(&src, w.mode())?;
     Ok((model, tok))

@@ -10,13 +10,14 @@ use quantkit_engine::eval::{base_logits, kld, BaseFormat, BaseLogits, KldReport,
 use quantkit_engine::tokenizer::read_text;
 use quantkit_engine::{Model, Tokenizer, WeightMode};
 use quantkit_io::imatrix::Imatrix;
+use quantkit_io::rotate::RotationSpec;
 use quantkit_io::source::ModelSource;
 use quantkit_quant::convert::{convert, ConvertOptions};
 use quantkit_quant::gptq::GptqConfig;
 use quantkit_quant::grid::IntSpec;
 use quantkit_quant::method::smooth::SmoothConfig;
 use quantkit_quant::method::{GgufUse, Knobs, MethodKind, METHODS};
-use quantkit_quant::quantize::{quantize_with, OutFormat, Prepared, Progress, QuantizeOptions, RunSettings};
+use quantkit_quant::quantize::{imatrix_pass, quantize_with, OutFormat, Prepared, Progress, QuantizeOptions, RunSettings};
 use quantkit_quant::recipe::Recipe;
 use quantkit_quant::writers::{BnbFormat, IntFormat};
 use serde::Serialize;
@@ -41,6 +42,9 @@ use sha2::{Digest, Sha256};
 ///   `nvfp4` mix, which is llama.cpp's block type);
 /// * `smoothquant[@ALPHA|@auto]:<integer recipe>` — SmoothQuant (α 0.5 by default) folded into the
 ///   RMSNorms first, e.g. `smoothquant:w8a8`, `smoothquant@0.8:gptq:w8a8` (needs calibration);
+/// * `hadamard[@SEED]:<recipe>` — QuaRot's Hadamard rotation (R1, R2) fused into the weights first,
+///   then the recipe on the rotated model (GGUF mixes collect their imatrix on it), e.g.
+///   `hadamard:gptq:4:-1`, `hadamard:q4_k_m`;
 /// * `path/to/recipe.toml` — a recipe file (`convert --print-recipe` writes one) into GGUF.
 #[derive(Debug, Clone)]
 pub enum Spec {
@@ -91,12 +95,33 @@ pub struct RecipeSpec {
     pub spec: Spec,
     /// The recipe file's text, when it is one (part of a batch job's identity).
     pub file_text: Option<String>,
+    /// QuaRot's Hadamard rotation first (`hadamard:<recipe>`).
+    pub rotate: Option<RotationSpec>,
 }
 
 impl RecipeSpec {
     /// Parse a recipe string; relative recipe files are looked up from `base`.
     pub fn parse(s: &str, base: &Path) -> Result<Self> {
         let t = s.trim();
+        if let Some(rest) = t.strip_prefix("hadamard").filter(|r| r.starts_with([':', '@'])) {
+            // hadamard[@SEED]:<recipe>
+            let (seed, inner) = rest.split_once(':').ok_or_else(|| {
+                Error::Invalid(format!("recipe {t:?}: hadamard[@SEED]:<recipe>, e.g. hadamard:gptq:4:128"))
+            })?;
+            let seed = match seed.strip_prefix('@') {
+                Some(n) => n
+                    .parse::<u64>()
+                    .map_err(|_| Error::Invalid(format!("recipe {t:?}: the seed after @ is a number")))?,
+                None => 0,
+            };
+            let mut r = RecipeSpec::parse(inner, base)?;
+            if r.rotate.is_some() {
+                return Err(Error::Invalid(format!("recipe {t:?}: one rotation per recipe")));
+            }
+            r.rotate = Some(RotationSpec { seed });
+            r.text = t.into();
+            return Ok(r);
+        }
         if t.ends_with(".toml") {
             let p = base.join(t);
             let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
@@ -106,6 +131,7 @@ impl RecipeSpec {
                 text: t.into(),
                 spec: Spec::Gguf { recipe: Box::new(recipe), gptq: false },
                 file_text: Some(text),
+                rotate: None,
             });
         }
         if let Some(rest) = t.strip_prefix("smoothquant") {
@@ -193,7 +219,7 @@ impl RecipeSpec {
                 )));
             }
         };
-        Ok(RecipeSpec { text: t.into(), spec, file_text: None })
+        Ok(RecipeSpec { text: t.into(), spec, file_text: None, rotate: None })
     }
 
     /// A file-name-safe name (`q4_k_m`, `gptq-q4_k_m`, `gptq-4-128`, the TOML file's stem).
@@ -221,8 +247,16 @@ impl RecipeSpec {
         matches!(self.spec, Spec::Gguf { .. })
     }
 
-    /// `gguf:Q4_K_M`, `gptq int4 g128`, …
+    /// `gguf:Q4_K_M`, `gptq int4 g128`, … (`+ hadamard` when rotated first)
     pub fn format(&self) -> String {
+        let f = self.format_unrotated();
+        match self.rotate {
+            Some(r) => format!("{f} + {}", r.label()),
+            None => f,
+        }
+    }
+
+    fn format_unrotated(&self) -> String {
         match &self.spec {
             Spec::Gguf { recipe, gptq } => {
                 format!("gguf:{}{}", recipe.mix.name, if *gptq { " (gptq)" } else { "" })
@@ -276,16 +310,36 @@ pub fn quantize_recipe(
     if r.needs_calibration() && sh.prepared.is_none() {
         return Err(Error::Invalid(format!("recipe {}: needs calibration text (calib)", r.text)));
     }
+    let rotated;
+    let src = match r.rotate {
+        Some(spec) => {
+            rotated = ModelSource::open(model)?.rotated(spec)?;
+            &rotated
+        }
+        None => src,
+    };
     let params: u64 = src.tensors()?.iter().map(|t| t.numel()).sum();
     if let Some(p) = dest.parent() {
         std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
     }
     match &r.spec {
         Spec::Gguf { recipe, gptq: false } => {
+            // The shared imatrix describes the unrotated model: a rotated one collects its own.
+            let imatrix = match (r.rotate, sh.imatrix, sh.prepared) {
+                (Some(_), Some(_), Some(p)) => Some(imatrix_pass(src, p, Path::new("imatrix.gguf"), progress)?),
+                (Some(_), Some(_), None) => {
+                    return Err(Error::Invalid(format!(
+                        "recipe {}: an imatrix of the unrotated model does not apply to the rotated one \
+                         (give calibration text instead)",
+                        r.text
+                    )))
+                }
+                _ => sh.imatrix.cloned(),
+            };
             let opts = ConvertOptions {
                 recipe: (**recipe).clone(),
                 tokenizer_pre: None,
-                imatrix: sh.imatrix.cloned(),
+                imatrix,
                 overrides: Default::default(),
             };
             progress.stage(&format!("convert {}", r.text), params);
@@ -309,6 +363,7 @@ pub fn quantize_recipe(
                         calib: None,
                         write_imatrix: false,
                         run: RunSettings::default(),
+                        rotate: r.rotate,
                     },
                     format!("model-{}.gguf", recipe.mix.name),
                 ),
@@ -321,6 +376,7 @@ pub fn quantize_recipe(
                         calib: None,
                         write_imatrix: false,
                         run: RunSettings::default(),
+                        rotate: r.rotate,
                     },
                     layout.dir_name().to_string(),
                 ),
@@ -333,6 +389,7 @@ pub fn quantize_recipe(
                         calib: None,
                         write_imatrix: false,
                         run: RunSettings::default(),
+                        rotate: r.rotate,
                     },
                     f.name().to_string(),
                 ),

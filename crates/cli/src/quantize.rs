@@ -105,6 +105,8 @@ pub struct QuantizeArgs {
     /// an uninterrupted run. Without it, an earlier run's checkpoints are discarded.
     #[arg(long)]
     pub resume: bool,
+    #[command(flatten)]
+    pub rotation: crate::commands::RotateArgs,
 }
 
 pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
@@ -141,6 +143,7 @@ pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
         calib,
         write_imatrix: a.imatrix,
         run: RunSettings { mem_budget: parse_bytes(&a.mem_budget)?, resume: a.resume },
+        rotate: a.rotation.spec(),
     };
     let bars = StageBars::new(ctx.progress);
     let report = run(&a.model, &a.output, &opts, &bars)?;

@@ -36,6 +36,7 @@ impl Tokenizer {
                 Ok(Self::with_ids(inner, &|k| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())))
             }
             ModelSource::Gguf { file, .. } => Self::from_gguf(file),
+            ModelSource::Rotated(r) => Self::for_source(&r.inner),
         }
     }
 

@@ -21,6 +21,7 @@ pub mod hf;
 pub mod imatrix;
 pub mod layout;
 pub mod names;
+pub mod rotate;
 pub mod safetensors;
 pub mod source;
 pub mod vocab;

@@ -55,6 +55,8 @@ pub enum ModelSource {
         config: ModelConfig,
         partial: bool,
     },
+    /// Another source read through QuaRot's offline rotations ([`crate::rotate`]).
+    Rotated(Box<crate::rotate::Rotated>),
 }
 
 impl ModelSource {
@@ -85,10 +87,33 @@ impl ModelSource {
         Ok(ModelSource::Gguf { file, config, partial: true })
     }
 
+    /// This model read through QuaRot's Hadamard rotations (an equivalent model; see
+    /// [`crate::rotate`]).
+    pub fn rotated(self, spec: crate::rotate::RotationSpec) -> Result<Self> {
+        Ok(ModelSource::Rotated(Box::new(crate::rotate::Rotated::new(self, spec)?)))
+    }
+
+    /// The source the tensors come from, under any rotation.
+    pub fn base(&self) -> &ModelSource {
+        match self {
+            ModelSource::Rotated(r) => r.inner.base(),
+            s => s,
+        }
+    }
+
+    /// The rotation applied, if any.
+    pub fn rotation(&self) -> Option<crate::rotate::RotationSpec> {
+        match self {
+            ModelSource::Rotated(r) => Some(r.spec),
+            _ => None,
+        }
+    }
+
     pub fn config(&self) -> &ModelConfig {
         match self {
             ModelSource::Hf(h) => &h.config,
             ModelSource::Gguf { config, .. } => config,
+            ModelSource::Rotated(r) => r.config(),
         }
     }
 
@@ -96,6 +121,7 @@ impl ModelSource {
         match self {
             ModelSource::Hf(h) => h.dir.clone(),
             ModelSource::Gguf { file, .. } => file.path().to_path_buf(),
+            ModelSource::Rotated(r) => r.inner.path(),
         }
     }
 
@@ -104,6 +130,7 @@ impl ModelSource {
         match self {
             ModelSource::Hf(h) => h.data_bytes(),
             ModelSource::Gguf { file, .. } => file.tensors.iter().map(|t| t.size).sum(),
+            ModelSource::Rotated(r) => r.inner.input_bytes(),
         }
     }
 
@@ -125,6 +152,7 @@ impl ModelSource {
                     .collect())
             }
             ModelSource::Hf(h) => hf_tensors(h),
+            ModelSource::Rotated(r) => Ok(r.tensors()),
         }
     }
 
@@ -143,6 +171,9 @@ impl ModelSource {
 
     /// Rows `[r0, r1)` of a tensor (a row is `dims[0]` values), so large tensors can be streamed.
     pub fn read_rows(&self, t: &SourceTensor, r0: usize, r1: usize) -> Result<Vec<f32>> {
+        if let ModelSource::Rotated(r) = self {
+            return r.read_rows(t, r0, r1);
+        }
         let row = t.row_len();
         let data = match (&t.origin, self) {
             (Origin::Hf { name, permute_heads: Some(n), .. }, ModelSource::Hf(h)) => {
@@ -170,6 +201,7 @@ impl ModelSource {
     pub fn file_of(&self, t: &SourceTensor) -> PathBuf {
         match (&t.origin, self) {
             (Origin::Hf { name, .. }, ModelSource::Hf(h)) => h.file_of(name),
+            (_, ModelSource::Rotated(r)) => r.file_of(t),
             _ => self.path(),
         }
     }
@@ -184,6 +216,7 @@ impl ModelSource {
                     file.release_rows(info, r0, r1);
                 }
             }
+            (_, ModelSource::Rotated(r)) => r.release_rows(t, r0, r1),
             _ => {}
         }
     }
@@ -226,6 +259,7 @@ impl ModelSource {
                 )?);
                 Ok(kv)
             }
+            ModelSource::Rotated(r) => r.metadata(tokenizer_pre),
         }
     }
 }

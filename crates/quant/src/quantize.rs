@@ -14,6 +14,7 @@ use quantkit_calibration::{corpus, Manifest, RunOptions, RunStats, Samples};
 use quantkit_core::{Error, GgmlType, Result};
 use quantkit_engine::{Model, Proj, Spill, Tokenizer, WeightMode};
 use quantkit_io::imatrix::{Entry, Imatrix};
+use quantkit_io::rotate::RotationSpec;
 use quantkit_io::source::ModelSource;
 use serde::Serialize;
 
@@ -104,6 +105,9 @@ pub struct QuantizeOptions {
     pub write_imatrix: bool,
     /// How the calibration passes hold activations and whether they resume.
     pub run: RunSettings,
+    /// Rotate the model first (QuaRot's Hadamard R1/R2, fused into the weights): calibration and
+    /// every method then see the rotated model.
+    pub rotate: Option<RotationSpec>,
 }
 
 /// Memory and checkpoints of the calibration passes.
@@ -260,8 +264,9 @@ fn pass_key(
         .and_then(|m| m.modified().ok())
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
     h.update(format!(
-        "{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}",
+        "{}|{:?}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}",
         path.display(),
+        src.rotation(),
         src.input_bytes(),
         mtime,
         method.name(),
@@ -473,7 +478,10 @@ pub fn quantize_with(
     if out.is_file() {
         return Err(Error::Invalid(format!("{} is a file; -o names an output folder", out.display())));
     }
-    let src = ModelSource::open(model_path)?;
+    let mut src = ModelSource::open(model_path)?;
+    if let Some(spec) = opts.rotate {
+        src = src.rotated(spec)?;
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
     // Calibration samples, once.

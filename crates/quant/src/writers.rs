@@ -482,6 +482,7 @@ pub fn copy_tokenizer(src: &ModelSource, dir: &Path) -> Result<()> {
             write_json(&dir.join("tokenizer.json"), &t.tokenizer_json)?;
             write_json(&dir.join("tokenizer_config.json"), &t.tokenizer_config)
         }
+        ModelSource::Rotated(r) => copy_tokenizer(&r.inner, dir),
     }
 }
 
