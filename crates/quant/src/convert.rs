@@ -97,7 +97,8 @@ pub fn convert(
     let ftype = opts.recipe.mix.file_type;
     let mut inserted_ftype = false;
     for (k, v) in meta {
-        if k.starts_with("quantkit.") {
+        // An earlier run's recipe is not this file's; a rotation stays true of the weights.
+        if k.starts_with("quantkit.") && !k.starts_with("quantkit.rotation.") {
             continue;
         }
         if !inserted_ftype && k.starts_with("tokenizer.") {
