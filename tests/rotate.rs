@@ -46,7 +46,7 @@ fn a_rotated_model_computes_the_original_function() {
     for path in models() {
         for seed in [0, 17] {
             let orig = ModelSource::open(&path).expect("open");
-            let rot = ModelSource::open(&path).expect("open").rotated(RotationSpec { seed }).expect("rotate");
+            let rot = ModelSource::open(&path).expect("open").rotated(RotationSpec { seed, online_r4: false }).expect("rotate");
             let gap = logit_gap(&rot, &orig);
             assert!(gap < 1e-4, "{}: seed {seed}: worst relative logit difference {gap}", path.display());
             // The norms are folded out, and the output is the rotated model's own.
@@ -136,6 +136,6 @@ fn widths_without_a_hadamard_matrix_are_refused_by_name() {
         .collect();
     safetensors::serialize_to_file(views, None, &d.path().join("model.safetensors")).expect("write");
     let src = ModelSource::open(d.path()).expect("open the generated checkpoint");
-    let e = src.rotated(RotationSpec { seed: 0 }).expect_err("width 100 has no Hadamard matrix").to_string();
+    let e = src.rotated(RotationSpec { seed: 0, online_r4: false }).expect_err("width 100 has no Hadamard matrix").to_string();
     assert!(e.contains("width 100") && e.contains("no Hadamard transform of size 100"), "{e}");
 }

@@ -199,7 +199,8 @@ impl Mat8 {
     }
 }
 
-/// Per-token symmetric int8 activations (vLLM's dynamic per-token quantization).
+/// Per-token symmetric integer activations (vLLM's dynamic per-token quantization): int8 (`±127`),
+/// or int4 (`±7`) held in the same bytes.
 #[derive(Debug, Clone, Default)]
 pub struct I8Acts {
     pub n: usize,
@@ -212,16 +213,23 @@ pub struct I8Acts {
 
 impl I8Acts {
     pub fn quantize(x: &[f32], n: usize, k: usize) -> I8Acts {
+        Self::quantize_to(x, n, k, 127)
+    }
+
+    /// Codes in `±qmax` (`qmax` ≤ 127): `s_t = max|x_t| / qmax`, round half to even.
+    pub fn quantize_to(x: &[f32], n: usize, k: usize, qmax: i8) -> I8Acts {
         assert_eq!(x.len(), n * k, "input is not n × k");
+        assert!(qmax > 0, "qmax must be positive");
+        let qm = qmax as f32;
         let mut q = vec![0i8; n * k];
         let mut s = vec![0f32; n];
         q.par_chunks_mut(k.max(1)).zip(s.par_iter_mut()).zip(x.par_chunks(k.max(1))).for_each(
             |((q, s), x)| {
                 let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                *s = amax / 127.0;
+                *s = amax / qm;
                 if amax > 0.0 {
                     for (c, v) in q.iter_mut().zip(x) {
-                        *c = (v / *s).round_ties_even().clamp(-127.0, 127.0) as i8;
+                        *c = (v / *s).round_ties_even().clamp(-qm, qm) as i8;
                     }
                 }
             },
@@ -391,6 +399,33 @@ mod tests {
                 m.forward_i8_with(&a, &mut y, scalar).expect("forward");
                 assert_eq!(y, want, "{rows}×{cols}, {n} tokens, scalar {scalar}");
             }
+        }
+    }
+
+    #[test]
+    fn int4_activations_and_int4_weights_are_exact_too() {
+        // W4A4 runs through the same kernels: codes in ±7 (activations) and [−8, 7] (weights).
+        let (rows, cols, n) = (9, 200, 3);
+        let mut r = Rng(41);
+        let codes: Vec<u8> = (0..rows * cols).map(|_| ((r.next() % 16) as i32 - 8) as i8 as u8).collect();
+        let scales: Vec<f32> = (0..rows).map(|_| 0.05 + r.f().abs() * 0.1).collect();
+        let m = Mat8::new(rows, cols, cols, codes, scales, Code8::Int8).expect("matrix");
+        let x: Vec<f32> = (0..n * cols).map(|i| r.f() * if i % 29 == 0 { 12.0 } else { 1.0 }).collect();
+        let a = I8Acts::quantize_to(&x, n, cols, 7);
+        assert!(a.q.iter().all(|&q| (-7..=7).contains(&q)) && a.q.iter().any(|&q| q.abs() == 7));
+        for (t, xs) in x.chunks(cols).enumerate() {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(a.s[t], amax / 7.0);
+            for (q, v) in a.q[t * cols..(t + 1) * cols].iter().zip(xs) {
+                assert_eq!(*q as f32, (v / a.s[t]).round_ties_even());
+            }
+        }
+        let dots = i8_dots_reference(&a, &m);
+        let want: Vec<f32> = (0..n * rows).map(|i| dots[i] as f32 * a.s[i / rows] * m.scales[i % rows]).collect();
+        for scalar in [true, false] {
+            let mut y = vec![f32::NAN; n * rows];
+            m.forward_i8_with(&a, &mut y, scalar).expect("forward");
+            assert_eq!(y, want, "scalar {scalar}");
         }
     }
 

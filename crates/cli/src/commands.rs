@@ -69,7 +69,10 @@ pub struct RotateArgs {
     /// the residual stream and R2 per attention head, fused into the weights after folding the
     /// RMSNorm scales (the same function; outlier channels spread over all channels, so coarse
     /// grids lose less). The result is an ordinary checkpoint (a tied output is untied).
-    #[arg(long, value_enum, default_value = "none", value_name = "hadamard|none")]
+    /// `quarot` adds QuaRot's online R4: ffn_down's input is rotated at run time (it has the worst
+    /// activation outliers, which matters for W4A4/W8A8); only loaders that apply it can run such a
+    /// file (our engine; compressed-tensors outputs record it), so GGUF outputs refuse it.
+    #[arg(long, value_enum, default_value = "none", value_name = "hadamard|quarot|none")]
     pub rotate: RotateKind,
     /// Seed of the Hadamard transforms' random signs.
     #[arg(long, default_value_t = 0)]
@@ -81,13 +84,15 @@ pub enum RotateKind {
     #[default]
     None,
     Hadamard,
+    Quarot,
 }
 
 impl RotateArgs {
     pub fn spec(self) -> Option<RotationSpec> {
         match self.rotate {
             RotateKind::None => None,
-            RotateKind::Hadamard => Some(RotationSpec { seed: self.rotate_seed }),
+            RotateKind::Hadamard => Some(RotationSpec { seed: self.rotate_seed, online_r4: false }),
+            RotateKind::Quarot => Some(RotationSpec { seed: self.rotate_seed, online_r4: true }),
         }
     }
 

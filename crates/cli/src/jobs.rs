@@ -35,7 +35,9 @@ use sha2::{Digest, Sha256};
 ///   same checkpoint with GPTQ's error feedback onto the NF4 levels (needs calibration);
 /// * `w8a16`, `w8a8` (round to nearest) and `gptq:w8a16`, `gptq:w8a8` — llm-compressor's int8
 ///   schemes as compressed-tensors writes them (per-channel symmetric int8: `pack-quantized`
-///   weight-only, `int-quantized` with dynamic int8 activations); `fp8`, `fp8-dynamic` — FP8 E4M3
+///   weight-only, `int-quantized` with dynamic int8 activations); `w4a4`, `gptq:w4a4` — the same
+///   with int4 per-channel weights and dynamic per-token int4 activations (QuaRot's setting: pair it
+///   with `quarot:`); `fp8`, `fp8-dynamic` — FP8 E4M3
 ///   per-channel weights (`naive-quantized` weight-only, `float-quantized` with dynamic FP8
 ///   activations; round to nearest only); `nvfp4a16` — compressed-tensors NVFP4 (`nvfp4-pack-quantized`:
 ///   FP4 E2M1, E4M3 scales per 16 weights, a global scale; round to nearest only; not the GGUF
@@ -44,7 +46,8 @@ use sha2::{Digest, Sha256};
 ///   RMSNorms first, e.g. `smoothquant:w8a8`, `smoothquant@0.8:gptq:w8a8` (needs calibration);
 /// * `hadamard[@SEED]:<recipe>` — QuaRot's Hadamard rotation (R1, R2) fused into the weights first,
 ///   then the recipe on the rotated model (GGUF mixes collect their imatrix on it), e.g.
-///   `hadamard:gptq:4:-1`, `hadamard:q4_k_m`;
+///   `hadamard:gptq:4:-1`, `hadamard:q4_k_m`; `quarot[@SEED]:<recipe>` adds the online R4 before
+///   `ffn_down` (compressed-tensors outputs only: llama.cpp cannot apply it);
 /// * `path/to/recipe.toml` — a recipe file (`convert --print-recipe` writes one) into GGUF.
 #[derive(Debug, Clone)]
 pub enum Spec {
@@ -81,6 +84,7 @@ fn ct8_preset(name: &str) -> Option<(IntFormat, bool)> {
     match name {
         "w8a16" => Some((IntFormat::CompressedTensors, true)),
         "w8a8" => Some((IntFormat::CtW8A8, true)),
+        "w4a4" => Some((IntFormat::CtW4A4, true)),
         "fp8" => Some((IntFormat::CtFp8, false)),
         "fp8-dynamic" => Some((IntFormat::CtFp8Dynamic, false)),
         "nvfp4a16" => Some((IntFormat::CtNvfp4, false)),
@@ -103,8 +107,11 @@ impl RecipeSpec {
     /// Parse a recipe string; relative recipe files are looked up from `base`.
     pub fn parse(s: &str, base: &Path) -> Result<Self> {
         let t = s.trim();
-        if let Some(rest) = t.strip_prefix("hadamard").filter(|r| r.starts_with([':', '@'])) {
-            // hadamard[@SEED]:<recipe>
+        let rotation = [("hadamard", false), ("quarot", true)]
+            .into_iter()
+            .find_map(|(n, online)| t.strip_prefix(n).filter(|r| r.starts_with([':', '@'])).map(|r| (r, online)));
+        if let Some((rest, online_r4)) = rotation {
+            // hadamard[@SEED]:<recipe>, quarot[@SEED]:<recipe>
             let (seed, inner) = rest.split_once(':').ok_or_else(|| {
                 Error::Invalid(format!("recipe {t:?}: hadamard[@SEED]:<recipe>, e.g. hadamard:gptq:4:128"))
             })?;
@@ -118,7 +125,7 @@ impl RecipeSpec {
             if r.rotate.is_some() {
                 return Err(Error::Invalid(format!("recipe {t:?}: one rotation per recipe")));
             }
-            r.rotate = Some(RotationSpec { seed });
+            r.rotate = Some(RotationSpec { seed, online_r4 });
             r.text = t.into();
             return Ok(r);
         }
@@ -159,11 +166,12 @@ impl RecipeSpec {
             return Ok(r);
         }
         let parts: Vec<&str> = t.split(':').collect();
-        let per_channel_int8 = IntSpec { bits: 8, group: None, sym: true };
+        // The presets' grid: symmetric per channel, 8 bits (4 for W4A4; FP layouts ignore it).
+        let per_channel = |l: IntFormat| IntSpec { bits: *l.bits().end(), group: None, sym: true };
         let spec = match parts.as_slice() {
             [name] if ct8_preset(name).is_some() => {
                 let (layout, _) = ct8_preset(name).expect("checked");
-                Spec::Int { method: MethodKind::rtn(), int: per_channel_int8, layout, smooth: None }
+                Spec::Int { method: MethodKind::rtn(), int: per_channel(layout), layout, smooth: None }
             }
             [m, name] if METHODS.iter().any(|i| i.name == *m) && ct8_preset(name).is_some() => {
                 let (layout, calibrated) = ct8_preset(name).expect("checked");
@@ -173,7 +181,7 @@ impl RecipeSpec {
                         "recipe {t:?}: {name} is round to nearest only (write {name})"
                     )));
                 }
-                Spec::Int { method, int: per_channel_int8, layout, smooth: None }
+                Spec::Int { method, int: per_channel(layout), layout, smooth: None }
             }
             [m, name] if METHODS.iter().any(|i| i.name == *m) && bnb_recipe(name).is_some() => {
                 let method: MethodKind = m.parse()?;
@@ -294,6 +302,8 @@ pub struct Shared<'a> {
     pub prepared: Option<&'a Prepared>,
     pub imatrix: Option<&'a Imatrix>,
     pub gptq: GptqConfig,
+    /// Imatrices of rotated models (by rotation label), collected once per rotation.
+    pub rotated_imatrices: std::sync::Mutex<BTreeMap<String, Imatrix>>,
 }
 
 /// Quantize `src` (at `model`) with `r` into `dest` (a `.gguf` file or a folder): written beside and
@@ -326,7 +336,20 @@ pub fn quantize_recipe(
         Spec::Gguf { recipe, gptq: false } => {
             // The shared imatrix describes the unrotated model: a rotated one collects its own.
             let imatrix = match (r.rotate, sh.imatrix, sh.prepared) {
-                (Some(_), Some(_), Some(p)) => Some(imatrix_pass(src, p, Path::new("imatrix.gguf"), progress)?),
+                (Some(spec), Some(_), Some(p)) => {
+                    let key = spec.label();
+                    let memo = sh.rotated_imatrices.lock().ok().and_then(|m| m.get(&key).cloned());
+                    match memo {
+                        Some(im) => Some(im),
+                        None => {
+                            let im = imatrix_pass(src, p, Path::new("imatrix.gguf"), progress)?;
+                            if let Ok(mut m) = sh.rotated_imatrices.lock() {
+                                m.insert(key, im.clone());
+                            }
+                            Some(im)
+                        }
+                    }
+                }
                 (Some(_), Some(_), None) => {
                     return Err(Error::Invalid(format!(
                         "recipe {}: an imatrix of the unrotated model does not apply to the rotated one \
@@ -400,7 +423,9 @@ pub fn quantize_recipe(
             if work.exists() {
                 std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
             }
-            let rep = quantize_with(model, &work, &opts, sh.prepared, progress);
+            // Round to nearest needs no calibration pass (it would only report layer errors).
+            let prepared = if r.needs_calibration() { sh.prepared } else { None };
+            let rep = quantize_with(model, &work, &opts, prepared, progress);
             let rep = match rep {
                 Ok(r) => r,
                 Err(e) => {

@@ -146,6 +146,7 @@ pub fn sweep(ctx: &Ctx, a: &SweepArgs) -> Result<()> {
         prepared: prepared.as_ref(),
         imatrix: imatrix.as_ref(),
         gptq: GptqConfig { damp: a.damp, act_order: true, ..GptqConfig::default() },
+        rotated_imatrices: Default::default(),
     };
 
     let models = a.output.join("models");

@@ -21,7 +21,7 @@ use quantkit_io::source::ModelSource;
 use quantkit_kernels::{QMatrix, WeightBytes};
 
 use crate::linear::{forward_group, Linear, QLinear};
-use crate::model::{attention, rmsnorm, swiglu, Dims, Model, Site};
+use crate::model::{attention, rmsnorm, Dims, Model, Site};
 
 /// One of a block's seven projections (the names table is `quantkit_io::names`).
 pub use quantkit_io::names::Proj;
@@ -318,7 +318,7 @@ impl Model {
             let l = &m.layers[li];
             rmsnorm(hs, &l.ffn_norm, eps, xn);
             forward_group(&[&l.gate, &l.up], xn, t, &mut [&mut g[..], &mut u[..]]);
-            swiglu(g, u);
+            m.down_input(g, u);
         };
 
         // 1. AttnIn

@@ -82,6 +82,7 @@ impl QLinear {
                 match a {
                     Acts8::None => "W8A16",
                     Acts8::Int8Token => "W8A8",
+                    Acts8::Int4Token => "W4A4",
                     Acts8::Fp8Token => "W8A8-dynamic",
                 }
             ),
@@ -117,8 +118,9 @@ impl Linear for QLinear {
 fn w8_forward(m: &quantkit_kernels::w8::Mat8, acts: Acts8, x: &[f32], n: usize, y: &mut [f32]) {
     match acts {
         Acts8::None => m.forward(x, n, y),
-        Acts8::Int8Token => {
-            let a = quantkit_kernels::w8::I8Acts::quantize(x, n, m.cols);
+        Acts8::Int8Token | Acts8::Int4Token => {
+            let qmax = if acts == Acts8::Int4Token { 7 } else { 127 };
+            let a = quantkit_kernels::w8::I8Acts::quantize_to(x, n, m.cols, qmax);
             m.forward_i8(&a, y).expect("W8A8 linears are checked at load (int8, per-channel)");
         }
         Acts8::Fp8Token => {

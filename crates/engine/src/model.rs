@@ -93,6 +93,9 @@ pub struct Model {
     inv_freq: Vec<f32>,
     /// Interleaved pairs (llama-permuted weights) or halves (Qwen2).
     interleaved: bool,
+    /// QuaRot's online R4: `ffn_down`'s input is rotated by it (the file says so; its inverse is
+    /// fused into `ffn_down`).
+    r4: Option<quantkit_rotate::Hadamard>,
 }
 
 impl std::fmt::Debug for Model {
@@ -151,6 +154,22 @@ impl Model {
             *m.entry(x.type_name()).or_default() += 1;
         }
         m.into_iter().collect()
+    }
+
+    /// `ffn_down`'s input from gate and up (`g ← silu(g)·u`), rotated by the online R4 when the
+    /// model has one.
+    pub(crate) fn down_input(&self, g: &mut [f32], u: &[f32]) {
+        swiglu(g, u);
+        if let Some(r4) = &self.r4 {
+            use quantkit_rotate::Rotation;
+            r4.apply_rows(g);
+        }
+    }
+
+    /// The online rotations this model applies (for reports).
+    pub fn online_rotation(&self) -> Option<String> {
+        use quantkit_rotate::Rotation;
+        self.r4.as_ref().map(|r| format!("r4 {}", r.describe()))
     }
 
     /// An empty cache for up to `cap` positions.
@@ -243,7 +262,7 @@ impl Model {
                 o.observe(li, Site::FfnIn, &xn, n);
             }
             forward_group(&[&l.gate, &l.up], &xn, n, &mut [&mut g, &mut u]);
-            swiglu(&mut g, &u);
+            self.down_input(&mut g, &u);
             if let Some(o) = observer.as_deref_mut() {
                 o.observe(li, Site::FfnDownIn, &g, n);
             }

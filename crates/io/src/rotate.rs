@@ -34,16 +34,65 @@ use crate::source::{ModelSource, SourceTensor};
 pub struct RotationSpec {
     /// Seed of the Hadamard transforms' random signs.
     pub seed: u64,
+    /// QuaRot's online `R4` too: `ffn_down`'s input rotated at run time (a Hadamard transform of
+    /// the FFN width in the engine), its inverse fused into `ffn_down`. Only a loader that applies
+    /// it can run the result.
+    #[serde(default)]
+    pub online_r4: bool,
 }
 
 impl RotationSpec {
-    /// How recipes and reports name it.
+    /// How recipes and reports name it: `hadamard`, `quarot` (with R4), `@SEED` when not 0.
     pub fn label(&self) -> String {
+        let name = if self.online_r4 { "quarot" } else { "hadamard" };
         if self.seed == 0 {
-            "hadamard".into()
+            name.into()
         } else {
-            format!("hadamard@{}", self.seed)
+            format!("{name}@{}", self.seed)
         }
+    }
+
+    /// The online `R4` of a model whose FFN is `ffn` wide.
+    pub fn r4(&self, ffn: usize) -> Result<Option<Hadamard>> {
+        if !self.online_r4 {
+            return Ok(None);
+        }
+        Hadamard::new(ffn, Some(self.seed))
+            .map(Some)
+            .map_err(|e| Error::Unsupported(format!("rotating the FFN (width {ffn}) online: {e}")))
+    }
+}
+
+/// The metadata key naming the online rotations a GGUF needs (`none` or `r4`).
+pub const ONLINE_KEY: &str = "quantkit.rotation.online";
+
+/// The rotations a model needs applied at run time, from what its file says (refused when it names
+/// one we do not know: running without it would compute garbage).
+pub fn online_rotations(src: &ModelSource) -> Result<Option<Hadamard>> {
+    let ffn = src.config().intermediate_size as usize;
+    match src {
+        ModelSource::Rotated(r) => r.spec.r4(ffn),
+        ModelSource::Gguf { file, .. } => {
+            let Some(v) = file.get(ONLINE_KEY) else { return Ok(None) };
+            let seed = file.get("quantkit.rotation.seed").and_then(Value::as_u64).unwrap_or(0);
+            match v.as_str() {
+                Some("none") => Ok(None),
+                Some("r4") => RotationSpec { seed, online_r4: true }.r4(ffn),
+                other => Err(Error::Unsupported(format!(
+                    "{}: {ONLINE_KEY} = {other:?} (this engine applies none or r4)",
+                    file.path().display()
+                ))),
+            }
+        }
+        ModelSource::Hf(h) => match h.raw_config.get("quantkit_rotation") {
+            None => Ok(None),
+            Some(j) => {
+                let spec: RotationSpec = serde_json::from_value(j.clone()).map_err(|e| {
+                    Error::malformed(h.dir.join("config.json"), "config.json", "quantkit_rotation", e.to_string())
+                })?;
+                spec.r4(ffn)
+            }
+        },
     }
 }
 
@@ -58,8 +107,9 @@ enum Role {
     Embed,
     /// `(W·diag(norm))·R1` per row; `v`: then `R2ᵀ` on each head's rows.
     Input { norm: String, value_heads: bool },
-    /// `W_h·R2` on each head's columns (attn_output only), then `R1ᵀ·W`.
-    Output { value_heads: bool },
+    /// `W_h·R2` on each head's columns (attn_output only) or `W·R4` (ffn_down, with the online
+    /// R4), then `R1ᵀ·W`.
+    Output { value_heads: bool, r4: bool },
     /// A bias of a residual writer: `b·R1`.
     OutputBias,
     /// A value bias: `b_h·R2` per head.
@@ -74,6 +124,7 @@ pub struct Rotated {
     config: ModelConfig,
     r1: Hadamard,
     r2: Hadamard,
+    r4: Option<Hadamard>,
     tensors: Vec<SourceTensor>,
     /// Outer name → (inner tensor read, role).
     plan: HashMap<String, (SourceTensor, Role)>,
@@ -105,6 +156,7 @@ impl Rotated {
         };
         let r1 = had(hidden, "residual stream")?;
         let r2 = had(hd, "attention heads")?;
+        let r4 = spec.r4(cfg.intermediate_size as usize)?;
         let inner_tensors = inner.tensors()?;
         let by_name: HashMap<&str, &SourceTensor> = inner_tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         let find = |n: &str| -> Result<SourceTensor> {
@@ -135,8 +187,8 @@ impl Rotated {
                     "attn_q.weight" | "attn_k.weight" => Role::Input { norm: norm("attn_norm"), value_heads: false },
                     "attn_v.weight" => Role::Input { norm: norm("attn_norm"), value_heads: true },
                     "ffn_gate.weight" | "ffn_up.weight" => Role::Input { norm: norm("ffn_norm"), value_heads: false },
-                    "attn_output.weight" => Role::Output { value_heads: true },
-                    "ffn_down.weight" => Role::Output { value_heads: false },
+                    "attn_output.weight" => Role::Output { value_heads: true, r4: false },
+                    "ffn_down.weight" => Role::Output { value_heads: false, r4: spec.online_r4 },
                     "attn_q.bias" | "attn_k.bias" => Role::Same,
                     "attn_v.bias" => Role::ValueBias,
                     "attn_output.bias" | "ffn_down.bias" => Role::OutputBias,
@@ -170,7 +222,7 @@ impl Rotated {
         }
         let mut config = cfg;
         config.tie_word_embeddings = false;
-        Ok(Rotated { inner, spec, config, r1, r2, tensors, plan, untied, cache: Mutex::new(None) })
+        Ok(Rotated { inner, spec, config, r1, r2, r4, tensors, plan, untied, cache: Mutex::new(None) })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -252,10 +304,14 @@ impl Rotated {
                     self.r2.apply_columns(head, row);
                 }
             }
-            Role::Output { value_heads } => {
+            Role::Output { value_heads, r4 } => {
                 if *value_heads {
                     // attn_output: columns of each head ·R2 (row segments of hd).
                     self.r2.apply_rows(&mut v);
+                }
+                if *r4 {
+                    // ffn_down: its input arrives rotated by R4, so W ← W·R4 (R4 orthogonal).
+                    self.r4.as_ref().expect("r4 built with the spec").apply_rows(&mut v);
                 }
                 self.r1.apply_columns(&mut v, row);
             }
@@ -292,9 +348,15 @@ impl Rotated {
             ("quantkit.rotation.r2".to_string(), s(self.r2.describe())),
             ("quantkit.rotation.seed".to_string(), Value::U64(self.spec.seed)),
             ("quantkit.rotation.untied_output".to_string(), Value::Bool(self.untied)),
-            // Fused into the weights: nothing to apply at run time.
-            ("quantkit.rotation.online".to_string(), s("none".into())),
         ]);
+        match &self.r4 {
+            // R1/R2 are fused into the weights: nothing to apply at run time.
+            None => kv.push((ONLINE_KEY.to_string(), s("none".into()))),
+            Some(r4) => {
+                kv.push((ONLINE_KEY.to_string(), s("r4".into())));
+                kv.push(("quantkit.rotation.r4".to_string(), s(r4.describe())));
+            }
+        }
         Ok(kv)
     }
 }

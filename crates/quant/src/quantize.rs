@@ -37,6 +37,13 @@ pub enum OutFormat {
 }
 
 impl OutFormat {
+    /// Whether a file in this format records an online rotation so that its loaders apply it:
+    /// compressed-tensors checkpoints (`quantkit_rotation` in config.json, and the transform
+    /// config compressed-tensors applies); GGUF, GPTQ, AWQ and bitsandbytes files cannot.
+    pub fn applies_online_rotations(&self) -> bool {
+        matches!(self.layout(), Some(l) if l.name().starts_with("ct-") || l == IntFormat::CompressedTensors)
+    }
+
     /// `gptq`, `gptq-v2`, `awq`, `compressed-tensors`, `bnb-nf4`, `bnb-nf4-dq`, `gguf:<type or mix>`.
     pub fn parse(s: &str) -> Result<Self> {
         if let Ok(f) = IntFormat::parse(s) {
@@ -366,6 +373,17 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
             return Err(Error::Unsupported(format!(
                 "SmoothQuant folds into integer checkpoints (ct-w8a8, compressed-tensors, gptq, …), not {}",
                 f.name()
+            )));
+        }
+    }
+    if let Some(r) = opts.rotate.filter(|r| r.online_r4) {
+        if let Some(f) = opts.formats.iter().find(|f| !f.applies_online_rotations()) {
+            return Err(Error::Unsupported(format!(
+                "{}: {} needs the online rotation R4 applied before every ffn_down at run time, which \
+                 this format's loaders do not do (they would compute garbage). Use --rotate hadamard \
+                 (every rotation fused into the weights), or a compressed-tensors output",
+                f.name(),
+                r.label()
             )));
         }
     }

@@ -111,6 +111,12 @@ fn write_checkpoint_dir(
     config: &Json,
     extra: &[(&str, &Json)],
 ) -> Result<()> {
+    // A rotated model says so (the engine applies an online R4 from it; the rest is informative).
+    let mut config = config.clone();
+    if let Some(r) = src.rotation() {
+        config["quantkit_rotation"] = serde_json::to_value(r).map_err(|e| Error::Invalid(e.to_string()))?;
+    }
+    let config = &config;
     write_dir(dest, |tmp| {
         let specs: Vec<StTensorSpec> = outs.iter().map(|o| o.spec.clone()).collect();
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
@@ -275,6 +281,7 @@ fn write_checkpoint(
         }),
         IntFormat::CompressedTensors
         | IntFormat::CtW8A8
+        | IntFormat::CtW4A4
         | IntFormat::CtFp8
         | IntFormat::CtFp8Dynamic
         | IntFormat::CtNvfp4 => {
@@ -295,9 +302,9 @@ fn write_checkpoint(
             // llm-compressor's W8A8 / FP8_DYNAMIC: dynamic per-token symmetric 8-bit activations
             // (compressed-tensors' INT8_W8A8 and FP8_DYNAMIC presets).
             let acts = match fmt {
-                IntFormat::CtW8A8 | IntFormat::CtFp8Dynamic => json!({
+                IntFormat::CtW8A8 | IntFormat::CtW4A4 | IntFormat::CtFp8Dynamic => json!({
                     "dynamic": true,
-                    "num_bits": 8,
+                    "num_bits": if fmt == IntFormat::CtW4A4 { 4 } else { 8 },
                     "strategy": "token",
                     "symmetric": true,
                     "type": ty,
@@ -308,7 +315,7 @@ fn write_checkpoint(
             // weights with int activations int-quantized, weight-only int pack-quantized, float
             // weights with activations float-quantized, weight-only float naive-quantized.
             let format = match fmt {
-                IntFormat::CtW8A8 => "int-quantized",
+                IntFormat::CtW8A8 | IntFormat::CtW4A4 => "int-quantized",
                 IntFormat::CtFp8 => "naive-quantized",
                 IntFormat::CtFp8Dynamic => "float-quantized",
                 _ => "pack-quantized",

@@ -134,20 +134,18 @@ impl Rotation for Hadamard {
             fwht(row);
         }
         if self.k > 1 {
+            // Row c of the result = Σ_a H_K[a][c] · row a: axpys over contiguous rows of M.
             let hk = &tables()[&self.k];
             let (k, m) = (self.k, self.m);
-            let mut col = vec![0f32; k];
-            for d in 0..m {
-                for a in 0..k {
-                    col[a] = x[a * m + d];
-                }
-                for c in 0..k {
-                    let mut acc = 0f32;
-                    for a in 0..k {
-                        let h = hk[a * k + c];
-                        acc += if h > 0 { col[a] } else { -col[a] };
+            let src = x.to_vec();
+            for (c, out) in x.chunks_mut(m).enumerate() {
+                out.fill(0.0);
+                for (a, row) in src.chunks(m).enumerate() {
+                    if hk[a * k + c] > 0 {
+                        out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+                    } else {
+                        out.iter_mut().zip(row).for_each(|(o, v)| *o -= v);
                     }
-                    x[c * m + d] = acc;
                 }
             }
         }

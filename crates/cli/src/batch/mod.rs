@@ -199,6 +199,7 @@ fn run_job(
         prepared: memo.prepared.get(&calib_key),
         imatrix: if job.recipe.is_gguf() { memo.imatrix.get(&calib_key) } else { None },
         gptq: GptqConfig { damp: job.damp, act_order: true, ..GptqConfig::default() },
+        rotated_imatrices: Default::default(),
     };
     let dest = out.join(&job.output);
     let q = quantize_recipe(&job.model, &src, &job.recipe, &dest, &shared, bars)?;

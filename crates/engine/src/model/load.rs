@@ -62,9 +62,9 @@ fn dense8(src: &ModelSource, mode: WeightMode, t: &SourceTensor) -> Result<Optio
         d.scales = names::permute_qk(&d.scales, d.rows, n as usize);
     }
     let acts = ct_dense::activations(&h.raw_config, &h.dir.join("config.json"))?;
-    if acts == Acts8::Int8Token && (d.float || d.group != d.cols) {
+    if matches!(acts, Acts8::Int8Token | Acts8::Int4Token) && (d.float || d.group != d.cols) {
         return Err(bad(Error::Unsupported(
-            "int8 activations with FP8 or grouped weights (W8A8 runs per-channel int8 weights)".into(),
+            "integer activations with FP8 or grouped weights (W8A8/W4A4 run per-channel integer weights)".into(),
         )));
     }
     let code = if d.float {
@@ -225,6 +225,7 @@ impl Model {
             .collect();
         Ok(Model {
             mode,
+            r4: quantkit_io::rotate::online_rotations(src)?,
             interleaved: cfg.arch.permutes_qk(),
             norm: vec("output_norm.weight")?,
             cfg,

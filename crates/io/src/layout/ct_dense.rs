@@ -30,6 +30,7 @@ pub(super) fn from_config(fmt: &str, w: &Json, acts: bool, path: &std::path::Pat
     let ty = w.get("type").and_then(Json::as_str).unwrap_or("int");
     let bits = w.get("num_bits").and_then(Json::as_u64);
     let layout = match (fmt, ty) {
+        ("int-quantized" | "naive-quantized", "int") if bits == Some(4) => Layout::CtW4A4,
         ("int-quantized" | "naive-quantized", "int") => Layout::CtW8A8,
         ("float-quantized" | "naive-quantized", "float") if acts => Layout::CtFp8Dynamic,
         ("float-quantized" | "naive-quantized", "float") => Layout::CtFp8,
@@ -41,8 +42,9 @@ pub(super) fn from_config(fmt: &str, w: &Json, acts: bool, path: &std::path::Pat
             )))
         }
     };
-    if bits != Some(8) {
-        return Err(bad(path, format!("{fmt} weights of {bits:?} bits (only 8)")));
+    let want = if layout == Layout::CtW4A4 { 4 } else { 8 };
+    if bits != Some(want) {
+        return Err(bad(path, format!("{fmt} {ty} weights of {bits:?} bits (int: 4 or 8; float: 8)")));
     }
     if !w.get("symmetric").and_then(Json::as_bool).unwrap_or(true) {
         return Err(Error::Unsupported(format!(
@@ -64,18 +66,19 @@ pub(super) fn from_config(fmt: &str, w: &Json, acts: bool, path: &std::path::Pat
             )))
         }
     };
-    Ok(LayoutConfig { layout, bits: 8, group, sym: true })
+    Ok(LayoutConfig { layout, bits: want as u32, group, sym: true })
 }
 
-/// `<prefix>.weight` from `w`'s codes (int: unsigned with zero 128 stored as `code − 128`; FP8:
-/// E4M3 bit patterns) and `<prefix>.weight_scale` (f32 `[out, groups]`, so compressed-tensors'
+/// `<prefix>.weight` from `w`'s codes (int: unsigned `bits`-bit codes with zero `2^(bits−1)`
+/// stored as `code − 2^(bits−1)`; FP8: E4M3 bit patterns) and `<prefix>.weight_scale` (f32 `[out, groups]`, so compressed-tensors'
 /// dequantization in the scale's dtype is our f32 product exactly).
-pub(super) fn pack(layout: Layout, w: &Regrouped, prefix: &str) -> Vec<Packed> {
+pub(super) fn pack(layout: Layout, bits: u32, w: &Regrouped, prefix: &str) -> Vec<Packed> {
     let (rows, cols, ng) = (w.rows, w.cols, w.groups());
     let (dtype, bytes) = if layout.is_float() {
         (Dtype::F8_E4M3, w.codes.to_vec())
     } else {
-        (Dtype::I8, w.codes.iter().map(|&c| (c as i32 - 128) as i8 as u8).collect())
+        let zero = 1i32 << (bits - 1);
+        (Dtype::I8, w.codes.iter().map(|&c| (c as i32 - zero) as i8 as u8).collect())
     };
     vec![
         Packed::new(format!("{prefix}.weight"), dtype, vec![rows, cols], bytes),
@@ -192,6 +195,8 @@ pub enum DenseActs {
     None,
     /// Dynamic per-token symmetric int8 (`W8A8`).
     Int8Token,
+    /// Dynamic per-token symmetric int4 (`W4A4`; codes in ±7).
+    Int4Token,
     /// Dynamic per-token FP8 E4M3 (`FP8_DYNAMIC`).
     Fp8Token,
 }
@@ -213,10 +218,11 @@ pub fn activations(raw_config: &Json, path: &std::path::Path) -> Result<DenseAct
     let sym = a.get("symmetric").and_then(Json::as_bool).unwrap_or(true);
     match (ty, bits, strategy, dynamic, sym) {
         ("int", Some(8), "token", true, true) => Ok(DenseActs::Int8Token),
+        ("int", Some(4), "token", true, true) => Ok(DenseActs::Int4Token),
         ("float", Some(8), "token", true, true) => Ok(DenseActs::Fp8Token),
         _ => Err(Error::Unsupported(format!(
             "activation scheme {ty} {bits:?}-bit, strategy {strategy:?}, dynamic {dynamic}, symmetric {sym} in {} \
-             (the engine runs dynamic per-token symmetric 8-bit activations; --dequantize runs the weights alone)",
+             (the engine runs dynamic per-token symmetric int8/int4 or FP8 activations; --dequantize runs the weights alone)",
             path.display()
         ))),
     }

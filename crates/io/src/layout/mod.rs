@@ -53,6 +53,9 @@ pub enum Layout {
     /// compressed-tensors `int-quantized`: int8 per-channel weights, dynamic per-token int8
     /// activations declared (llm-compressor's `W8A8`).
     CtW8A8,
+    /// compressed-tensors `int-quantized` with 4-bit values: int4 per-channel weights (held in
+    /// int8), dynamic per-token int4 activations declared (QuaRot's W4A4 setting).
+    CtW4A4,
     /// compressed-tensors `naive-quantized` FP8 E4M3 per-channel weights, no activation scheme
     /// (FP8 weight-only, "W8A16 float").
     CtFp8,
@@ -65,12 +68,13 @@ pub enum Layout {
 }
 
 impl Layout {
-    pub const ALL: [Layout; 8] = [
+    pub const ALL: [Layout; 9] = [
         Layout::GptqV1,
         Layout::GptqV2,
         Layout::Awq,
         Layout::CompressedTensors,
         Layout::CtW8A8,
+        Layout::CtW4A4,
         Layout::CtFp8,
         Layout::CtFp8Dynamic,
         Layout::CtNvfp4,
@@ -84,6 +88,7 @@ impl Layout {
             Layout::Awq => "awq",
             Layout::CompressedTensors => "compressed-tensors",
             Layout::CtW8A8 => "ct-w8a8",
+            Layout::CtW4A4 => "ct-w4a4",
             Layout::CtFp8 => "ct-fp8",
             Layout::CtFp8Dynamic => "ct-fp8-dynamic",
             Layout::CtNvfp4 => "ct-nvfp4",
@@ -111,6 +116,7 @@ impl Layout {
             Layout::Awq => "AWQ GEMM",
             Layout::CompressedTensors => "compressed-tensors",
             Layout::CtW8A8 => "compressed-tensors int8 W8A8",
+            Layout::CtW4A4 => "compressed-tensors int4 W4A4",
             Layout::CtFp8 => "compressed-tensors FP8",
             Layout::CtFp8Dynamic => "compressed-tensors FP8_DYNAMIC",
             Layout::CtNvfp4 => "compressed-tensors NVFP4",
@@ -131,7 +137,7 @@ impl Layout {
     /// Whether it stores each weight unpacked as an 8-bit `<m>.weight` beside `<m>.weight_scale`
     /// (compressed-tensors' naive/int/float-quantized formats).
     fn dense(self) -> bool {
-        matches!(self, Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic)
+        matches!(self, Layout::CtW8A8 | Layout::CtW4A4 | Layout::CtFp8 | Layout::CtFp8Dynamic)
     }
 
     /// `Ok` when it holds weights on the grid `bits`, `group`, `sym`: [`Layout::check_bits`], and the
@@ -160,7 +166,7 @@ impl Layout {
     /// The bit widths it packs.
     pub fn bits(self) -> RangeInclusive<u32> {
         match self {
-            Layout::Awq | Layout::CtNvfp4 => 4..=4,
+            Layout::Awq | Layout::CtNvfp4 | Layout::CtW4A4 => 4..=4,
             Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => 8..=8,
             _ => 2..=8,
         }
@@ -207,7 +213,7 @@ impl Layout {
                 // The loaders size buffers with floor divisions by 32.
                 Layout::GptqV1 | Layout::GptqV2 => cols % 32 == 0 && rows % 32 == 0,
                 Layout::Awq => rows % 8 == 0,
-                Layout::CompressedTensors | Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => true,
+                Layout::CompressedTensors | Layout::CtW8A8 | Layout::CtW4A4 | Layout::CtFp8 | Layout::CtFp8Dynamic => true,
                 // compressed-tensors needs whole groups of 16 (`_process_group`).
                 Layout::CtNvfp4 => cols % ct_nvfp4::GROUP == 0,
             }
@@ -244,7 +250,7 @@ impl Layout {
                 ],
             ),
             // `weight` is a component only beside a `weight_scale` (see `visible_names`).
-            Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => (
+            Layout::CtW8A8 | Layout::CtW4A4 | Layout::CtFp8 | Layout::CtFp8Dynamic => (
                 "weight_scale",
                 &["weight", "weight_scale", "weight_zero_point", "input_scale", "input_zero_point"],
             ),
@@ -447,8 +453,8 @@ impl LayoutConfig {
                 &w.regrouped(self.group.unwrap_or(w.cols)),
                 prefix,
             ),
-            Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => {
-                ct_dense::pack(self.layout, &w.regrouped(self.group.unwrap_or(w.cols)), prefix)
+            Layout::CtW8A8 | Layout::CtW4A4 | Layout::CtFp8 | Layout::CtFp8Dynamic => {
+                ct_dense::pack(self.layout, self.bits, &w.regrouped(self.group.unwrap_or(w.cols)), prefix)
             }
             Layout::CtNvfp4 => {
                 return Err(Error::Unsupported(format!(
@@ -492,7 +498,7 @@ impl LayoutConfig {
             Layout::GptqV1 | Layout::GptqV2 => Ok(gptq::shape(self.bits, &qs)),
             Layout::Awq => Ok(awq::shape(self.bits, &qs)),
             Layout::CompressedTensors => compressed_tensors::shape(t, &qs),
-            Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => {
+            Layout::CtW8A8 | Layout::CtW4A4 | Layout::CtFp8 | Layout::CtFp8Dynamic => {
                 let (_, dt, _) = t.raw(marker)?;
                 ct_dense::shape(self.layout, t, &qs, &dt)
             }
@@ -518,7 +524,7 @@ impl LayoutConfig {
             Layout::CompressedTensors => {
                 compressed_tensors::unpack(self.bits, self.sym, self.group, t, rows, cols)
             }
-            Layout::CtW8A8 | Layout::CtFp8 | Layout::CtFp8Dynamic => {
+            Layout::CtW8A8 | Layout::CtW4A4 | Layout::CtFp8 | Layout::CtFp8Dynamic => {
                 ct_dense::unpack(self.layout, self.group, t, rows, cols)
             }
             Layout::CtNvfp4 => ct_nvfp4::unpack(t, rows, cols),

@@ -271,6 +271,34 @@ fn int8_w8a8_unpacks_what_it_packs() {
 }
 
 #[test]
+fn int4_w4a4_unpacks_what_it_packs_and_reads_its_config() {
+    // Symmetric 4-bit codes 0..=15 (zero 8) stored as signed code − 8 in int8.
+    let f = Fixture::new(4, 16, 48, 48, |_| 8);
+    let cfg = LayoutConfig { layout: Layout::CtW4A4, bits: 4, group: None, sym: true };
+    let m = Mem(cfg.pack(&f.weights(), "model.layers.0.mlp.up_proj").expect("pack"));
+    assert!(f.codes.iter().all(|&c| c < 16));
+    for (b, c) in m.0[0].bytes.iter().zip(&f.codes) {
+        assert_eq!(*b as i8 as i32, *c as i32 - 8);
+    }
+    let t = Module { src: &m, m: "model.layers.0.mlp.up_proj" };
+    assert_eq!(cfg.unpack(&t).expect("unpack"), f.dequantize());
+    let p = Path::new("m/config.json");
+    let j = |bits: u32, abits: u32| {
+        serde_json::json!({ "quantization_config": {"quant_method": "compressed-tensors", "format": "int-quantized",
+            "config_groups": {"group_0": {"targets": ["Linear"],
+                "weights": {"num_bits": bits, "type": "int", "symmetric": true, "strategy": "channel"},
+                "input_activations": {"num_bits": abits, "type": "int", "symmetric": true, "strategy": "token", "dynamic": true}}}}})
+    };
+    assert_eq!(LayoutConfig::from_config(&j(4, 4), p).expect("w4a4"), Some(cfg));
+    assert_eq!(super::ct_dense::activations(&j(4, 4), p).expect("acts"), super::ct_dense::DenseActs::Int4Token);
+    assert_eq!(super::ct_dense::activations(&j(8, 8), p).expect("acts"), super::ct_dense::DenseActs::Int8Token);
+    let e = super::ct_dense::activations(&j(4, 3), p).expect_err("3-bit activations").to_string();
+    assert!(e.contains("3"), "{e}");
+    let e = LayoutConfig::from_config(&j(6, 8), p).expect_err("6-bit weights").to_string();
+    assert!(e.contains("Some(6) bits"), "{e}");
+}
+
+#[test]
 fn fp8_unpacks_what_it_packs_and_refuses_bad_tensors() {
     let (rows, cols) = (8, 16);
     let codes: Vec<u8> =
