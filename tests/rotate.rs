@@ -139,3 +139,56 @@ fn widths_without_a_hadamard_matrix_are_refused_by_name() {
     let e = src.rotated(RotationSpec { seed: 0, online_r4: false }).expect_err("width 100 has no Hadamard matrix").to_string();
     assert!(e.contains("width 100") && e.contains("no Hadamard transform of size 100"), "{e}");
 }
+
+/// `--rotate quarot`: the online R4 is recorded in a compressed-tensors checkpoint and applied by
+/// the engine (without it the function is lost); loaders that cannot apply it are refused.
+#[test]
+fn quarot_r4_is_recorded_applied_and_refused_where_it_cannot_run() {
+    if no_fixtures() {
+        return;
+    }
+    let d = tempfile::tempdir().expect("tmp");
+    let text = shared().join("data/tinyshakespeare/input.txt");
+    let ppl = |model: &std::path::Path| -> f64 {
+        let o = ok(&[&"ppl", &model, &"--text", &text, &"--ctx", &"128", &"--chunks", &"6", &"--dequantize", &"--json"]);
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        j["ppl"].as_f64().expect("ppl")
+    };
+    let out = d.path().join("q");
+    ok(&[
+        &"quantize", &stories(), &"--rotate", &"quarot", &"--method", &"rtn", &"--bits", &"8", &"--group", &"-1",
+        &"-f", &"ct-w8a8", &"-o", &out,
+    ]);
+    let ckpt = out.join("ct-w8a8");
+    let cfg_path = ckpt.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).expect("cfg")).expect("json");
+    assert_eq!(cfg["quantkit_rotation"], serde_json::json!({"seed": 0, "online_r4": true}));
+    // int8 weights, R4 applied: the original's perplexity (within int8 rounding).
+    let base = ppl(&stories());
+    let with_r4 = ppl(&ckpt);
+    assert!((with_r4 / base - 1.0).abs() < 0.02, "with R4: {with_r4} vs {base}");
+    // The same weights without the record: R4 is not applied and the function is lost.
+    cfg.as_object_mut().expect("object").remove("quantkit_rotation");
+    std::fs::write(&cfg_path, cfg.to_string()).expect("write");
+    let without = ppl(&ckpt);
+    assert!(without > 1.5 * base, "without R4: {without} vs {base}");
+    // A record the engine cannot read is refused, not ignored.
+    cfg["quantkit_rotation"] = serde_json::json!({"seed": 0, "online_r4": "yes"});
+    std::fs::write(&cfg_path, cfg.to_string()).expect("write");
+    fails_with(&[&"ppl", &ckpt, &"--text", &text, &"--chunks", &"1"], &["quantkit_rotation"]);
+    // GGUF, GPTQ and bitsandbytes loaders cannot apply R4: refused before any work.
+    let bad = d.path().join("bad");
+    fails_with(
+        &[&"quantize", &stories(), &"--rotate", &"quarot", &"--method", &"rtn", &"-f", &"gguf:q8_0", &"-o", &bad],
+        &["online rotation R4", "--rotate hadamard"],
+    );
+    fails_with(
+        &[&"quantize", &stories(), &"--rotate", &"quarot", &"--method", &"rtn", &"-f", &"gptq", &"-o", &bad],
+        &["online rotation R4"],
+    );
+    fails_with(
+        &[&"convert", &stories(), &"-t", &"f32", &"--rotate", &"quarot", &"-o", &d.path().join("x.gguf")],
+        &["llama.cpp cannot apply", "--rotate hadamard"],
+    );
+    assert!(!d.path().join("x.gguf").exists());
+}

@@ -99,6 +99,9 @@ OUT/.quantkit-work, so --resume continues a killed run (the output is byte-ident
 quantkit quantize ./SmolLM2 --method gptq --calib corpus/ --format gguf:q4_k_m -o out/\n  \
 quantkit quantize ./SmolLM2 --method awq --calib corpus.txt --format awq -o out/ --preset quick\n  \
 quantkit quantize ./SmolLM2 --method rtn --calib corpus.txt --format gguf:q4_k_m --imatrix -o out/\n  \
+# QuaRot: rotate first (fused), then GPTQ; W4A4 with the online R4 (compressed-tensors)\n  \
+quantkit quantize ./SmolLM2 --rotate hadamard --method gptq --bits 4 --group -1 --calib corpus.txt --format gptq -o out/\n  \
+quantkit quantize ./SmolLM2 --rotate quarot --method gptq --bits 4 --group -1 --calib corpus.txt --format ct-w4a4 -o out/\n  \
 # a big model: activations beyond 2 GB go to temp files in out/; after a crash, continue\n  \
 quantkit quantize model.gguf --method gptq --calib corpus.txt --format gguf:q3_k_m --mem-budget 2G -o out/\n  \
 quantkit quantize model.gguf --method gptq --calib corpus.txt --format gguf:q3_k_m --mem-budget 2G -o out/ --resume"
@@ -154,10 +157,14 @@ are computed once; calibration samples are drawn once and the fp imatrix collect
 use it when --calib is given). Writes DIR/results.{csv,json,md}, DIR/plot.{svg,png} (PPL and KLD vs\n\
 bits per weight, Pareto front marked) and the quantized files under DIR/models/.\n\n\
 Recipes: a mix (q8_0, q6_k, q5_k_m, q4_k_m, q4_0, q3_k_m, q2_k, ...), gptq:<mix> (GPTQ-fed GGUF),\n\
-rtn|gptq|awq|mse:<bits>:<group>[:sym|asym] (integer checkpoints), or a recipe .toml file\n\
-(`quantkit convert --type q4_k_m --print-recipe > my.toml`, then edit tensor_types).",
+rtn|gptq|awq|mse:<bits>:<group>[:sym|asym] (integer checkpoints), the compressed-tensors presets\n\
+w8a16, w8a8, w4a4, fp8, fp8-dynamic, nvfp4a16, bitsandbytes nf4 / nf4-dq, or a recipe .toml file\n\
+(`quantkit convert --type q4_k_m --print-recipe > my.toml`, then edit tensor_types). Prefixes:\n\
+hadamard:<recipe> (QuaRot's rotation fused first), quarot:<recipe> (plus the online R4;\n\
+compressed-tensors only), smoothquant[@ALPHA]:<integer recipe>.",
         after_help = "Examples:\n  quantkit sweep ./SmolLM2 --recipes q8_0,q6_k,q4_k_m,q4_0,q3_k_m,q2_k --text wiki.test.raw --chunks 20 -o sweep/\n  \
-quantkit sweep ./SmolLM2 --recipes q4_k_m,gptq:q4_k_m,gptq:4:128,awq:4:128,my-mix.toml \\\n      --text wiki.test.raw --calib shakespeare.txt --samples 32 --seqlen 512 -o sweep/"
+quantkit sweep ./SmolLM2 --recipes q4_k_m,gptq:q4_k_m,gptq:4:128,awq:4:128,my-mix.toml \\\n      --text wiki.test.raw --calib shakespeare.txt --samples 32 --seqlen 512 -o sweep/\n  \
+quantkit sweep ./SmolLM2 --recipes gptq:4:128,hadamard:gptq:4:128,w4a4,quarot:gptq:w4a4 \\\n      --text wiki.test.raw --calib shakespeare.txt -o rotations/"
     )]
     Sweep(sweep::SweepArgs),
     /// Unattended quantization jobs from a TOML file: quality gates, manifests, resume, shards.
