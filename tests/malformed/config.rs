@@ -84,6 +84,16 @@ pub(crate) fn config_variants(s: &mut Suite) {
             all(&["exl9"]),
         ),
         (
+            "quantkit_rotation a string",
+            set("quantkit_rotation", serde_json::json!("hadamard")),
+            all(&["quantkit_rotation"]),
+        ),
+        (
+            "quantkit_rotation with the online R4 into GGUF",
+            set("quantkit_rotation", serde_json::json!({"seed": 0, "online_r4": true})),
+            all(&["online rotation R4"]).or(&["llama.cpp cannot apply"]),
+        ),
+        (
             "quantization bits 13",
             set("quantization_config", serde_json::json!({"quant_method": "gptq", "bits": 13})),
             all(&["bits"]),

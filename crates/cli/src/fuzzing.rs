@@ -57,6 +57,7 @@ pub fn gguf(data: &[u8]) {
     let Ok(g) = r else { return };
     let _ = g.architecture();
     names_file(&quantkit_io::config::ModelConfig::from_gguf(&g), "fuzz.gguf");
+    names_file(&quantkit_io::rotate::gguf_rotation(&g), "fuzz.gguf");
     let mut budget = MAX_ELEMS;
     for t in &g.tensors {
         let rows = t.numel().checked_div(t.row_len()).unwrap_or(0);
@@ -113,6 +114,8 @@ pub fn hf_config(data: &[u8]) {
     names_file(&quantkit_io::layout::QuantLayout::from_config(&j, p), "config.json");
     // The activation scheme the engine reads for the 8-bit compressed-tensors layouts.
     names_file(&quantkit_io::layout::ct_dense::activations(&j, p), "config.json");
+    // The online rotation a rotated checkpoint asks the engine for.
+    names_file(&quantkit_io::rotate::config_rotation(&j, p), "config.json");
 }
 
 /// model.safetensors.index.json.

@@ -394,7 +394,15 @@ pub fn quantize_recipe(
                     QuantizeOptions {
                         method: *method,
                         int: Some(*int),
-                        knobs: Knobs { gptq: sh.gptq, smooth: *smooth, ..Knobs::default() },
+                        knobs: Knobs {
+                            // Layouts without g_idx take act-order with static groups (as `quantize` does).
+                            gptq: GptqConfig {
+                                static_groups: sh.gptq.static_groups || (sh.gptq.act_order && !layout.stores_g_idx()),
+                                ..sh.gptq
+                            },
+                            smooth: *smooth,
+                            ..Knobs::default()
+                        },
                         formats: vec![OutFormat::Int(*layout)],
                         calib: None,
                         write_imatrix: false,

@@ -70,29 +70,43 @@ pub const ONLINE_KEY: &str = "quantkit.rotation.online";
 /// one we do not know: running without it would compute garbage).
 pub fn online_rotations(src: &ModelSource) -> Result<Option<Hadamard>> {
     let ffn = src.config().intermediate_size as usize;
-    match src {
-        ModelSource::Rotated(r) => r.spec.r4(ffn),
-        ModelSource::Gguf { file, .. } => {
-            let Some(v) = file.get(ONLINE_KEY) else { return Ok(None) };
-            let seed = file.get("quantkit.rotation.seed").and_then(Value::as_u64).unwrap_or(0);
-            match v.as_str() {
-                Some("none") => Ok(None),
-                Some("r4") => RotationSpec { seed, online_r4: true }.r4(ffn),
-                other => Err(Error::Unsupported(format!(
-                    "{}: {ONLINE_KEY} = {other:?} (this engine applies none or r4)",
-                    file.path().display()
-                ))),
-            }
-        }
-        ModelSource::Hf(h) => match h.raw_config.get("quantkit_rotation") {
-            None => Ok(None),
-            Some(j) => {
-                let spec: RotationSpec = serde_json::from_value(j.clone()).map_err(|e| {
-                    Error::malformed(h.dir.join("config.json"), "config.json", "quantkit_rotation", e.to_string())
-                })?;
-                spec.r4(ffn)
-            }
-        },
+    let spec = match src {
+        ModelSource::Rotated(r) => Some(r.spec),
+        ModelSource::Gguf { file, .. } => gguf_rotation(file)?,
+        ModelSource::Hf(h) => config_rotation(&h.raw_config, &h.dir.join("config.json"))?,
+    };
+    match spec {
+        Some(s) => s.r4(ffn),
+        None => Ok(None),
+    }
+}
+
+/// The rotation a GGUF records (`quantkit.rotation.*`), if any.
+pub fn gguf_rotation(file: &crate::gguf::GgufFile) -> Result<Option<RotationSpec>> {
+    let Some(v) = file.get(ONLINE_KEY) else { return Ok(None) };
+    let seed = match file.get("quantkit.rotation.seed") {
+        None => 0,
+        Some(s) => s.as_u64().ok_or_else(|| {
+            Error::malformed(file.path(), "GGUF", "quantkit.rotation.seed", format!("{s:?} is not an integer"))
+        })?,
+    };
+    match v.as_str() {
+        Some("none") => Ok(Some(RotationSpec { seed, online_r4: false })),
+        Some("r4") => Ok(Some(RotationSpec { seed, online_r4: true })),
+        other => Err(Error::Unsupported(format!(
+            "{}: {ONLINE_KEY} = {other:?} (this engine applies none or r4)",
+            file.path().display()
+        ))),
+    }
+}
+
+/// The rotation a config.json records (`quantkit_rotation`), if any.
+pub fn config_rotation(raw_config: &serde_json::Value, path: &std::path::Path) -> Result<Option<RotationSpec>> {
+    match raw_config.get("quantkit_rotation") {
+        None => Ok(None),
+        Some(j) => serde_json::from_value(j.clone())
+            .map(Some)
+            .map_err(|e| Error::malformed(path, "config.json", "quantkit_rotation", e.to_string())),
     }
 }
 
@@ -144,8 +158,12 @@ fn unknown(name: &str) -> Error {
 
 impl Rotated {
     pub fn new(inner: ModelSource, spec: RotationSpec) -> Result<Self> {
-        if let ModelSource::Rotated(_) = inner {
-            return Err(Error::Invalid("the model is already rotated".into()));
+        if let Some(r) = inner.recorded_rotation()? {
+            return Err(Error::Invalid(format!(
+                "{}: the model is already rotated ({}); rotate the original",
+                inner.path().display(),
+                r.label()
+            )));
         }
         let cfg = inner.config().clone();
         let hidden = cfg.hidden_size as usize;

@@ -101,11 +101,18 @@ impl ModelSource {
         }
     }
 
-    /// The rotation applied, if any.
+    /// The rotation applied here or recorded by the file (a rotated checkpoint), if any; a record
+    /// that cannot be read counts as none (see [`ModelSource::recorded_rotation`]).
     pub fn rotation(&self) -> Option<crate::rotate::RotationSpec> {
+        self.recorded_rotation().ok().flatten()
+    }
+
+    /// The rotation applied here or recorded by the file; an unreadable record is an error.
+    pub fn recorded_rotation(&self) -> Result<Option<crate::rotate::RotationSpec>> {
         match self {
-            ModelSource::Rotated(r) => Some(r.spec),
-            _ => None,
+            ModelSource::Rotated(r) => Ok(Some(r.spec)),
+            ModelSource::Gguf { file, .. } => crate::rotate::gguf_rotation(file),
+            ModelSource::Hf(h) => crate::rotate::config_rotation(&h.raw_config, &h.dir.join("config.json")),
         }
     }
 

@@ -87,7 +87,7 @@ pub fn convert(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<ConvertReport> {
     let start = Instant::now();
-    if let Some(r) = src.rotation().filter(|r| r.online_r4) {
+    if let Some(r) = src.recorded_rotation()?.filter(|r| r.online_r4) {
         return Err(Error::Unsupported(format!(
             "a GGUF of a model rotated by {}: llama.cpp cannot apply its online rotation R4 (before \
              every ffn_down) and would compute garbage. Use --rotate hadamard, whose rotations are all \

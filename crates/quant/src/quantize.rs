@@ -376,17 +376,6 @@ fn plan(opts: &QuantizeOptions, prepared: bool) -> Result<Plan> {
             )));
         }
     }
-    if let Some(r) = opts.rotate.filter(|r| r.online_r4) {
-        if let Some(f) = opts.formats.iter().find(|f| !f.applies_online_rotations()) {
-            return Err(Error::Unsupported(format!(
-                "{}: {} needs the online rotation R4 applied before every ffn_down at run time, which \
-                 this format's loaders do not do (they would compute garbage). Use --rotate hadamard \
-                 (every rotation fused into the weights), or a compressed-tensors output",
-                f.name(),
-                r.label()
-            )));
-        }
-    }
     if let (GgufUse::No(why), true) = (info.gguf, opts.formats.iter().any(OutFormat::is_gguf)) {
         return Err(Error::Unsupported(why.into()));
     }
@@ -464,6 +453,23 @@ fn write_folder(
     })
 }
 
+/// A model that needs an online rotation (QuaRot's R4) goes only into formats whose loaders are
+/// told to apply it.
+fn check_online_rotation(src: &ModelSource, formats: &[OutFormat]) -> Result<()> {
+    if let Some(r) = src.recorded_rotation()?.filter(|r| r.online_r4) {
+        if let Some(f) = formats.iter().find(|f| !f.applies_online_rotations()) {
+            return Err(Error::Unsupported(format!(
+                "{}: {} needs the online rotation R4 applied before every ffn_down at run time, which \
+                 this format's loaders do not do (they would compute garbage). Use --rotate hadamard \
+                 (every rotation fused into the weights), or a compressed-tensors output",
+                f.name(),
+                r.label()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A source tensor's values, refused (naming it) when one is not finite.
 fn read_finite(src: &ModelSource, t: &quantkit_io::source::SourceTensor) -> Result<Vec<f32>> {
     let w = src.read(t)?;
@@ -500,6 +506,7 @@ pub fn quantize_with(
     if let Some(spec) = opts.rotate {
         src = src.rotated(spec)?;
     }
+    check_online_rotation(&src, &opts.formats)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
     // Calibration samples, once.

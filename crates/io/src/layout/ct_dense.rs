@@ -157,6 +157,19 @@ pub(super) fn stored(
             format!("value {} at index {i} is not finite", scales[i]),
         ));
     }
+    if layout == Layout::CtW4A4 {
+        if let Some(i) = q.iter().position(|&b| !(-8..=7).contains(&(b as i8))) {
+            return Err(Error::bad_tensor(
+                t.name("weight"),
+                format!(
+                    "value {} at [{}, {}] is outside the 4-bit range [-8, 7] of a num_bits 4 checkpoint",
+                    q[i] as i8,
+                    i / cols.max(1),
+                    i % cols.max(1)
+                ),
+            ));
+        }
+    }
     let float = layout.is_float();
     if float {
         if let Some(i) = q.iter().position(|&b| fp8::is_nan(b)) {
