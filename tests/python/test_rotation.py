@@ -62,3 +62,68 @@ def test_transformers_runs_the_rotated_safetensors_as_the_original(tmp_path, bin
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["gap"] < 1e-4, r
     assert r["tied"] is False
+
+
+R4_SCRIPT = r"""
+import json, sys, math, warnings
+warnings.filterwarnings("ignore")
+import torch
+torch.set_num_threads(1)
+from safetensors.torch import load_file
+from compressed_tensors.transform import TransformConfig
+from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+spec = json.loads(sys.argv[1])
+d = spec["dir"]
+cfg = json.load(open(d + "/config.json"))
+tc = TransformConfig.model_validate(cfg["quantization_config"]["transform_config"])  # the schema accepts ours
+h = load_file(d + "/model.safetensors")["model.layers.0.mlp.down_proj.R4_input.weight"].double()
+n = h.shape[0]
+ortho = (h @ h.T / n - torch.eye(n, dtype=torch.float64)).abs().max().item()
+model = AutoModelForCausalLM.from_pretrained(d, quantization_config=CompressedTensorsConfig(dequantize=True),
+                                             dtype=torch.float32)
+tokens = torch.tensor(spec["tokens"])
+with torch.no_grad():
+    plain = torch.log_softmax(model(tokens).logits.float(), -1)
+    # What the transform config says (and vLLM does): x <- x @ H / sqrt(n) before every down_proj.
+    hf = h.float() / math.sqrt(n)
+    hooks = [m.register_forward_pre_hook(lambda mod, a: (a[0] @ hf,)) for name, m in model.named_modules()
+             if name.endswith("mlp.down_proj")]
+    hooked = torch.log_softmax(model(tokens).logits.float(), -1)
+torch.save({"plain": plain, "hooked": hooked}, spec["out"])
+print(json.dumps({"groups": list(tc.config_groups), "ortho": ortho, "hooks": len(hooks), "n": n}))
+"""
+
+
+def test_quarot_checkpoint_carries_r4_as_a_compressed_tensors_transform(tmp_path, bin_ok, shared_ok, ct_python):
+    """A `quarot` compressed-tensors checkpoint states R4 in compressed-tensors' own transform config
+    (validated by the package) with the ±1 matrix stored as compressed-tensors stores a shared transform;
+    applying it as that config says (x @ H / √n before every down_proj, what vLLM does) gives our engine's
+    log-probabilities, and transformers 5.25 — which ignores transform configs — does not."""
+    import numpy as np
+    from test_ct8 import read_full_base
+    out = tmp_path / "q"
+    run("quantize", STORIES, "--rotate", "quarot", "--method", "rtn", "--bits", 8, "--group", -1,
+        "-f", "ct-w8a8", "-o", out)
+    d = out / "ct-w8a8"
+    base = tmp_path / "engine.qklogits"
+    text = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+    run("kld", "--base", d, "--text", text, "--ctx", 64, "--chunks", 2, "--top-k", 0, "--save-base", base,
+        "--dequantize")
+    ctx, toks, ours = read_full_base(base)
+    res = tmp_path / "r4.pt"
+    p = subprocess.run([ct_python, "-c", R4_SCRIPT, json.dumps({"dir": str(d), "tokens": toks.tolist(),
+                                                               "out": str(res)})], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise AssertionError(f"compressed-tensors / transformers failed:\n{p.stderr[-4000:]}")
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    assert info["groups"] == ["R4"] and info["n"] == 172 and info["hooks"] == 5 and info["ortho"] < 1e-9, info
+    cp = subprocess.run([ct_python, "-c", "import torch,sys,numpy as np; r=torch.load(sys.argv[1]); "
+                         "np.save(sys.argv[2], r['hooked'].numpy()); np.save(sys.argv[3], r['plain'].numpy())",
+                         str(res), str(tmp_path / "hooked.npy"), str(tmp_path / "plain.npy")], capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stderr
+    first = ctx // 2
+    hooked = np.load(tmp_path / "hooked.npy").astype(np.float64)[:, first:ctx - 1, :]
+    plain = np.load(tmp_path / "plain.npy").astype(np.float64)[:, first:ctx - 1, :]
+    mask = hooked > -29.0
+    assert np.abs(hooked - ours)[mask].max() < 3e-4
+    assert np.abs(plain - ours)[mask].max() > 0.05  # without R4 the function is lost

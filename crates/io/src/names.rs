@@ -76,7 +76,11 @@ const GLOBAL_MAP: &[(&str, &str)] =
 
 /// HF tensor names the converter drops.
 pub fn hf_is_ignored(name: &str) -> bool {
-    name.ends_with(".rotary_emb.inv_freq") || name.ends_with(".attention.masked_bias")
+    name.ends_with(".rotary_emb.inv_freq")
+        || name.ends_with(".attention.masked_bias")
+        // The online R4 matrix of a quantkit `quarot` compressed-tensors checkpoint (the engine
+        // rebuilds it from `quantkit_rotation`).
+        || name == "model.layers.0.mlp.down_proj.R4_input.weight"
 }
 
 fn split_suffix(name: &str) -> Option<(&str, &str)> {

@@ -100,11 +100,32 @@ pub fn gguf_rotation(file: &crate::gguf::GgufFile) -> Result<Option<RotationSpec
     }
 }
 
-/// The rotation a config.json records (`quantkit_rotation`), if any.
+/// The rotation a config.json records (`quantkit_rotation`), if any. A compressed-tensors
+/// `transform_config` with online transforms that is not ours (no `quantkit_rotation` beside it) is
+/// refused: the engine does not apply compressed-tensors' transforms, and running without them
+/// computes garbage.
 pub fn config_rotation(raw_config: &serde_json::Value, path: &std::path::Path) -> Result<Option<RotationSpec>> {
-    match raw_config.get("quantkit_rotation") {
-        None => Ok(None),
-        Some(j) => serde_json::from_value(j.clone())
+    let online = |a: &serde_json::Value| {
+        matches!(a.get("location").and_then(serde_json::Value::as_str), Some("input" | "output" | "q_attn" | "k_cache"))
+    };
+    let foreign = raw_config
+        .get("quantization_config")
+        .and_then(|q| q.get("transform_config"))
+        .and_then(|t| t.get("config_groups"))
+        .and_then(serde_json::Value::as_object)
+        .and_then(|g| {
+            g.iter().find(|(_, s)| {
+                s.get("apply").and_then(serde_json::Value::as_array).is_some_and(|a| a.iter().any(online))
+            })
+        });
+    match (raw_config.get("quantkit_rotation"), foreign) {
+        (None, Some((name, _))) => Err(Error::Unsupported(format!(
+            "{}: compressed-tensors transform {name:?} is applied online (at run time), which quantkit \
+             does not do; running the weights without it would compute garbage",
+            path.display()
+        ))),
+        (None, None) => Ok(None),
+        (Some(j), _) => serde_json::from_value(j.clone())
             .map(Some)
             .map_err(|e| Error::malformed(path, "config.json", "quantkit_rotation", e.to_string())),
     }

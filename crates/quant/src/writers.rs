@@ -111,10 +111,22 @@ fn write_checkpoint_dir(
     config: &Json,
     extra: &[(&str, &Json)],
 ) -> Result<()> {
-    // A rotated model says so (the engine applies an online R4 from it; the rest is informative).
+    // A rotated model says so (the engine applies an online R4 from it; the rest is informative),
+    // and a compressed-tensors checkpoint that needs R4 carries it as compressed-tensors' own
+    // transform config plus the matrix, which vLLM applies.
     let mut config = config.clone();
-    if let Some(r) = src.rotation() {
+    let mut with_r4;
+    let mut outs = outs;
+    if let Some(r) = src.recorded_rotation()? {
         config["quantkit_rotation"] = serde_json::to_value(r).map_err(|e| Error::Invalid(e.to_string()))?;
+        let ct = config["quantization_config"]["quant_method"] == "compressed-tensors";
+        if let (true, Some(r4)) = (ct, r.r4(src.config().intermediate_size as usize)?) {
+            let (scheme, tensor) = ct_r4_transform(&r4);
+            config["quantization_config"]["transform_config"] = json!({ "config_groups": { "R4": scheme } });
+            with_r4 = outs.to_vec();
+            with_r4.push(tensor);
+            outs = &with_r4;
+        }
     }
     let config = &config;
     write_dir(dest, |tmp| {
@@ -127,6 +139,37 @@ fn write_checkpoint_dir(
         }
         copy_tokenizer(src, tmp)
     })
+}
+
+/// QuaRot's online R4 as compressed-tensors expresses it (compressed-tensors 0.20
+/// `TransformScheme`): a `random-hadamard` transform applied online to every `down_proj`'s input
+/// (`x·H/√n`) with its inverse fused into the weight (`W·H/√n`, already done: our `ffn_down` holds
+/// `W·R4`), and the ±1 matrix `H = √n·R4` stored once under layer 0, as compressed-tensors saves a
+/// shared transform (`<module>.R4_input.weight`). vLLM reads the stored matrix; transformers 5.25
+/// does not apply transform configs at all (docs/rotations.md).
+fn ct_r4_transform(r4: &quantkit_rotate::Hadamard) -> (Json, Packed) {
+    use quantkit_rotate::Rotation;
+    let n = r4.n();
+    let scale = (n as f32).sqrt();
+    let h: Vec<f32> = r4.to_dense().iter().map(|v| (v * scale).round()).collect();
+    let scheme = json!({
+        "type": "random-hadamard",
+        "apply": [
+            {"targets": ["re:.*mlp.down_proj$"], "location": "input", "inverse": false, "ignore": []},
+            {"targets": ["re:.*mlp.down_proj$"], "location": "weight_input", "inverse": true, "ignore": []}
+        ],
+        "randomize": false,
+        "requires_grad": false,
+        "head_dim": null,
+        "precision": "torch.float32"
+    });
+    let tensor = Packed::new(
+        "model.layers.0.mlp.down_proj.R4_input.weight".into(),
+        safetensors::Dtype::F32,
+        vec![n, n],
+        h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    );
+    (scheme, tensor)
 }
 
 /// What was written.
