@@ -46,7 +46,10 @@ fn a_rotated_model_computes_the_original_function() {
     for path in models() {
         for seed in [0, 17] {
             let orig = ModelSource::open(&path).expect("open");
-            let rot = ModelSource::open(&path).expect("open").rotated(RotationSpec { seed, online_r4: false }).expect("rotate");
+            let rot = ModelSource::open(&path)
+                .expect("open")
+                .rotated(RotationSpec { seed, online_r4: false })
+                .expect("rotate");
             let gap = logit_gap(&rot, &orig);
             assert!(gap < 1e-4, "{}: seed {seed}: worst relative logit difference {gap}", path.display());
             // The norms are folded out, and the output is the rotated model's own.
@@ -131,12 +134,18 @@ fn widths_without_a_hadamard_matrix_are_refused_by_name() {
     let views: Vec<(String, safetensors::tensor::TensorView)> = data
         .iter()
         .map(|(n, s, b)| {
-            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("view"))
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("view"),
+            )
         })
         .collect();
     safetensors::serialize_to_file(views, None, &d.path().join("model.safetensors")).expect("write");
     let src = ModelSource::open(d.path()).expect("open the generated checkpoint");
-    let e = src.rotated(RotationSpec { seed: 0, online_r4: false }).expect_err("width 100 has no Hadamard matrix").to_string();
+    let e = src
+        .rotated(RotationSpec { seed: 0, online_r4: false })
+        .expect_err("width 100 has no Hadamard matrix")
+        .to_string();
     assert!(e.contains("width 100") && e.contains("no Hadamard transform of size 100"), "{e}");
 }
 
@@ -150,18 +159,42 @@ fn quarot_r4_is_recorded_applied_and_refused_where_it_cannot_run() {
     let d = tempfile::tempdir().expect("tmp");
     let text = shared().join("data/tinyshakespeare/input.txt");
     let ppl = |model: &std::path::Path| -> f64 {
-        let o = ok(&[&"ppl", &model, &"--text", &text, &"--ctx", &"128", &"--chunks", &"6", &"--dequantize", &"--json"]);
+        let o = ok(&[
+            &"ppl",
+            &model,
+            &"--text",
+            &text,
+            &"--ctx",
+            &"128",
+            &"--chunks",
+            &"6",
+            &"--dequantize",
+            &"--json",
+        ]);
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
         j["ppl"].as_f64().expect("ppl")
     };
     let out = d.path().join("q");
     ok(&[
-        &"quantize", &stories(), &"--rotate", &"quarot", &"--method", &"rtn", &"--bits", &"8", &"--group", &"-1",
-        &"-f", &"ct-w8a8", &"-o", &out,
+        &"quantize",
+        &stories(),
+        &"--rotate",
+        &"quarot",
+        &"--method",
+        &"rtn",
+        &"--bits",
+        &"8",
+        &"--group",
+        &"-1",
+        &"-f",
+        &"ct-w8a8",
+        &"-o",
+        &out,
     ]);
     let ckpt = out.join("ct-w8a8");
     let cfg_path = ckpt.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).expect("cfg")).expect("json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).expect("cfg")).expect("json");
     assert_eq!(cfg["quantkit_rotation"], serde_json::json!({"seed": 0, "online_r4": true}));
     // int8 weights, R4 applied: the original's perplexity (within int8 rounding).
     let base = ppl(&stories());
@@ -179,7 +212,18 @@ fn quarot_r4_is_recorded_applied_and_refused_where_it_cannot_run() {
     // GGUF, GPTQ and bitsandbytes loaders cannot apply R4: refused before any work.
     let bad = d.path().join("bad");
     fails_with(
-        &[&"quantize", &stories(), &"--rotate", &"quarot", &"--method", &"rtn", &"-f", &"gguf:q8_0", &"-o", &bad],
+        &[
+            &"quantize",
+            &stories(),
+            &"--rotate",
+            &"quarot",
+            &"--method",
+            &"rtn",
+            &"-f",
+            &"gguf:q8_0",
+            &"-o",
+            &bad,
+        ],
         &["online rotation R4", "--rotate hadamard"],
     );
     fails_with(

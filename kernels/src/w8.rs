@@ -421,7 +421,8 @@ mod tests {
             }
         }
         let dots = i8_dots_reference(&a, &m);
-        let want: Vec<f32> = (0..n * rows).map(|i| dots[i] as f32 * a.s[i / rows] * m.scales[i % rows]).collect();
+        let want: Vec<f32> =
+            (0..n * rows).map(|i| dots[i] as f32 * a.s[i / rows] * m.scales[i % rows]).collect();
         for scalar in [true, false] {
             let mut y = vec![f32::NAN; n * rows];
             m.forward_i8_with(&a, &mut y, scalar).expect("forward");

@@ -17,7 +17,9 @@ use quantkit_quant::gptq::GptqConfig;
 use quantkit_quant::grid::IntSpec;
 use quantkit_quant::method::smooth::SmoothConfig;
 use quantkit_quant::method::{GgufUse, Knobs, MethodKind, METHODS};
-use quantkit_quant::quantize::{imatrix_pass, quantize_with, OutFormat, Prepared, Progress, QuantizeOptions, RunSettings};
+use quantkit_quant::quantize::{
+    imatrix_pass, quantize_with, OutFormat, Prepared, Progress, QuantizeOptions, RunSettings,
+};
 use quantkit_quant::recipe::Recipe;
 use quantkit_quant::writers::{BnbFormat, IntFormat};
 use serde::Serialize;
@@ -107,9 +109,9 @@ impl RecipeSpec {
     /// Parse a recipe string; relative recipe files are looked up from `base`.
     pub fn parse(s: &str, base: &Path) -> Result<Self> {
         let t = s.trim();
-        let rotation = [("hadamard", false), ("quarot", true)]
-            .into_iter()
-            .find_map(|(n, online)| t.strip_prefix(n).filter(|r| r.starts_with([':', '@'])).map(|r| (r, online)));
+        let rotation = [("hadamard", false), ("quarot", true)].into_iter().find_map(|(n, online)| {
+            t.strip_prefix(n).filter(|r| r.starts_with([':', '@'])).map(|r| (r, online))
+        });
         if let Some((rest, online_r4)) = rotation {
             // hadamard[@SEED]:<recipe>, quarot[@SEED]:<recipe>
             let (seed, inner) = rest.split_once(':').ok_or_else(|| {
@@ -167,7 +169,11 @@ impl RecipeSpec {
         }
         let parts: Vec<&str> = t.split(':').collect();
         // The presets' grid: symmetric per channel, 8 bits (4 for W4A4; FP layouts ignore it).
-        let per_channel = |l: IntFormat| IntSpec { bits: *l.bits().end(), group: None, sym: true };
+        let per_channel = |l: IntFormat| IntSpec {
+            bits: if l == IntFormat::CtW4A4 { 4 } else { 8 },
+            group: None,
+            sym: true,
+        };
         let spec = match parts.as_slice() {
             [name] if ct8_preset(name).is_some() => {
                 let (layout, _) = ct8_preset(name).expect("checked");
@@ -397,7 +403,8 @@ pub fn quantize_recipe(
                         knobs: Knobs {
                             // Layouts without g_idx take act-order with static groups (as `quantize` does).
                             gptq: GptqConfig {
-                                static_groups: sh.gptq.static_groups || (sh.gptq.act_order && !layout.stores_g_idx()),
+                                static_groups: sh.gptq.static_groups
+                                    || (sh.gptq.act_order && !layout.stores_g_idx()),
                                 ..sh.gptq
                             },
                             smooth: *smooth,
@@ -687,6 +694,26 @@ mod tests {
             "smoothquant0.5:w8a8",
             "smoothquant",
         ] {
+            assert!(RecipeSpec::parse(bad, b).is_err(), "{bad}");
+        }
+        // Rotations in front of any recipe.
+        for (text, seed, online, calib, fmt) in [
+            ("hadamard:gptq:4:128", 0, false, true, "gptq int4 g128 sym + hadamard"),
+            ("hadamard@7:q4_k_m", 7, false, false, "gguf:Q4_K_M + hadamard@7"),
+            ("quarot:w4a4", 0, true, false, "ct-w4a4 int4 per-channel sym (rtn) + quarot"),
+            ("quarot@3:gptq:w4a4", 3, true, true, "ct-w4a4 int4 per-channel sym (gptq) + quarot@3"),
+        ] {
+            let r = RecipeSpec::parse(text, b).expect(text);
+            assert_eq!(r.rotate, Some(RotationSpec { seed, online_r4: online }), "{text}");
+            assert_eq!((r.needs_calibration(), r.format().as_str()), (calib, fmt), "{text}");
+        }
+        let w4 = RecipeSpec::parse("w4a4", b).expect("w4a4");
+        assert!(
+            matches!(w4.spec, Spec::Int { int: i, layout: IntFormat::CtW4A4, .. } if i == int(4, None, true))
+        );
+        for bad in
+            ["hadamard:hadamard:q4_k_m", "quarot:hadamard:w4a4", "hadamard@x:q4_k_m", "hadamard:", "quarot"]
+        {
             assert!(RecipeSpec::parse(bad, b).is_err(), "{bad}");
         }
         let e = RecipeSpec::parse("gptq:fp8", b).expect_err("gptq fp8").to_string();

@@ -87,7 +87,12 @@ pub fn gguf_rotation(file: &crate::gguf::GgufFile) -> Result<Option<RotationSpec
     let seed = match file.get("quantkit.rotation.seed") {
         None => 0,
         Some(s) => s.as_u64().ok_or_else(|| {
-            Error::malformed(file.path(), "GGUF", "quantkit.rotation.seed", format!("{s:?} is not an integer"))
+            Error::malformed(
+                file.path(),
+                "GGUF",
+                "quantkit.rotation.seed",
+                format!("{s:?} is not an integer"),
+            )
         })?,
     };
     match v.as_str() {
@@ -104,9 +109,15 @@ pub fn gguf_rotation(file: &crate::gguf::GgufFile) -> Result<Option<RotationSpec
 /// `transform_config` with online transforms that is not ours (no `quantkit_rotation` beside it) is
 /// refused: the engine does not apply compressed-tensors' transforms, and running without them
 /// computes garbage.
-pub fn config_rotation(raw_config: &serde_json::Value, path: &std::path::Path) -> Result<Option<RotationSpec>> {
+pub fn config_rotation(
+    raw_config: &serde_json::Value,
+    path: &std::path::Path,
+) -> Result<Option<RotationSpec>> {
     let online = |a: &serde_json::Value| {
-        matches!(a.get("location").and_then(serde_json::Value::as_str), Some("input" | "output" | "q_attn" | "k_cache"))
+        matches!(
+            a.get("location").and_then(serde_json::Value::as_str),
+            Some("input" | "output" | "q_attn" | "k_cache")
+        )
     };
     let foreign = raw_config
         .get("quantization_config")
@@ -197,7 +208,8 @@ impl Rotated {
         let r2 = had(hd, "attention heads")?;
         let r4 = spec.r4(cfg.intermediate_size as usize)?;
         let inner_tensors = inner.tensors()?;
-        let by_name: HashMap<&str, &SourceTensor> = inner_tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        let by_name: HashMap<&str, &SourceTensor> =
+            inner_tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         let find = |n: &str| -> Result<SourceTensor> {
             by_name.get(n).map(|t| (*t).clone()).ok_or_else(|| Error::MissingTensor {
                 path: inner.path(),
@@ -223,9 +235,13 @@ impl Rotated {
                 let norm = |n: &str| format!("blk.{layer}.{n}.weight");
                 match stem {
                     "attn_norm.weight" | "ffn_norm.weight" => Role::Ones,
-                    "attn_q.weight" | "attn_k.weight" => Role::Input { norm: norm("attn_norm"), value_heads: false },
+                    "attn_q.weight" | "attn_k.weight" => {
+                        Role::Input { norm: norm("attn_norm"), value_heads: false }
+                    }
                     "attn_v.weight" => Role::Input { norm: norm("attn_norm"), value_heads: true },
-                    "ffn_gate.weight" | "ffn_up.weight" => Role::Input { norm: norm("ffn_norm"), value_heads: false },
+                    "ffn_gate.weight" | "ffn_up.weight" => {
+                        Role::Input { norm: norm("ffn_norm"), value_heads: false }
+                    }
                     "attn_output.weight" => Role::Output { value_heads: true, r4: false },
                     "ffn_down.weight" => Role::Output { value_heads: false, r4: spec.online_r4 },
                     "attn_q.bias" | "attn_k.bias" => Role::Same,
@@ -244,7 +260,11 @@ impl Rotated {
             if untied && name == "output_norm.weight" {
                 // The folded output norm makes the output differ from the embedding.
                 let e = find("token_embd.weight")?;
-                let out = SourceTensor { name: "output.weight".into(), dims: e.dims.clone(), origin: e.origin.clone() };
+                let out = SourceTensor {
+                    name: "output.weight".into(),
+                    dims: e.dims.clone(),
+                    origin: e.origin.clone(),
+                };
                 plan.insert(
                     out.name.clone(),
                     (e, Role::Input { norm: "output_norm.weight".into(), value_heads: false }),

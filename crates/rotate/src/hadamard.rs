@@ -213,7 +213,8 @@ mod tests {
         let h = Hadamard::new(n, Some(3)).unwrap();
         let q = h.to_dense();
         let mut st = 11u64;
-        let x: Vec<f32> = (0..n).map(|_| (splitmix(&mut st) >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
+        let x: Vec<f32> =
+            (0..n).map(|_| (splitmix(&mut st) >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
         let mut fast = x.clone();
         h.apply(&mut fast);
         for j in 0..n {
@@ -221,10 +222,8 @@ mod tests {
             assert!((fast[j] as f64 - want).abs() < 1e-4, "column {j}: {} vs {want}", fast[j]);
         }
         // Norm preserved.
-        let (a, b): (f64, f64) = (
-            x.iter().map(|v| (*v as f64).powi(2)).sum(),
-            fast.iter().map(|v| (*v as f64).powi(2)).sum(),
-        );
+        let (a, b): (f64, f64) =
+            (x.iter().map(|v| (*v as f64).powi(2)).sum(), fast.iter().map(|v| (*v as f64).powi(2)).sum());
         assert!((a - b).abs() < 1e-4 * a);
     }
 

@@ -64,7 +64,8 @@ fn dense8(src: &ModelSource, mode: WeightMode, t: &SourceTensor) -> Result<Optio
     let acts = ct_dense::activations(&h.raw_config, &h.dir.join("config.json"))?;
     if matches!(acts, Acts8::Int8Token | Acts8::Int4Token) && (d.float || d.group != d.cols) {
         return Err(bad(Error::Unsupported(
-            "integer activations with FP8 or grouped weights (W8A8/W4A4 run per-channel integer weights)".into(),
+            "integer activations with FP8 or grouped weights (W8A8/W4A4 run per-channel integer weights)"
+                .into(),
         )));
     }
     let code = if d.float {

@@ -213,7 +213,11 @@ impl Layout {
                 // The loaders size buffers with floor divisions by 32.
                 Layout::GptqV1 | Layout::GptqV2 => cols % 32 == 0 && rows % 32 == 0,
                 Layout::Awq => rows % 8 == 0,
-                Layout::CompressedTensors | Layout::CtW8A8 | Layout::CtW4A4 | Layout::CtFp8 | Layout::CtFp8Dynamic => true,
+                Layout::CompressedTensors
+                | Layout::CtW8A8
+                | Layout::CtW4A4
+                | Layout::CtFp8
+                | Layout::CtFp8Dynamic => true,
                 // compressed-tensors needs whole groups of 16 (`_process_group`).
                 Layout::CtNvfp4 => cols % ct_nvfp4::GROUP == 0,
             }

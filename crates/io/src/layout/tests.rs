@@ -290,8 +290,14 @@ fn int4_w4a4_unpacks_what_it_packs_and_reads_its_config() {
                 "input_activations": {"num_bits": abits, "type": "int", "symmetric": true, "strategy": "token", "dynamic": true}}}}})
     };
     assert_eq!(LayoutConfig::from_config(&j(4, 4), p).expect("w4a4"), Some(cfg));
-    assert_eq!(super::ct_dense::activations(&j(4, 4), p).expect("acts"), super::ct_dense::DenseActs::Int4Token);
-    assert_eq!(super::ct_dense::activations(&j(8, 8), p).expect("acts"), super::ct_dense::DenseActs::Int8Token);
+    assert_eq!(
+        super::ct_dense::activations(&j(4, 4), p).expect("acts"),
+        super::ct_dense::DenseActs::Int4Token
+    );
+    assert_eq!(
+        super::ct_dense::activations(&j(8, 8), p).expect("acts"),
+        super::ct_dense::DenseActs::Int8Token
+    );
     let e = super::ct_dense::activations(&j(4, 3), p).expect_err("3-bit activations").to_string();
     assert!(e.contains("3"), "{e}");
     let e = LayoutConfig::from_config(&j(6, 8), p).expect_err("6-bit weights").to_string();
