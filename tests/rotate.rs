@@ -200,8 +200,16 @@ fn quarot_r4_is_recorded_applied_and_refused_where_it_cannot_run() {
     let base = ppl(&stories());
     let with_r4 = ppl(&ckpt);
     assert!((with_r4 / base - 1.0).abs() < 0.02, "with R4: {with_r4} vs {base}");
-    // The same weights without the record: R4 is not applied and the function is lost.
+    assert_eq!(
+        cfg["quantization_config"]["transform_config"]["config_groups"]["R4"]["type"],
+        "random-hadamard"
+    );
+    // Without our record, compressed-tensors' online transform is one quantkit does not apply: refused.
     cfg.as_object_mut().expect("object").remove("quantkit_rotation");
+    std::fs::write(&cfg_path, cfg.to_string()).expect("write");
+    fails_with(&[&"ppl", &ckpt, &"--text", &text, &"--chunks", &"1"], &["transform \"R4\"", "online"]);
+    // The same weights with no record at all: R4 is not applied and the function is lost.
+    cfg["quantization_config"].as_object_mut().expect("object").remove("transform_config");
     std::fs::write(&cfg_path, cfg.to_string()).expect("write");
     let without = ppl(&ckpt);
     assert!(without > 1.5 * base, "without R4: {without} vs {base}");

@@ -391,14 +391,20 @@ mod tests {
             let x: Vec<f32> = (0..n * cols).map(|i| r.f() * if i % 17 == 0 { 30.0 } else { 1.0 }).collect();
             let a = I8Acts::quantize(&x, n, cols);
             assert!(a.q.iter().any(|&q| q == 127 || q == -127) && a.q.iter().any(|&q| q != 0));
-            let dots = i8_dots_reference(&a, &m);
-            let want: Vec<f32> =
-                (0..n * rows).map(|i| dots[i] as f32 * a.s[i / rows] * m.scales[i % rows]).collect();
-            for scalar in [true, false] {
-                let mut y = vec![f32::NAN; n * rows];
-                m.forward_i8_with(&a, &mut y, scalar).expect("forward");
-                assert_eq!(y, want, "{rows}×{cols}, {n} tokens, scalar {scalar}");
-            }
+            assert_exact_on_both_paths(&a, &m, &format!("{rows}×{cols}, {n} tokens"));
+        }
+    }
+
+    /// Both kernels give the reference i32 dots times the two scales, bit for bit.
+    fn assert_exact_on_both_paths(a: &I8Acts, m: &Mat8, what: &str) {
+        let (n, rows) = (a.n, m.rows);
+        let dots = i8_dots_reference(a, m);
+        let want: Vec<f32> =
+            (0..n * rows).map(|i| dots[i] as f32 * a.s[i / rows] * m.scales[i % rows]).collect();
+        for scalar in [true, false] {
+            let mut y = vec![f32::NAN; n * rows];
+            m.forward_i8_with(a, &mut y, scalar).expect("forward");
+            assert_eq!(y, want, "{what}, scalar {scalar}");
         }
     }
 
@@ -420,14 +426,7 @@ mod tests {
                 assert_eq!(*q as f32, (v / a.s[t]).round_ties_even());
             }
         }
-        let dots = i8_dots_reference(&a, &m);
-        let want: Vec<f32> =
-            (0..n * rows).map(|i| dots[i] as f32 * a.s[i / rows] * m.scales[i % rows]).collect();
-        for scalar in [true, false] {
-            let mut y = vec![f32::NAN; n * rows];
-            m.forward_i8_with(&a, &mut y, scalar).expect("forward");
-            assert_eq!(y, want, "scalar {scalar}");
-        }
+        assert_exact_on_both_paths(&a, &m, "W4A4");
     }
 
     #[test]
