@@ -402,8 +402,8 @@ fn config_reads_the_8bit_formats_and_refuses_bad_ones() {
         ("marlin-24", w("int"), "marlin-24"),
         (
             "int-quantized",
-            serde_json::json!({"num_bits": 4, "type": "int", "strategy": "channel"}),
-            "Some(4)",
+            serde_json::json!({"num_bits": 6, "type": "int", "strategy": "channel"}),
+            "Some(6)",
         ),
         (
             "int-quantized",
