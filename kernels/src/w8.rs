@@ -471,7 +471,7 @@ mod tests {
         assert!(m.forward_i8(&I8Acts::quantize(&[1.0; 8], 1, 8), &mut [0.0; 4]).is_err());
         let mut bad = codes;
         bad[5] = 255;
-        let e = Mat8::new(4, 8, 4, bad, scales, Code8::Table(Box::new(t))).unwrap_err();
+        let e = Mat8::new(4, 8, 4, bad, scales, Code8::Table(Box::new(t))).expect_err("non-finite table");
         assert!(e.to_string().contains("[0, 5]"), "{e}");
         assert!(Mat8::new(2, 8, 3, vec![0; 16], vec![1.0; 2], Code8::Int8).is_err());
         assert!(Mat8::new(2, 8, 8, vec![0; 16], vec![f32::INFINITY, 1.0], Code8::Int8).is_err());

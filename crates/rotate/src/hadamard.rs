@@ -187,7 +187,7 @@ mod tests {
         for (n, k) in [(576, 36), (1536, 12), (8960, 140), (11008, 172), (14336, 28), (4096, 1), (64, 1)] {
             assert_eq!(hadamard_factor(n).map(|f| f.0), Some(k), "n = {n}");
         }
-        let e = Hadamard::new(100, Some(0)).unwrap_err();
+        let e = Hadamard::new(100, Some(0)).expect_err("no construction");
         assert!(e.contains("size 100"), "{e}");
         assert!(Hadamard::new(0, None).is_err());
     }
@@ -199,7 +199,7 @@ mod tests {
         sizes.extend([1, 2, 8, 64, 256]);
         for n in sizes {
             for seed in [None, Some(7)] {
-                let h = Hadamard::new(n, seed).unwrap();
+                let h = Hadamard::new(n, seed).expect("size");
                 let q = h.to_dense();
                 let err = orthogonality_error(&q, n);
                 assert!(err < 1e-5, "n = {n}, seed {seed:?}: max |QQᵀ−I| = {err}");
@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn fast_transform_matches_the_dense_product_on_random_data() {
         let n = 576;
-        let h = Hadamard::new(n, Some(3)).unwrap();
+        let h = Hadamard::new(n, Some(3)).expect("size");
         let q = h.to_dense();
         let mut st = 11u64;
         let x: Vec<f32> =
@@ -229,9 +229,9 @@ mod tests {
 
     #[test]
     fn seeds_differ_and_repeat() {
-        let a = Hadamard::new(64, Some(1)).unwrap().to_dense();
-        let b = Hadamard::new(64, Some(1)).unwrap().to_dense();
-        let c = Hadamard::new(64, Some(2)).unwrap().to_dense();
+        let a = Hadamard::new(64, Some(1)).expect("size").to_dense();
+        let b = Hadamard::new(64, Some(1)).expect("size").to_dense();
+        let c = Hadamard::new(64, Some(2)).expect("size").to_dense();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -240,7 +240,7 @@ mod tests {
     fn columns_rotate_as_the_transpose() {
         // W ← Qᵀ·W, then rows W ← W·Q on a square matrix: (Qᵀ W Q) for W = I is I.
         let n = 24;
-        let h = Hadamard::new(n, Some(5)).unwrap();
+        let h = Hadamard::new(n, Some(5)).expect("size");
         let mut w = vec![0f32; n * n];
         for i in 0..n {
             w[i * n + i] = 1.0;
