@@ -166,12 +166,6 @@ impl Model {
         }
     }
 
-    /// The online rotations this model applies (for reports).
-    pub fn online_rotation(&self) -> Option<String> {
-        use quantkit_rotate::Rotation;
-        self.r4.as_ref().map(|r| format!("r4 {}", r.describe()))
-    }
-
     /// An empty cache for up to `cap` positions.
     pub fn new_cache(&self, cap: usize) -> KvCache {
         let row = (self.cfg.n_kv_heads * self.cfg.head_dim) as usize;

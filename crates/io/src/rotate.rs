@@ -149,15 +149,13 @@ enum Role {
     Same,
     /// A folded norm: all ones.
     Ones,
-    /// `e·R1` per row.
-    Embed,
+    /// `x·R1` per row: embedding rows, and the biases of the residual writers.
+    Rows,
     /// `(W·diag(norm))·R1` per row; `v`: then `R2ᵀ` on each head's rows.
     Input { norm: String, value_heads: bool },
-    /// `W_h·R2` on each head's columns (attn_output only) or `W·R4` (ffn_down, with the online
-    /// R4), then `R1ᵀ·W`.
-    Output { value_heads: bool, r4: bool },
-    /// A bias of a residual writer: `b·R1`.
-    OutputBias,
+    /// A residual writer: `W_h·R2` on each head's columns (attn_output, `value_heads`) or `W·R4`
+    /// (ffn_down, when the spec has the online R4), then `R1ᵀ·W`.
+    Output { value_heads: bool },
     /// A value bias: `b_h·R2` per head.
     ValueBias,
 }
@@ -223,7 +221,7 @@ impl Rotated {
         for t in &inner_tensors {
             let name = t.name.as_str();
             let role = if name == "token_embd.weight" {
-                Role::Embed
+                Role::Rows
             } else if name == "output.weight" {
                 Role::Input { norm: "output_norm.weight".into(), value_heads: false }
             } else if name == "output_norm.weight" {
@@ -242,11 +240,11 @@ impl Rotated {
                     "ffn_gate.weight" | "ffn_up.weight" => {
                         Role::Input { norm: norm("ffn_norm"), value_heads: false }
                     }
-                    "attn_output.weight" => Role::Output { value_heads: true, r4: false },
-                    "ffn_down.weight" => Role::Output { value_heads: false, r4: spec.online_r4 },
+                    "attn_output.weight" => Role::Output { value_heads: true },
+                    "ffn_down.weight" => Role::Output { value_heads: false },
                     "attn_q.bias" | "attn_k.bias" => Role::Same,
                     "attn_v.bias" => Role::ValueBias,
-                    "attn_output.bias" | "ffn_down.bias" => Role::OutputBias,
+                    "attn_output.bias" | "ffn_down.bias" => Role::Rows,
                     _ => return Err(unknown(name)),
                 }
             } else {
@@ -315,7 +313,7 @@ impl Rotated {
         match role {
             Role::Same => self.inner.read_rows(src, r0, r1),
             Role::Ones => Ok(vec![1.0; (r1 - r0) * row]),
-            Role::Embed => {
+            Role::Rows => {
                 let mut v = self.inner.read_rows(src, r0, r1)?;
                 self.r1.apply_rows(&mut v);
                 Ok(v)
@@ -324,11 +322,6 @@ impl Rotated {
                 let g = self.norm(norm)?;
                 let mut v = self.inner.read_rows(src, r0, r1)?;
                 fold_and_rotate(&mut v, &g, &self.r1);
-                Ok(v)
-            }
-            Role::OutputBias => {
-                let mut v = self.inner.read_rows(src, r0, r1)?;
-                self.r1.apply_rows(&mut v);
                 Ok(v)
             }
             Role::ValueBias => {
@@ -363,14 +356,13 @@ impl Rotated {
                     self.r2.apply_columns(head, row);
                 }
             }
-            Role::Output { value_heads, r4 } => {
+            Role::Output { value_heads } => {
                 if *value_heads {
                     // attn_output: columns of each head ·R2 (row segments of hd).
                     self.r2.apply_rows(&mut v);
-                }
-                if *r4 {
+                } else if let Some(r4) = &self.r4 {
                     // ffn_down: its input arrives rotated by R4, so W ← W·R4 (R4 orthogonal).
-                    self.r4.as_ref().expect("r4 built with the spec").apply_rows(&mut v);
+                    r4.apply_rows(&mut v);
                 }
                 self.r1.apply_columns(&mut v, row);
             }

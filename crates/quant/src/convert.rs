@@ -78,6 +78,20 @@ pub fn quantize_parallel(ty: GgmlType, data: &[f32], row_len: usize, qw: Option<
     Ok(out)
 }
 
+/// A model that needs QuaRot's online R4 (applied before every `ffn_down` at run time) must not go
+/// into `target`, whose `loaders` cannot apply it: they would compute garbage.
+pub(crate) fn refuse_online_r4(src: &ModelSource, target: &str, loaders: &str) -> Result<()> {
+    match src.recorded_rotation()?.filter(|r| r.online_r4) {
+        Some(r) => Err(Error::Unsupported(format!(
+            "{target}: {loaders} cannot apply the online rotation R4 of a model rotated by {} (before \
+             every ffn_down, at run time) and would compute garbage. Use --rotate hadamard, whose \
+             rotations are all fused into the weights, or a compressed-tensors output",
+            r.label()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Convert `src` to a GGUF file at `dest` (written atomically). `progress(done, total)` is
 /// called with element counts as tensors finish.
 pub fn convert(
@@ -87,14 +101,7 @@ pub fn convert(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<ConvertReport> {
     let start = Instant::now();
-    if let Some(r) = src.recorded_rotation()?.filter(|r| r.online_r4) {
-        return Err(Error::Unsupported(format!(
-            "a GGUF of a model rotated by {}: llama.cpp cannot apply its online rotation R4 (before \
-             every ffn_down) and would compute garbage. Use --rotate hadamard, whose rotations are all \
-             fused into the weights",
-            r.label()
-        )));
-    }
+    refuse_online_r4(src, "GGUF", "llama.cpp")?;
     let tensors = src.tensors()?;
     let model = ModelInfo::from_config(src.config(), opts.imatrix.is_some());
     let plans: Vec<TensorPlan> = opts.recipe.plan(&tensors, &model)?;

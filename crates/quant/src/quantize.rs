@@ -456,18 +456,12 @@ fn write_folder(
 /// A model that needs an online rotation (QuaRot's R4) goes only into formats whose loaders are
 /// told to apply it.
 fn check_online_rotation(src: &ModelSource, formats: &[OutFormat]) -> Result<()> {
-    if let Some(r) = src.recorded_rotation()?.filter(|r| r.online_r4) {
-        if let Some(f) = formats.iter().find(|f| !f.applies_online_rotations()) {
-            return Err(Error::Unsupported(format!(
-                "{}: {} needs the online rotation R4 applied before every ffn_down at run time, which \
-                 this format's loaders do not do (they would compute garbage). Use --rotate hadamard \
-                 (every rotation fused into the weights), or a compressed-tensors output",
-                f.name(),
-                r.label()
-            )));
-        }
+    match formats.iter().find(|f| !f.applies_online_rotations()) {
+        Some(f) if f.is_gguf() => crate::convert::refuse_online_r4(src, &f.name(), "llama.cpp"),
+        Some(f) => crate::convert::refuse_online_r4(src, &f.name(), "this format's loaders"),
+        // Still refuse a record that cannot be read.
+        None => src.recorded_rotation().map(|_| ()),
     }
-    Ok(())
 }
 
 /// A source tensor's values, refused (naming it) when one is not finite.

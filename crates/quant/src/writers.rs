@@ -115,25 +115,22 @@ fn write_checkpoint_dir(
     // and a compressed-tensors checkpoint that needs R4 carries it as compressed-tensors' own
     // transform config plus the matrix, which vLLM applies.
     let mut config = config.clone();
-    let mut with_r4;
-    let mut outs = outs;
+    let mut r4_tensor = None;
     if let Some(r) = src.recorded_rotation()? {
         config["quantkit_rotation"] = serde_json::to_value(r).map_err(|e| Error::Invalid(e.to_string()))?;
         let ct = config["quantization_config"]["quant_method"] == "compressed-tensors";
         if let (true, Some(r4)) = (ct, r.r4(src.config().intermediate_size as usize)?) {
             let (scheme, tensor) = ct_r4_transform(&r4);
             config["quantization_config"]["transform_config"] = json!({ "config_groups": { "R4": scheme } });
-            with_r4 = outs.to_vec();
-            with_r4.push(tensor);
-            outs = &with_r4;
+            r4_tensor = Some(tensor);
         }
     }
-    let config = &config;
+    let all: Vec<&Packed> = outs.iter().chain(&r4_tensor).collect();
     write_dir(dest, |tmp| {
-        let specs: Vec<StTensorSpec> = outs.iter().map(|o| o.spec.clone()).collect();
+        let specs: Vec<StTensorSpec> = all.iter().map(|o| o.spec.clone()).collect();
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-        write_safetensors(&tmp.join("model.safetensors"), &specs, &meta, |i, sink| sink(&outs[i].bytes))?;
-        write_json(&tmp.join("config.json"), config)?;
+        write_safetensors(&tmp.join("model.safetensors"), &specs, &meta, |i, sink| sink(&all[i].bytes))?;
+        write_json(&tmp.join("config.json"), &config)?;
         for (name, j) in extra {
             write_json(&tmp.join(name), j)?;
         }
